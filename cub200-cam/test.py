@@ -1,0 +1,26 @@
+"""CUB-200-2011, cam stage: write the Gaussian-enhanced pseudo mask of every training image (SPEC §4.1).
+
+    python test.py --snapshot out/model-32.pth                   # -> out/masks/<class>/<file>.png
+    torchrun --nproc_per_node 4 test.py --snapshot out/model-32.pth
+    python test.py --snapshot <the authors' cam checkpoint>      # their weights load as they are
+
+Masks already written are skipped (--overwrite rewrites them), so an interrupted run just continues.
+Next: cd ../cub200-seg && python train.py
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from utils import cli, stage_cam  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__, train=False, dataset="cub")
+    cli.add_mask_args(parser)
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="train.txt", clsnum=200)
+    return stage_cam.make_masks(cli.parse(parser, __file__, argv))
+
+
+if __name__ == "__main__":
+    run_main(main)

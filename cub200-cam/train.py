@@ -1,0 +1,28 @@
+"""CUB-200-2011, cam stage: train the MFF-Net CAM model (dual head, SPEC §3) on image labels.
+
+    python train.py                              # one GPU (or the CPU): the paper's recipe
+    torchrun --nproc_per_node 4 train.py         # several GPUs, same total batch size
+    python train.py --resume                     # continue an interrupted run
+
+Writes out/model-18.pth .. out/model-32.pth, out/checkpoint.pth (resumable state), out/log.jsonl, out/tb/.
+Next: python test.py --snapshot out/model-32.pth
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from utils import cli, stage_cam  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__, train=True, dataset="cub")
+    # the authors' recipe: 32 epochs, batch 64, lr 0.02 for the head and 10x lower for the backbone;
+    # snapshots from epoch 18 on (the second half of training)
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="train.txt", clsnum=200,
+                        epoch=32, batch_size=64, lr=0.02, backbone_lr=0.002, snapshot_from=18, freeze_stem=False)
+    return stage_cam.train(cli.parse(parser, __file__, argv))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,148 @@
+"""ResNet-18/34/50/101/152 with torchvision's parameter names, returning the four stage outputs.
+
+The layout is torchvision's (Bottleneck with the stride on the 3x3 conv), so
+`resnet50-19c8e357.pth` or any torchvision ResNet state dict loads into it. torchvision itself is
+not a dependency: its wheels do not load beside the CPU build of torch this project pins, and the
+backbone is small enough to own. The classifier `fc` exists only when `num_classes` is given
+(the cls stages); the localisation stages build the backbone without it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity, inplace=True)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # stride on the 3x3, as torchvision
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity, inplace=True)
+
+
+# name -> (block, blocks per stage)
+BACKBONES = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+class ResNet(nn.Module):
+    """Returns (out2, out3, out4, out5): layer1..layer4 outputs at strides 4, 8, 16, 32.
+
+    With `num_classes` set it is a plain classifier instead (`forward` returns B x num_classes logits).
+    """
+
+    def __init__(self, block: type, layers: tuple, num_classes: Optional[int] = None):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(block, 64, layers[0], 1)
+        self.layer2 = self._make_layer(block, 128, layers[1], 2)
+        self.layer3 = self._make_layer(block, 256, layers[2], 2)
+        self.layer4 = self._make_layer(block, 512, layers[3], 2)
+        self.channels = tuple(c * block.expansion for c in (64, 128, 256, 512))
+        self.fc = nn.Linear(self.channels[3], num_classes) if num_classes else None
+        for m in self.modules():  # torchvision's initialisation, for training from scratch
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block: type, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def features(self, x: torch.Tensor) -> tuple:
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.max_pool2d(x, 3, 2, 1)
+        out2 = self.layer1(x)      # B x C2 x H/4 x W/4
+        out3 = self.layer2(out2)   # B x C3 x H/8 x W/8
+        out4 = self.layer3(out3)   # B x C4 x H/16 x W/16
+        out5 = self.layer4(out4)   # B x C5 x H/32 x W/32
+        return out2, out3, out4, out5
+
+    def forward(self, x: torch.Tensor):
+        feats = self.features(x)
+        if self.fc is None:
+            return feats
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(feats[3], 1), 1))
+
+
+def build_resnet(name: str = "resnet50", num_classes: Optional[int] = None) -> ResNet:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    block, layers = BACKBONES[name]
+    return ResNet(block, layers, num_classes)
+
+
+def load_backbone_weights(model: ResNet, path: str, keep_fc: bool = False) -> None:
+    """Load a torchvision ResNet state-dict file into `model`.
+
+    Only `fc.*` may be left out (the localisation backbone has no fc; a classifier with a new
+    number of classes gets a fresh one); any other missing or unexpected key is an error, so a
+    file of the wrong depth never loads half-way.
+    """
+    from utils.checkpoint import read_state_dict  # local import: network/ stays importable alone
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"pretrained weights not found: {path}\n"
+            f"  Put torchvision's ImageNet weights there (e.g. resnet50-19c8e357.pth, see resource/README.md),"
+            f" or pass --pretrained none to train from scratch.")
+    state = read_state_dict(path)
+    if not keep_fc or model.fc is None or state.get("fc.weight", torch.empty(0)).shape != model.fc.weight.shape:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad_missing = [k for k in missing if not k.startswith("fc.")]
+    if bad_missing or unexpected:
+        raise ValueError(f"{path} does not fit the {type(model).__name__} backbone: "
+                         f"missing {bad_missing[:5]}{'...' if len(bad_missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                         f" (is it a torchvision ResNet of the chosen --backbone depth?)")

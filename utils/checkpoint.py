@@ -1,0 +1,93 @@
+"""Checkpoint I/O: plain state dicts (the original code's format and our snapshots), training-state
+files for --resume, and atomic writes.
+
+Accepted on load, always with `weights_only=True` (a weights file from elsewhere never runs code):
+  * a plain state dict (`torch.save(model.state_dict())`, the original's snapshots);
+  * our training-state file (`{"model": state_dict, "optimizer": ..., ...}`);
+  * weights saved under apex O2 (fp16 tensors, cast back to float32);
+  * keys with one leading `module.` (DataParallel/DDP) or `_orig_mod.` (torch.compile) prefix.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+import torch.nn as nn
+
+from utils.errors import UserError
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state: dict) -> dict:
+    """Remove leading wrapper prefixes (`module.`, `_orig_mod.`, in any nesting), never inner ones."""
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def torch_load(path: str) -> object:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}"
+                        f" (truncated or not a PyTorch weights file?)") from None
+
+
+def read_state_dict(path: str) -> dict:
+    """Tensor state dict from any accepted checkpoint format, prefixes stripped, fp16 cast to fp32."""
+    obj = torch_load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise UserError(f"{path} holds no state dict (expected a dict of tensors)")
+    return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v)
+            for k, v in strip_prefixes(obj).items()}
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a snapshot with strict=True, turning a key mismatch into a readable error."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        hint = ""
+        if "linear.weight" in shapes:
+            hint = (f" (its output layer has {tuple(state['linear.weight'].shape)[0]} channels, the model "
+                    f"{tuple(own['linear.weight'].shape)[0]}: check --clsnum, and that a CAM snapshot is not "
+                    f"given to a seg stage or the reverse)")
+        elif any(k.startswith("bkbone.") for k in missing + unexpected + shapes):
+            hint = " (check --backbone: the snapshot was trained with another depth)"
+        raise UserError(f"{path} does not fit the model: {len(missing)} missing keys {missing[:3]}, "
+                        f"{len(unexpected)} unexpected {unexpected[:3]}, wrong shapes {shapes[:3]}{hint}")
+    model.load_state_dict(state, strict=True)
+
+
+def save_atomic(obj: object, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename: no torn file after a crash."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,108 @@
+"""One argument-parser factory for every stage script (the original's flags, typed, plus the ones a
+modern trainer has). Stage scripts only set their defaults (the paper's) with `set_defaults`.
+
+Relative path defaults are resolved against the stage folder, so `python cub200-cam/train.py` and
+`cd cub200-cam && python train.py` do the same; paths typed by the user are relative to the cwd.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from network.resnet import BACKBONES
+
+PATH_ARGS = ("datapath", "savepath", "snapshot", "top1top5", "maskpath", "pretrained", "resume")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def make_parser(doc: str, train: bool, dataset: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--datapath", help="dataset root (CUB_200_2011 folder or ImageNet root with train/ val/ box/)")
+    g.add_argument("--list", help="list file inside --datapath (written by dataset/prepare.py)")
+    g.add_argument("--clsnum", type=int, help="number of classes")
+    g.add_argument("--savepath", default="out", help="output folder (snapshots, logs, results)")
+    g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="data-loading worker processes per rank (0: load in the main process)")
+    g.add_argument("--on-bad-image", dest="on_bad_image", choices=("stop", "skip"), default="stop",
+                   help="an unreadable/truncated image or missing mask: stop naming the file, or skip it, "
+                        "log it and count it")
+    g.add_argument("--size", type=int, default=256, help="images are resized to size x size")
+    g.add_argument("--crop", type=int, default=224, help="random (train) or centre (test) crop")
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
+                   help="ResNet depth (small ones make CPU runs fast)")
+    m.add_argument("--snapshot", help="model weights to evaluate / start from (a plain state dict, "
+                                      "the original code's snapshots included)")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    r.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="mixed precision (torch.amp, replacing the original's apex O2); auto: bf16 on CUDA, "
+                        "off on the CPU")
+    r.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on for CUDA)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation and dropout")
+    r.add_argument("--mode", default="train" if train else "test", choices=("train", "test"),
+                   help="kept from the original command lines; must match the script")
+    if train:
+        t = p.add_argument_group("training")
+        t.add_argument("--pretrained", default="../resource/resnet50-19c8e357.pth",
+                       help="torchvision ImageNet weights of the backbone, or 'none' to train from scratch")
+        t.add_argument("--epoch", type=int, help="epochs")
+        t.add_argument("--batch_size", type=int, help="total batch size over all processes")
+        t.add_argument("--lr", type=float, help="learning rate of the head")
+        t.add_argument("--backbone_lr", type=float, help="learning rate of the backbone")
+        t.add_argument("--weight_decay", type=float, default=1e-4)
+        t.add_argument("--momentum", type=float, default=0.9)
+        t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+        t.add_argument("--resume", nargs="?", const="auto",
+                       help="continue from a training-state file (bare flag: <savepath>/checkpoint.pth)")
+        t.add_argument("--save_every", type=int, default=0,
+                       help="also write the resumable training state every N steps (0: at epoch ends only)")
+        t.add_argument("--snapshot_every", type=int, default=0,
+                       help="write model-<step>.pth every N steps (0: per-epoch snapshots)")
+        t.add_argument("--snapshot_from", type=int, default=1, help="first epoch whose model-<epoch>.pth is kept")
+        t.add_argument("--print_freq", type=int, default=20, help="log every N steps")
+        t.add_argument("--max_steps", type=int, default=0, help="stop after N steps in total (0: no limit)")
+    else:
+        p.add_argument_group("inference").add_argument("--batch_size", type=int, default=64,
+                                                       help="images per forward pass (per process)")
+    return p
+
+
+def add_mask_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pseudo masks")
+    g.add_argument("--maskpath", default="out/masks", help="where the PNG pseudo masks are written")
+    g.add_argument("--overwrite", action="store_true", help="rewrite masks that already exist (default: skip "
+                                                            "them, so an interrupted run resumes)")
+    g.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="processes turning CAMs into PNGs (0: in the main process)")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--threshold", type=float, help="foreground probability threshold of the predicted mask")
+    g.add_argument("--top1top5", help="the cls stage's out/top1top5.npy; without it only GT-known Loc is reported")
+    g.add_argument("--allow_pickle", action="store_true",
+                   help="accept the original code's pickled top1top5 dict (unpickling runs code: trusted files only)")
+
+
+def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.mode != parser.get_default("mode"):
+        parser.error(f"--mode {args.mode} does not fit {os.path.basename(script)}: "
+                     f"train.py trains, test.py evaluates")
+    here = os.path.dirname(os.path.abspath(script))
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if value and value != "none" and value == parser.get_default(name) and not os.path.isabs(value):
+            setattr(args, name, os.path.normpath(os.path.join(here, value)))
+    if getattr(args, "pretrained", None) == "none":
+        args.pretrained = None
+    if getattr(args, "resume", None) == "auto":
+        args.resume = os.path.join(args.savepath, "checkpoint.pth")
+    return args

@@ -1,0 +1,228 @@
+"""Data sets: the SPOL list files (shared/SPEC.md §6), robust image reading, and the torch Datasets of
+every stage.
+
+A list line becomes a `Sample`: the list's relative name (the key of every artefact: masks, boxes.csv,
+top1top5.npy), the image path, the 0-based label and the ground-truth boxes in original pixels
+(`x0 y0 x1 y1`, floats, as written in the list / XML). CUB lists carry one box per image; ImageNet
+val boxes come from `box/<file>.xml` (only the boxes of the image's own class are kept).
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+
+
+@dataclass
+class Sample:
+    name: str                       # relpath as in the list file
+    path: str                       # image file on disk
+    label: int                      # 0-based class index
+    boxes: list = field(default_factory=list)  # [[x0, y0, x1, y1], ...] in original pixels
+
+
+class BadImage(Exception):
+    """An image file that cannot be used (missing, unreadable, truncated, empty)."""
+
+
+# ----------------------------------------------------------------------------------------- images
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 H x W x 3 image; grayscale and CMYK files are converted. Raises BadImage."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise BadImage(f"{path}: cannot open ({type(e).__name__})") from None
+    if data.size == 0:
+        raise BadImage(f"{path}: empty file")
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
+        # a JPEG cut short decodes "successfully" with a grey bottom; its end-of-image marker is missing
+        raise BadImage(f"{path}: truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadImage(f"{path}: not a readable image")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise BadImage(f"{path}: zero-size image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def mask_name(name: str) -> str:
+    """Relative path of a sample's pseudo mask: the list name with a .png extension."""
+    return os.path.splitext(name)[0] + ".png"
+
+
+def read_pseudo_mask(path: str) -> np.ndarray:
+    """Pseudo mask as float32 H x W x 3 in [0, 1] (ch0 = CAM, ch1 = Gaussian prior). Raises BadImage."""
+    if not os.path.isfile(path):
+        raise BadImage(f"{path}: pseudo mask missing (run the cam stage's test.py, or check --maskpath)")
+    mask = cv2.imread(path, cv2.IMREAD_COLOR)
+    if mask is None:
+        raise BadImage(f"{path}: unreadable pseudo mask")
+    return mask.astype(np.float32) / 255.0
+
+
+# ------------------------------------------------------------------------------------------ lists
+def _list_path(datapath: str, listname: str) -> str:
+    path = listname if os.path.isabs(listname) else os.path.join(datapath, listname)
+    if not os.path.isfile(path):
+        raise UserError(f"list file not found: {path}\n  Write it with: python dataset/prepare.py "
+                        f"{{cub|imagenet}} --root {datapath}")
+    return path
+
+
+def check_datapath(datapath: str) -> None:
+    if not os.path.isdir(datapath):
+        raise UserError(f"data folder not found: {datapath}\n  Give --datapath (see README: Data), e.g. "
+                        f"dataset/CUB_200_2011 unpacked from the official archive.")
+
+
+def cub_image_dir(datapath: str) -> str:
+    for sub in ("images", "image"):  # the original repo renamed the folder to image/
+        if os.path.isdir(os.path.join(datapath, sub)):
+            return os.path.join(datapath, sub)
+    raise UserError(f"no images/ folder in {datapath}: is it the unpacked CUB_200_2011 folder?")
+
+
+def read_cub_list(datapath: str, listname: str) -> list:
+    """CUB list: `relpath,label,xmin ymin xmax ymax` per line (label 0-based)."""
+    check_datapath(datapath)
+    path, root = _list_path(datapath, listname), cub_image_dir(datapath)
+    samples = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                name, label, box = line.strip().split(",")
+                box = [float(v) for v in box.split()]
+                assert len(box) == 4
+                samples.append(Sample(name, os.path.join(root, name), int(label), [box]))
+            except (ValueError, AssertionError):
+                raise UserError(f"{path}:{n}: expected 'relpath,label,xmin ymin xmax ymax', got {line.strip()!r}")
+    if not samples:
+        raise UserError(f"{path} is empty")
+    return samples
+
+
+def read_synsets(datapath: str) -> list:
+    """The class order: synsets.txt / LOC_synset_mapping.txt if present, else sorted train/ folders."""
+    for fname in ("synsets.txt", "LOC_synset_mapping.txt"):
+        p = os.path.join(datapath, fname)
+        if os.path.isfile(p):
+            with open(p) as f:
+                return [line.split()[0] for line in f if line.strip()]
+    train = os.path.join(datapath, "train")
+    if os.path.isdir(train):
+        return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+    raise UserError(f"cannot tell the class order of {datapath}: no synsets.txt, LOC_synset_mapping.txt or train/")
+
+
+def read_voc_boxes(xml_path: str) -> list:
+    """[(synset, [x0, y0, x1, y1]), ...] from a PASCAL-VOC style ImageNet box file."""
+    try:
+        root = ET.parse(xml_path).getroot()
+        out = []
+        for obj in root.iter("object"):
+            bb = obj.find("bndbox")
+            out.append((obj.find("name").text.strip(),
+                        [float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]))
+        return out
+    except FileNotFoundError:
+        raise UserError(f"box file missing: {xml_path}") from None
+    except (ET.ParseError, AttributeError, ValueError, TypeError) as e:
+        raise UserError(f"{xml_path}: malformed box XML ({e})") from None
+
+
+def read_imagenet_list(datapath: str, listname: str, split: str, with_boxes: bool = True) -> list:
+    """ImageNet list: `relpath label` per line; train images under train/, val under val/ (flat or
+    per-synset). Val boxes of the image's own class come from box/<file>.xml."""
+    check_datapath(datapath)
+    path = _list_path(datapath, listname)
+    synsets = read_synsets(datapath) if split == "val" else None
+    folder = os.path.join(datapath, split)
+    samples = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                name, label = line.split()
+                label = int(label)
+            except ValueError:
+                raise UserError(f"{path}:{n}: expected 'relpath label', got {line.strip()!r}") from None
+            image = os.path.join(folder, name)
+            boxes = []
+            if split == "val":
+                if not os.path.exists(image):  # val/<synset>/<file> layout
+                    image = os.path.join(folder, synsets[label], name)
+                if with_boxes:
+                    xml = os.path.join(datapath, "box", os.path.splitext(os.path.basename(name))[0] + ".xml")
+                    boxes = [b for s, b in read_voc_boxes(xml) if s == synsets[label]]
+                    if not boxes:
+                        raise UserError(f"{xml}: no box of the image's class {synsets[label]}")
+            samples.append(Sample(name, image, label, boxes))
+    if not samples:
+        raise UserError(f"{path} is empty")
+    return samples
+
+
+def read_list(dataset: str, datapath: str, listname: str, with_boxes: bool = True) -> list:
+    if dataset == "cub":
+        return read_cub_list(datapath, listname)
+    split = "train" if os.path.basename(listname).startswith("train") else "val"
+    return read_imagenet_list(datapath, listname, split, with_boxes)
+
+
+# --------------------------------------------------------------------------------------- datasets
+class ImageSet(Dataset):
+    """Images of a list through a transform; optionally their pseudo masks (seg training).
+
+    `transform(image, mask, seed)` returns the transformed arrays. A bad file does not raise inside a
+    worker (where the message would be buried in a re-raised traceback): the item comes back as
+    `{"bad": name, "reason": ...}` and the caller decides (stop, or skip and count).
+    """
+
+    def __init__(self, samples: list, transform: Callable, maskpath: Optional[str] = None, seed: int = 0):
+        self.samples, self.transform, self.maskpath, self.seed = samples, transform, maskpath, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)  # training keys carry the epoch
+        s = self.samples[index]
+        try:
+            image = read_image(s.path)
+            mask = None
+            if self.maskpath is not None:
+                mask = read_pseudo_mask(os.path.join(self.maskpath, mask_name(s.name)))
+                if mask.shape[:2] != image.shape[:2]:
+                    raise BadImage(f"{os.path.join(self.maskpath, mask_name(s.name))}: pseudo mask is "
+                                   f"{mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}")
+        except BadImage as e:
+            return {"bad": s.name, "reason": str(e)}
+        # per-sample seed: augmentation does not depend on worker count or on where a resumed run starts
+        seed = (self.seed * 1_000_003 + epoch * 10_007 + index) % (2 ** 32)
+        image_t, mask_t = self.transform(image, mask, seed)
+        item = {"image": image_t, "label": s.label, "index": index,
+                "size": torch.tensor(image.shape[:2])}  # original H, W
+        if mask_t is not None:
+            item["mask"] = mask_t
+        return item
+
+
+def collate(items: list) -> dict:
+    """Batch the good items; the bad ones are listed under "bad" as (name, reason)."""
+    good = [it for it in items if "bad" not in it]
+    batch = {"bad": [(it["bad"], it["reason"]) for it in items if "bad" in it]}
+    if good:
+        for key in good[0]:
+            batch[key] = torch.utils.data.default_collate([it[key] for it in good])
+    return batch

@@ -1,0 +1,237 @@
+"""The training engine shared by every stage: mixed precision, the optimiser, one training step, the
+epoch loop with snapshots, resumable state and logging, and the batched inference loader.
+
+Resumability: the training state (`<savepath>/checkpoint.pth`: model, optimiser, scaler, epoch,
+batch within the epoch, global step, args) is written atomically at every epoch end and every
+`--save_every` steps. Shuffling and augmentation are seeded by (seed, epoch, index) and dropout by
+(seed, step, rank), so a resumed run continues exactly where the interrupted one stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from utils.checkpoint import save_atomic, torch_load
+from utils.data import collate
+from utils.distributed import Dist, EpochBatchSampler
+from utils.errors import UserError
+from utils.log import RunLog, maybe_tqdm
+
+
+# --------------------------------------------------------------------------------- precision/model
+def amp_dtype(arg: str, device: torch.device) -> Optional[torch.dtype]:
+    if arg == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if arg == "off":
+        return None
+    if arg == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on the CPU)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[arg]
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def place_model(model: nn.Module, args, d: Dist, train: bool) -> nn.Module:
+    """Move to the device (channels-last on CUDA), wrap in DDP when distributed, compile if asked."""
+    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    model = model.to(d.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if train and d.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if args.compile:
+        model = torch.compile(model)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def sgd(groups: list, args) -> torch.optim.SGD:
+    """SGD with the authors' settings; `groups` = [(params, lr), ...]."""
+    return torch.optim.SGD([{"params": p, "lr": lr, "initial_lr": lr} for p, lr in groups if p],
+                           lr=groups[0][1], momentum=args.momentum, weight_decay=args.weight_decay,
+                           nesterov=args.nesterov and args.momentum > 0)
+
+
+def train_step(model: nn.Module, loss_fn: Callable, batch: dict, optimizer: torch.optim.Optimizer,
+               scaler: Optional[torch.amp.GradScaler], device: torch.device,
+               dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """One optimisation step: forward under autocast, backward (scaled for fp16), step. Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, dtype):
+        loss = loss_fn(model, batch)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
+# ---------------------------------------------------------------------------------------- loaders
+def loader(dataset, batch_sampler, args, d: Dist) -> DataLoader:
+    workers = max(0, args.num_workers)
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+                      pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def inference_batches(dataset, indices: list, batch_size: int, args, d: Dist) -> DataLoader:
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    workers = max(0, args.num_workers)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                      pin_memory=d.device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
+
+
+def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False) -> torch.Tensor:
+    x = x.to(d.device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def handle_bad(batch: dict, policy: str, log_file: Optional[str], d: Dist) -> int:
+    """Stop on the first bad file, or log the skipped ones (to stdout and a file) and count them."""
+    for name, reason in batch["bad"]:
+        if policy == "stop":
+            raise UserError(f"{reason}\n  (pass --on-bad-image skip to leave such files out and count them)")
+        print(f"skipped: {reason}", flush=True)
+        if log_file:
+            with open(log_file, "a") as f:
+                f.write(f"{name}\t{reason}\n")
+    return len(batch["bad"])
+
+
+# --------------------------------------------------------------------------------------- training
+def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Callable,
+        snapshot_epoch: Callable[[int], bool], on_epoch_end: Optional[Callable] = None) -> str:
+    """Train `model` (unwrapped, on the CPU) on `dataset`; returns the path of the last snapshot.
+
+    `groups(model) -> [(params, lr), ...]` builds the optimiser's parameter groups;
+    `snapshot_epoch(epoch) -> bool` says which 1-based epochs leave a model-<epoch>.pth.
+    """
+    if args.batch_size % d.world:
+        raise UserError(f"--batch_size {args.batch_size} is not divisible by the {d.world} processes")
+    dtype = amp_dtype(args.amp, d.device)
+    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    raw = model
+    optimizer = sgd(groups(raw), args)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    start_epoch, start_batch, step = 0, 0, 0
+    if args.resume:
+        state = _load_state(args.resume)
+        if state is not None:
+            raw.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
+            if d.main:
+                print(f"resumed from {args.resume}: epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+    model = place_model(raw, args, d, train=True)
+    log = RunLog(args.savepath, args, enabled=d.main)
+    sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
+    data = loader(dataset, sampler, args, d)
+    bad_log = os.path.join(args.savepath, "skipped.txt") if d.main else None
+    last_snapshot, skipped, finite = None, 0, torch.ones((), dtype=torch.bool, device=d.device)
+
+    def save_state(epoch: int, batch: int) -> None:
+        if not bool(finite):
+            raise UserError(f"non-finite loss before step {step}: stopped; the last good state is "
+                            f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
+        if d.main:
+            save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "batch": batch,
+                         "step": step, "args": {k: v for k, v in vars(args).items()}},
+                        os.path.join(args.savepath, "checkpoint.pth"))
+
+    def snapshot(tag: int) -> str:
+        path = os.path.join(args.savepath, f"model-{tag}.pth")
+        if d.main:
+            save_atomic(raw.state_dict(), path)
+        return path
+
+    done = False
+    for epoch in range(start_epoch, args.epoch):
+        sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        batch_idx = start_batch if epoch == start_epoch else 0
+        model.train()
+        seen, t0 = 0, time.time()
+        bar = maybe_tqdm(data, d.main, desc=f"epoch {epoch + 1}/{args.epoch}", initial=batch_idx,
+                         total=len(sampler._batches()))
+        for batch in bar:
+            skipped += handle_bad(batch, args.on_bad_image, bad_log, d)
+            batch_idx += 1
+            if "image" not in batch or len(batch["image"]) < 2:
+                if d.enabled:
+                    raise UserError("a batch lost all (or all but one) of its images to bad files under "
+                                    "torchrun; fix or remove them from the list")
+                continue
+            batch["image"] = to_device(batch["image"], d, channels_last)
+            for k in ("label", "mask"):
+                if k in batch:
+                    batch[k] = to_device(batch[k], d)
+            torch.manual_seed(args.seed * 1_000_003 + step * d.world + d.rank)  # dropout, resumable
+            loss = train_step(model, loss_fn, batch, optimizer, scaler, d.device, dtype)
+            finite &= torch.isfinite(loss)
+            step += 1
+            seen += len(batch["image"])
+            if step % args.print_freq == 0 or batch_idx == len(sampler._batches()):
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise UserError(f"loss is {value} at step {step}: stopped; the last good state is "
+                                    f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
+                rate = seen * d.world / max(time.time() - t0, 1e-9)
+                log.scalars(step, loss=value, lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1,
+                            images_per_s=round(rate, 1))
+                if d.main and hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
+            if args.snapshot_every and step % args.snapshot_every == 0:
+                last_snapshot = snapshot(step)
+            if args.save_every and step % args.save_every == 0:
+                save_state(epoch, batch_idx)
+            if args.max_steps and step >= args.max_steps:
+                done = True
+                break
+        if done:
+            save_state(epoch, batch_idx)
+            break
+        save_state(epoch + 1, 0)
+        if not args.snapshot_every and snapshot_epoch(epoch + 1):
+            last_snapshot = snapshot(epoch + 1)
+        if on_epoch_end is not None:
+            on_epoch_end(unwrap(model), epoch + 1, log)
+    if args.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
+        last_snapshot = snapshot(step)
+    if last_snapshot is None:
+        last_snapshot = snapshot(step if args.snapshot_every else min(args.epoch, epoch + 1))
+    if skipped and d.main:
+        print(f"{skipped} bad files were skipped (listed in {bad_log})")
+    log.close()
+    return last_snapshot
+
+
+def _load_state(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        if os.path.basename(path) == "checkpoint.pth":
+            print(f"--resume: no {path} yet, starting from the beginning")
+            return None
+        raise UserError(f"--resume: {path} not found")
+    state = torch_load(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "batch", "step"} <= set(state):
+        raise UserError(f"--resume: {path} is not a training-state file (a model-*.pth snapshot holds only "
+                        f"weights; resume from <savepath>/checkpoint.pth)")
+    return state

@@ -1,0 +1,80 @@
+"""Run logging: the sorted arguments and git commit at start-up (also saved as args.json next to the
+outputs), a JSON-lines metrics log that plotting scripts can read, and TensorBoard scalars/images.
+Only rank 0 writes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class RunLog:
+    def __init__(self, outdir: str, args: object, enabled: bool = True, tensorboard: bool = True):
+        self.enabled, self.outdir, self.tb = enabled, outdir, None
+        if not enabled:
+            return
+        os.makedirs(outdir, exist_ok=True)
+        config = {k: v for k, v in sorted(vars(args).items())}
+        config["git"] = git_sha()
+        config["command"] = " ".join(sys.argv)
+        print("arguments:\n" + "\n".join(f"  {k}: {v}" for k, v in config.items()), flush=True)
+        with open(os.path.join(outdir, "args.json"), "w") as f:
+            json.dump(config, f, indent=1, default=str)
+        self.jsonl = open(os.path.join(outdir, "log.jsonl"), "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(outdir, "tb"))
+            except ImportError:  # tensorboard is in requirements.txt; tolerate an environment without it
+                self.tb = None
+
+    def scalars(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), "step": step, **values}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def images(self, tag: str, step: int, images: torch.Tensor) -> None:
+        """B x 3 x H x W images in [0, 1] as one TensorBoard grid."""
+        if self.enabled and self.tb is not None:
+            self.tb.add_images(tag, images.clamp(0, 1), step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def write_json(path: str, obj: object) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def maybe_tqdm(iterable, enabled: bool, **kw):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, dynamic_ncols=True, **kw)

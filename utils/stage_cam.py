@@ -1,0 +1,147 @@
+"""The cam stage: train the MFF-Net classifier on image labels, then write the pseudo mask of every
+training image (shared/SPEC.md §3, §4.1).
+
+Mask generation is batched on the device while a pool of worker processes turns each CAM into its
+PNG (the post-processing is CPU work of a few ms per image). Each PNG is written atomically, masks
+already on disk are skipped (an interrupted run resumes), and under torchrun each rank writes its
+own shard of the list, so every mask is written exactly once.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from network import build_mffnet
+from utils import distributed
+from utils.checkpoint import load_weights
+from utils.data import ImageSet, mask_name, read_list
+from utils.engine import amp_dtype, autocast, fit, handle_bad, inference_batches, place_model, to_device
+from utils.errors import UserError
+from utils.log import maybe_tqdm
+from utils.pseudo_mask import make_pseudo_mask
+from utils.transforms import resize_transform, train_transform
+
+
+def dual_head_loss(model, batch) -> torch.Tensor:
+    """CUB: CE on the deep maps, plus the fused maps distilled towards the deep maps' prediction."""
+    maps_deep, maps_fused = model(batch["image"])
+    logits_deep = maps_deep.float().mean((2, 3))
+    logits_fused = maps_fused.float().mean((2, 3))
+    loss1 = F.cross_entropy(logits_deep, batch["label"])
+    loss2 = -(F.softmax(logits_deep, 1).detach() * F.log_softmax(logits_fused, 1)).sum(1).mean()
+    return (loss1 + loss2) / 2
+
+
+def single_head_loss(model, batch) -> torch.Tensor:
+    """ImageNet: CE on the spatial mean of the fused maps."""
+    return F.cross_entropy(model(batch["image"]).float().mean((2, 3)), batch["label"])
+
+
+def train(args) -> str:
+    d = distributed.setup(args.device)
+    try:
+        samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+        dual = args.dataset == "cub"
+        model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual)
+        if args.snapshot:
+            load_weights(model, args.snapshot)
+        if args.freeze_stem:  # ImageNet recipe: the backbone's conv1 + bn1 stay as pretrained
+            for p in list(model.bkbone.conv1.parameters()) + list(model.bkbone.bn1.parameters()):
+                p.requires_grad_(False)
+
+        def groups(m):
+            backbone = [p for p in m.bkbone.parameters() if p.requires_grad]
+            return [(m.head_parameters(), args.lr), (backbone, args.backbone_lr)]
+
+        data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
+        last = fit(args, d, model, data, dual_head_loss if dual else single_head_loss, groups,
+                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch)
+        if d.main:
+            print(f"done; last snapshot: {last}")
+        return last
+    finally:
+        distributed.cleanup()
+
+
+# ------------------------------------------------------------------------------------ pseudo masks
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
+
+
+def write_mask(cam: np.ndarray, width: int, height: int, path: str) -> None:
+    """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask)."""
+    ok, png = cv2.imencode(".png", make_pseudo_mask(cam, width, height))
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    png.tofile(tmp)
+    os.replace(tmp, path)
+
+
+def make_masks(args) -> dict:
+    d = distributed.setup(args.device)
+    try:
+        return _make_masks(args, d)
+    finally:
+        distributed.cleanup()
+
+
+def _make_masks(args, d) -> dict:
+    if not args.snapshot:
+        raise UserError("--snapshot is required: the cam model to take the CAMs from (e.g. out/model-32.pth)")
+    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    out = args.maskpath
+    todo = [i for i, s in enumerate(samples)
+            if args.overwrite or not os.path.isfile(os.path.join(out, mask_name(s.name)))]
+    if d.main:
+        print(f"{len(samples)} images in {args.list}; {len(samples) - len(todo)} masks already in {out}, "
+              f"{len(todo)} to write")
+    model = build_mffnet(args.clsnum, args.backbone, dual=False)
+    load_weights(model, args.snapshot)
+    model = place_model(model.eval(), args, d, train=False)
+    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    dtype = amp_dtype(args.amp, d.device)
+    data = ImageSet(samples, resize_transform(args.size))
+    mine = todo[d.rank::d.world]
+    batches = inference_batches(data, mine, args.batch_size, args, d)
+    pool = None
+    if args.post_workers > 0:
+        pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("forkserver"),
+                                   initializer=_init_worker)
+    pending, written, bad = [], 0, 0
+    try:
+        with torch.inference_mode():
+            for batch in maybe_tqdm(batches, d.main, desc="pseudo masks"):
+                bad += handle_bad(batch, args.on_bad_image, None, d)
+                if "image" not in batch:
+                    continue
+                with autocast(d.device, dtype):
+                    maps = model(to_device(batch["image"], d, channels_last))      # B x K x h x w
+                labels = batch["label"].to(d.device)
+                cams = maps[torch.arange(len(labels), device=d.device), labels].float().cpu().numpy()
+                for cam, index, (h, w) in zip(cams, batch["index"].tolist(), batch["size"].tolist()):
+                    path = os.path.join(out, mask_name(samples[index].name))
+                    if pool is None:
+                        write_mask(cam, w, h, path)
+                    else:
+                        pending.append(pool.submit(write_mask, cam, w, h, path))
+                    written += 1
+                # bound the queue: results are small, but a fast GPU must not outrun the pool forever
+                while len(pending) > 8 * max(1, args.post_workers) * args.batch_size:
+                    pending.pop(0).result()
+            for f in pending:
+                f.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    counts = np.array(distributed.gather_objects(d, (written, bad))).sum(0).tolist()
+    if d.main:
+        print(f"wrote {counts[0]} pseudo masks to {out}" + (f"; {counts[1]} bad images skipped" if counts[1] else ""))
+    return {"written": counts[0], "bad": counts[1], "existing": len(samples) - len(todo)}

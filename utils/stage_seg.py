@@ -1,0 +1,142 @@
+"""The seg stage: train the class-agnostic MFF-Net on the pseudo masks (shared/SPEC.md §4.2), then
+localise: mask -> largest contour -> box -> IoU with the ground truth (§4.3).
+
+Evaluation is batched; under torchrun each rank takes every world-th image (no padding, so no image
+is counted twice) and rank 0 gathers the per-image records. An image whose mask is empty, or whose
+file is unreadable under `--on-bad-image skip`, is a failed localisation that stays in the count.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from network import build_mffnet
+from utils import distributed
+from utils.boxes import best_iou, largest_box, localisation_metrics
+from utils.checkpoint import load_weights
+from utils.data import ImageSet, read_list
+from utils.engine import amp_dtype, autocast, fit, handle_bad, inference_batches, place_model, to_device
+from utils.errors import UserError
+from utils.log import maybe_tqdm, write_json
+from utils.results import read_top1top5, write_boxes_csv
+from utils.transforms import boxes_to_eval_frame, eval_transform, train_transform
+
+# The original leaves this ImageNet val image out (its label is wrong); so do we, and say so.
+EXCLUDED = {"imagenet": ["ILSVRC2012_val_00033202.JPEG"]}
+
+
+def seg_loss(model, batch) -> torch.Tensor:
+    """BCE on the pseudo-mask target; pixels neither target nor clear background have weight 0."""
+    logits = model(batch["image"]).float()
+    target, weight = batch["mask"][:, 0], batch["mask"][:, 1]
+    logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
+
+def train(args) -> str:
+    d = distributed.setup(args.device)
+    try:
+        if not os.path.isdir(args.maskpath):
+            raise UserError(f"pseudo-mask folder not found: {args.maskpath}\n  Make the masks first: "
+                            f"python ../{args.dataset_prefix}-cam/test.py --snapshot <cam model>, or pass --maskpath")
+        samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+        model = build_mffnet(1, args.backbone, args.pretrained, seg=True)
+        if args.snapshot:
+            load_weights(model, args.snapshot)
+
+        def groups(m):
+            return [(m.head_parameters(), args.lr), (list(m.bkbone.parameters()), args.backbone_lr)]
+
+        data = ImageSet(samples, train_transform(args.size, args.crop), maskpath=args.maskpath, seed=args.seed)
+        last = fit(args, d, model, data, seg_loss, groups,
+                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch)
+        if d.main:
+            print(f"done; last snapshot: {last}")
+        return last
+    finally:
+        distributed.cleanup()
+
+
+# -------------------------------------------------------------------------------------- evaluation
+def evaluate(args) -> dict:
+    d = distributed.setup(args.device)
+    try:
+        return _evaluate(args, d)
+    finally:
+        distributed.cleanup()
+
+
+def _evaluate(args, d) -> dict:
+    if not args.snapshot:
+        raise UserError("--snapshot is required: the seg model to evaluate (e.g. out/model-2.pth)")
+    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=True)
+    excluded = [s.name for s in samples if os.path.basename(s.name) in EXCLUDED.get(args.dataset, [])]
+    samples = [s for s in samples if s.name not in excluded]
+    table = read_top1top5(args.top1top5, args.allow_pickle) if args.top1top5 else None
+    if table is not None:
+        missing = [s.name for s in samples if s.name not in table]
+        if missing:
+            raise UserError(f"{args.top1top5} has no entry for {len(missing)} evaluated images, e.g. {missing[:3]}")
+    model = build_mffnet(1, args.backbone, seg=True)
+    load_weights(model, args.snapshot)
+    model = place_model(model.eval(), args, d, train=False)
+    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    dtype = amp_dtype(args.amp, d.device)
+    data = ImageSet(samples, eval_transform(args.size, args.crop))
+    labels = {s.name: s.label for s in samples}
+    records = []
+    with torch.inference_mode():
+        for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
+                                                  args, d), d.main, desc="evaluate"):
+            for name, reason in batch["bad"]:
+                handle_bad({"bad": [(name, reason)]}, args.on_bad_image, None, d)
+                records.append(_record(labels, name, None, 0.0, table, bad=True))
+            if "image" not in batch:
+                continue
+            with autocast(d.device, dtype):
+                logits = model(to_device(batch["image"], d, channels_last))             # B x 1 x h x w
+            prob = torch.sigmoid(F.interpolate(logits.float(), size=(args.crop, args.crop), mode="bilinear",
+                                               align_corners=True))[:, 0]
+            masks = (prob > args.threshold).cpu().numpy().astype(np.uint8)
+            for mask, index, (h, w) in zip(masks, batch["index"].tolist(), batch["size"].tolist()):
+                s = samples[index]
+                box = largest_box(mask)
+                gt = boxes_to_eval_frame(s.boxes, w, h, args.size, args.crop)
+                records.append(_record(labels, s.name, box, best_iou(box, gt), table))
+    records = [r for part in distributed.gather_objects(d, records) for r in part]
+    if not d.main:
+        return {}
+    order = {s.name: i for i, s in enumerate(samples)}
+    records.sort(key=lambda r: order[r["name"]])
+    metrics = localisation_metrics(records)
+    metrics.update(threshold=args.threshold, bad_images=sum(r["bad"] for r in records), excluded=excluded,
+                   snapshot=args.snapshot, list=args.list)
+    os.makedirs(args.savepath, exist_ok=True)
+    write_json(os.path.join(args.savepath, "metrics.json"), metrics)
+    write_boxes_csv(os.path.join(args.savepath, "boxes.csv"), records)
+    print_metrics(metrics)
+    print(f"wrote {os.path.join(args.savepath, 'metrics.json')} and boxes.csv")
+    return metrics
+
+
+def _record(labels: dict, name: str, box, iou: float, table, bad: bool = False) -> dict:
+    top1, top5 = table[name] if table is not None else (None, None)
+    return {"name": name, "label": labels[name], "box": box, "iou": iou, "correct": iou > 0.5,
+            "empty": box is None, "bad": bad, "top1": top1, "top5": top5}
+
+
+def print_metrics(m: dict) -> None:
+    print(f"images: {m['count']}   empty masks (counted as failures): {m['empty']}   "
+          f"unreadable (counted as failures): {m.get('bad_images', 0)}")
+    if m.get("excluded"):
+        print(f"left out as in the original (wrong label): {', '.join(m['excluded'])}")
+    rows = [("GT-known Loc", "gt_known_loc")]
+    if "top1_loc" in m:
+        rows = [("Top-1 Loc", "top1_loc"), ("Top-5 Loc", "top5_loc"), ("GT-known Loc", "gt_known_loc"),
+                ("Top-1 Cls", "top1_cls"), ("Top-5 Cls", "top5_cls")]
+    print(f"{'':14s} {'image-level':>12s} {'class mean':>12s}")
+    for label, key in rows:
+        print(f"{label:14s} {m[key]:12.2f} {m[key + '_class_mean']:12.2f}")

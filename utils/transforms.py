@@ -1,0 +1,85 @@
+"""Image transforms, in the authors' order: normalise the uint8 image to float FIRST, then resize.
+
+That order (albumentations `Normalize` before `Resize`, as in the original code) changes the maps by
+several grey levels compared with resizing the uint8 image, so it is kept everywhere (shared/SPEC.md
+§4.1, §4.3). Random transforms are seeded per sample (see `ImageSet`), which makes a run independent
+of the number of loader workers and lets `--resume` reproduce the uninterrupted run.
+
+Box helpers state their convention: boxes are `x0 y0 x1 y1` floats in pixels of the frame named.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import albumentations as A
+import numpy as np
+import torch
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class Pipeline:
+    """An albumentations pipeline as `(image, mask, seed) -> (CHW float tensor, mask tensor | None)`.
+
+    The pseudo mask (H x W x 3 float, ch0 = CAM, ch1 = Gaussian prior) follows the image geometry
+    (NEAREST resize, same crop and flip) and comes back as 2 x h x w: the segmentation target and
+    its weight (SPEC §4.2: target = CAM > 0.25 or prior > 0.25; pixels that are neither target nor
+    clear background (CAM < 0.01) get weight 0).
+    """
+
+    def __init__(self, ops: list):
+        self.compose = A.Compose([A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)] + ops)
+
+    def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
+        self.compose.set_random_seed(seed)
+        out = self.compose(image=image, mask=mask) if mask is not None else self.compose(image=image)
+        image_t = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        if mask is None:
+            return image_t, None
+        fore, gaus = out["mask"][..., 0], out["mask"][..., 1]
+        target = (fore > 0.25) | (gaus > 0.25)
+        weight = target | (fore < 0.01)
+        return image_t, torch.from_numpy(np.stack([target, weight]).astype(np.float32))
+
+
+def train_transform(size: int = 256, crop: int = 224) -> Callable:
+    """cam/seg training: resize size x size, random crop, horizontal flip."""
+    return Pipeline([A.Resize(size, size), A.RandomCrop(crop, crop), A.HorizontalFlip(p=0.5)])
+
+
+def resize_transform(size: int = 256) -> Callable:
+    """Pseudo-mask inference (size 256) and the wsolevaluation protocol (size 224): resize only."""
+    return Pipeline([A.Resize(size, size)])
+
+
+def eval_transform(size: int = 256, crop: int = 224) -> Callable:
+    """SPOL evaluation: resize size x size, centre crop."""
+    return Pipeline([A.Resize(size, size), A.CenterCrop(crop, crop)])
+
+
+def cls_train_transform(size: int, crop: int) -> Callable:
+    return Pipeline([A.Resize(size, size), A.RandomCrop(crop, crop), A.HorizontalFlip(p=0.5)])
+
+
+def cls_test_transform(size: int, crop: int = 0, shorter_side: bool = False) -> Callable:
+    """Classifier evaluation: square resize (CUB recipe), or torchvision's shorter-side resize + centre crop."""
+    ops = [A.SmallestMaxSize(size)] if shorter_side else [A.Resize(size, size)]
+    if crop:
+        ops.append(A.CenterCrop(crop, crop))
+    return Pipeline(ops)
+
+
+def boxes_to_eval_frame(boxes: np.ndarray, width: int, height: int, size: int = 256, crop: int = 0) -> np.ndarray:
+    """GT boxes (x0 y0 x1 y1, original pixels) -> the evaluation frame (floats).
+
+    Clip to the image ([0, W-1] x [0, H-1]), scale to size x size, shift by the centre-crop offset
+    and clip to the crop [0, crop] (SPEC §4.3). `crop=0`: no crop, the frame is size x size.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width - 1) * size / width
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height - 1) * size / height
+    if crop:
+        off = (size - crop) // 2
+        b = np.clip(b - off, 0, crop)
+    return b

@@ -1,0 +1,486 @@
+"""wsolevaluation-compatible WSOL metrics: MaxBoxAcc, MaxBoxAccV2 and PxAP (Choe et al., CVPR 2020).
+
+A re-implementation of the evaluation protocol of clovaai/wsolevaluation (`evaluation.py`) that gives the
+same figures on the same inputs. Score maps are 224 x 224 float arrays in [0, 1], one `<image_id>.npy` per
+image under `--scoremap_root`; ground truth comes from wsolevaluation-format metadata
+(`<metadata_root>/<dataset>/<split>/{image_ids,class_labels,image_sizes,localization}.txt`). Boxes follow
+the `x0y0x1y1` convention, pixel-inclusive (IoU counts `x1 - x0 + 1` pixels per side). For every CAM
+threshold t in `arange(0, 1, interval)` the map is quantised to uint8, binarised at `int(t * max)` (strict
+`>`), and the bounding boxes of its contours are scored against the GT boxes; MaxBoxAcc at IoU threshold
+δ is the accuracy at the best t. PxAP is the area under the pixel precision-recall curve.
+
+    python -m utils.wsol_eval --scoremap_root out/scoremaps --metadata_root metadata --dataset_name CUB \\
+        --split test --cam_curve_interval 0.001 --multi_contour_eval true --json out/wsol.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from utils.errors import UserError, run_main
+
+RESIZE_LENGTH = 224  # the protocol evaluates every map and box in a 224 x 224 frame
+DATASETS = ("CUB", "ILSVRC", "OpenImages")
+
+
+# ----------------------------------------------------------------------------------------------- primitives
+def cam_thresholds(cam_curve_interval: float) -> list[float]:
+    """The CAM thresholds of the protocol, `list(np.arange(0, 1, interval))` (float64, so 0.07 is 0.07...01)."""
+    if not 0 < cam_curve_interval < 1:
+        raise UserError(f"cam_curve_interval must be in (0, 1), got {cam_curve_interval}")
+    return list(np.arange(0, 1, cam_curve_interval))
+
+
+def check_scoremap(scoremap: np.ndarray, name: str = "score map") -> None:
+    """Raise UserError unless `scoremap` is a 2-D real array without NaN and with values in [0, 1]."""
+    if not isinstance(scoremap, np.ndarray):
+        raise UserError(f"{name}: a score map must be a NumPy array, got {type(scoremap).__name__}")
+    if scoremap.dtype.kind not in "biuf":
+        raise UserError(f"{name}: a score map must hold real numbers, got dtype {scoremap.dtype}")
+    if scoremap.ndim != 2:
+        raise UserError(f"{name}: a score map must be 2-D (H x W), got shape {scoremap.shape}")
+    if scoremap.size == 0:
+        raise UserError(f"{name}: the score map is empty (shape {scoremap.shape})")
+    if np.isnan(scoremap).any():
+        raise UserError(f"{name}: the score map contains NaN")
+    lo, hi = scoremap.min(), scoremap.max()
+    if lo < 0 or hi > 1:
+        raise UserError(f"{name}: score map values must lie in [0, 1], got min {lo} and max {hi}")
+
+
+def _as_map(scoremap: np.ndarray, name: str = "score map") -> np.ndarray:
+    check_scoremap(scoremap, name)
+    # wsolevaluation casts every map to float64 (t2n) before `* 255`; a float32 product could truncate
+    # to a different uint8 level, so the cast is part of the protocol.
+    return scoremap.astype(np.float64, copy=False)
+
+
+def _levels(image: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer binarisation levels `int(t * image.max())` of all thresholds: (distinct levels, index of each t).
+
+    Many thresholds share a level (at most 256 distinct ones for 1000 thresholds); they give the same binary
+    image and hence the same boxes, so callers compute contours once per distinct level.
+    """
+    levels = (thresholds * int(image.max())).astype(np.int64)  # float64 product, truncated like int()
+    return np.unique(levels, return_inverse=True)
+
+
+def _boxes_at_level(image: np.ndarray, level: int, multi_contour: bool) -> np.ndarray:
+    """Boxes (n, 4) int64 x0y0x1y1 of the contours of `image > level` (uint8 H x W image)."""
+    _, binary = cv2.threshold(image, thresh=int(level), maxval=255, type=cv2.THRESH_BINARY)
+    # [-2] is the contour list in OpenCV 3 (image, contours, hierarchy) and 4+ (contours, hierarchy)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    if len(contours) == 0:
+        return np.zeros((1, 4), dtype=np.int64)  # the protocol scores an empty map as the box [0, 0, 0, 0]
+    if not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]  # first of the largest, as wsolevaluation
+    height, width = image.shape
+    boxes = np.empty((len(contours), 4), dtype=np.int64)
+    for i, contour in enumerate(contours):
+        x, y, w, h = cv2.boundingRect(contour)
+        # x + w is one past the last column; the protocol keeps it (clipped to the map), not x + w - 1
+        boxes[i] = (x, y, min(x + w, width - 1), min(y + h, height - 1))
+    return boxes
+
+
+def _quantise(scoremap: np.ndarray) -> np.ndarray:
+    return (scoremap * 255).astype(np.uint8)
+
+
+def boxes_at_thresholds(scoremap: np.ndarray, thresholds: Sequence[float],
+                        multi_contour: bool) -> list[np.ndarray]:
+    """Estimated boxes of a score map at each CAM threshold.
+
+    Args:
+        scoremap: (H, W) real array in [0, 1].
+        thresholds: CAM thresholds in [0, 1).
+        multi_contour: all contours (MaxBoxAccV2) or only the largest one (MaxBoxAcc).
+    Returns:
+        one (n, 4) int64 array of x0y0x1y1 boxes per threshold (n >= 1; [0, 0, 0, 0] when nothing is above
+        the threshold). Thresholds at the same integer level share one read-only array.
+    """
+    image = _quantise(_as_map(scoremap))
+    levels, index = _levels(image, np.asarray(thresholds, dtype=np.float64))
+    per_level = []
+    for level in levels:
+        boxes = _boxes_at_level(image, int(level), multi_contour)
+        boxes.flags.writeable = False  # shared between thresholds
+        per_level.append(boxes)
+    return [per_level[i] for i in index]
+
+
+def iou_plus1(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU matrix (n, m) float64 of x0y0x1y1 boxes, pixel-inclusive: a box [0, 0, 2, 2] covers 3 x 3 pixels.
+
+    A pair whose union is not positive (degenerate boxes) scores 0, as in wsolevaluation.
+    """
+    a = np.asarray(boxes_a).reshape(-1, 4)[:, None, :]  # n x 1 x 4
+    b = np.asarray(boxes_b).reshape(-1, 4)[None, :, :]  # 1 x m x 4
+    inter_w = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    inter_h = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = inter_w * inter_h
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area_a + area_b - inter
+    degenerate = union <= 0
+    ious = inter / np.where(degenerate, 1, union)
+    ious[degenerate] = 0
+    return ious
+
+
+def resize_box_224(box: Sequence[float], width: float, height: float,
+                   target: int = RESIZE_LENGTH) -> tuple[int, int, int, int]:
+    """Rescale an x0y0x1y1 box from a width x height image to target x target, truncating like int()."""
+    x0, y0, x1, y1 = map(float, box)
+    w, h, t = float(width), float(height), float(target)
+    # the order (x * t) / w matters for bit-exact truncation; it is wsolevaluation's
+    return int(x0 * t / w), int(y0 * t / h), int(x1 * t / w), int(y1 * t / h)
+
+
+# ----------------------------------------------------------------------------------------------- evaluators
+class BoxEvaluator:
+    """MaxBoxAcc over score maps: accumulate one map and its GT boxes (224 frame) per image, then compute.
+
+    `num_correct[δ][i]` counts images whose best IoU at CAM threshold i is >= δ / 100.
+    """
+
+    def __init__(self, cam_curve_interval: float = 0.01, iou_thresholds: Iterable[int] = (30, 50, 70),
+                 multi_contour: bool = False) -> None:
+        self.thresholds = cam_thresholds(cam_curve_interval)
+        self._thresholds = np.asarray(self.thresholds, dtype=np.float64)
+        self.iou_thresholds = [int(d) for d in iou_thresholds]
+        if not self.iou_thresholds or len(set(self.iou_thresholds)) != len(self.iou_thresholds):
+            raise UserError(f"IoU thresholds must be distinct and at least one, got {self.iou_thresholds}")
+        if any(not 0 <= d <= 100 for d in self.iou_thresholds):
+            raise UserError(f"IoU thresholds are percentages in [0, 100], got {self.iou_thresholds}")
+        self.multi_contour = bool(multi_contour)
+        self.num_correct = {d: np.zeros(len(self.thresholds)) for d in self.iou_thresholds}
+        self.count = 0
+
+    def best_ious(self, scoremap: np.ndarray, gt_boxes_224: np.ndarray) -> np.ndarray:
+        """Per CAM threshold, the best IoU over all predicted boxes x all GT boxes (float64, len(thresholds))."""
+        gt = np.asarray(gt_boxes_224)
+        if gt.size == 0 or gt.size % 4:
+            raise UserError(f"GT boxes must be an (m, 4) array with m >= 1, got shape {gt.shape}")
+        gt = gt.reshape(-1, 4)
+        image = _quantise(_as_map(scoremap))
+        levels, index = _levels(image, self._thresholds)
+        best = np.array([iou_plus1(_boxes_at_level(image, int(lv), self.multi_contour), gt).max()
+                         for lv in levels])
+        return best[index]
+
+    def accumulate(self, scoremap: np.ndarray, gt_boxes_224: np.ndarray) -> None:
+        """Add one image: its (H, W) score map in [0, 1] and its GT boxes (m, 4) x0y0x1y1 in the 224 frame."""
+        best = self.best_ious(scoremap, gt_boxes_224)
+        for d in self.iou_thresholds:
+            self.num_correct[d] += best >= (d / 100)  # d / 100 exactly as wsolevaluation (0.3, 0.5, 0.7)
+        self.count += 1
+
+    def accuracies(self) -> dict[int, np.ndarray]:
+        """Box accuracy (%) at every CAM threshold, per IoU threshold."""
+        if self.count == 0:
+            raise UserError("no image was evaluated")
+        return {d: self.num_correct[d] * 100. / float(self.count) for d in self.iou_thresholds}
+
+    def compute(self) -> dict:
+        """{"maxboxacc": {"30": %, ...}, "mean": % over δ, "best_threshold": {"30": t, ...}}."""
+        accs = self.accuracies()
+        best = {d: a.max() for d, a in accs.items()}
+        return {
+            "maxboxacc": {str(d): float(v) for d, v in best.items()},
+            # np.average of the list, as wsolevaluation, for the same last bit
+            "mean": float(np.average([best[d] for d in self.iou_thresholds])),
+            "best_threshold": {str(d): float(self.thresholds[int(np.argmax(a))]) for d, a in accs.items()},
+        }
+
+
+class PxAPEvaluator:
+    """PxAP: area under the pixel precision-recall curve, from score histograms of GT fore/background pixels."""
+
+    def __init__(self, cam_curve_interval: float = 0.01) -> None:
+        self.thresholds = cam_thresholds(cam_curve_interval)
+        # bins [0, bw), [bw, 2bw), ..., [1 - bw, 1), [1, 2), [2, 3]: a score of exactly 1 gets its own bin
+        self.edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
+        self.true_hist = np.zeros(len(self.thresholds) + 2)
+        self.false_hist = np.zeros(len(self.thresholds) + 2)
+        self.count = 0
+
+    def accumulate(self, scoremap: np.ndarray, gt_mask: np.ndarray) -> None:
+        """Add one image: (H, W) score map in [0, 1]; gt_mask (H, W) uint8, 1 fore, 0 back, 255 ignored."""
+        scoremap = _as_map(scoremap)
+        gt_mask = np.asarray(gt_mask)
+        if gt_mask.shape != scoremap.shape:
+            raise UserError(f"GT mask shape {gt_mask.shape} differs from score map shape {scoremap.shape}")
+        self.true_hist += np.histogram(scoremap[gt_mask == 1], bins=self.edges)[0]
+        self.false_hist += np.histogram(scoremap[gt_mask == 0], bins=self.edges)[0]
+        self.count += 1
+
+    def compute(self) -> float:
+        """PxAP in %."""
+        # reversed cumulative sums: entry i counts pixels predicted positive at the i-th highest edge
+        tp = self.true_hist[::-1].cumsum()
+        fn = self.true_hist.sum() - tp
+        fp = self.false_hist[::-1].cumsum()
+        if ((tp + fn) <= 0).all():
+            raise UserError("PxAP: no foreground GT pixel in the evaluated masks")
+        if ((tp + fp) <= 0).all():
+            raise UserError("PxAP: no positive prediction in the evaluated score maps")
+        nonzero = (tp + fp) != 0
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 at empty top bins; masked out below
+            precision = tp / (tp + fp)
+            recall = tp / (tp + fn)
+        return float((precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100)
+
+
+# ----------------------------------------------------------------------------------------------- metadata
+def _metadata_folder(metadata_root: str, dataset_name: str, split: str) -> str:
+    nested = os.path.join(metadata_root, dataset_name, split)
+    for folder in (nested, metadata_root):  # `<root>/<dataset>/<split>/` or that folder itself
+        if os.path.isfile(os.path.join(folder, "image_ids.txt")):
+            return folder
+    raise UserError(f"metadata file not found: {os.path.join(nested, 'image_ids.txt')} "
+                    f"(nor {os.path.join(metadata_root, 'image_ids.txt')})")
+
+
+def _rows(path: str, n_fields: int, required: bool = True) -> list[tuple[int, list[str]]]:
+    """(line number, comma-separated fields) of the non-blank lines of a metadata file."""
+    if not os.path.isfile(path):
+        if required:
+            raise UserError(f"metadata file not found: {path}")
+        return []
+    rows = []
+    with open(path) as f:
+        for no, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split(",")
+            if len(fields) != n_fields:
+                raise UserError(f"{path}:{no}: expected {n_fields} comma-separated fields, got {line!r}")
+            rows.append((no, fields))
+    return rows
+
+
+def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
+    """Read wsolevaluation metadata.
+
+    Returns {"folder", "image_ids": [str], "class_labels": {id: int}} plus, for CUB/ILSVRC,
+    "image_sizes": {id: (w, h)} and "boxes": {id: [(x0, y0, x1, y1) floats in the original image]},
+    for OpenImages "mask_paths": {id: [str]} and "ignore_paths": {id: str} (relative to the mask root).
+    """
+    folder = _metadata_folder(metadata_root, dataset_name, split)
+    path = lambda name: os.path.join(folder, name)  # noqa: E731
+    ids = [f[0] for _, f in _rows(path("image_ids.txt"), 1)]
+    if not ids:
+        raise UserError(f"{path('image_ids.txt')} lists no image")
+    meta: dict = {"folder": folder, "image_ids": ids, "class_labels": {}}
+    for no, (iid, label) in _rows(path("class_labels.txt"), 2, required=False):  # not needed to score
+        try:
+            meta["class_labels"][iid] = int(label)
+        except ValueError:
+            raise UserError(f"{path('class_labels.txt')}:{no}: label {label!r} is not an integer") from None
+    loc = path("localization.txt")
+    if dataset_name == "OpenImages":
+        meta["mask_paths"], meta["ignore_paths"] = {}, {}
+        for _, (iid, mask, ignore) in _rows(loc, 3):
+            meta["mask_paths"].setdefault(iid, []).append(mask)
+            if ignore or iid not in meta["ignore_paths"]:
+                meta["ignore_paths"][iid] = ignore
+        missing = [i for i in ids if i not in meta["mask_paths"]]
+    else:
+        meta["image_sizes"], meta["boxes"] = {}, {}
+        for no, (iid, w, h) in _rows(path("image_sizes.txt"), 3):
+            try:
+                size = (int(w), int(h))
+            except ValueError:
+                raise UserError(f"{path('image_sizes.txt')}:{no}: width/height must be integers") from None
+            if min(size) <= 0:
+                raise UserError(f"{path('image_sizes.txt')}:{no}: width/height must be positive")
+            meta["image_sizes"][iid] = size
+        for no, (iid, *coords) in _rows(loc, 5):
+            try:
+                x0, y0, x1, y1 = map(float, coords)
+            except ValueError:
+                raise UserError(f"{loc}:{no}: box coordinates must be numbers") from None
+            if min(x0, y0) < 0 or x1 < x0 or y1 < y0:  # wsolevaluation rejects these too
+                raise UserError(f"{loc}:{no}: box {coords} is not x0,y0,x1,y1 with 0 <= x0 <= x1, 0 <= y0 <= y1")
+            meta["boxes"].setdefault(iid, []).append((x0, y0, x1, y1))
+        missing = [i for i in ids if i not in meta["boxes"]]
+        no_size = [i for i in ids if i not in meta["image_sizes"]]
+        if no_size:
+            raise UserError(f"{path('image_sizes.txt')} has no line for {len(no_size)} image(s), e.g. {no_size[0]}")
+    if missing:
+        raise UserError(f"{loc} has no annotation for {len(missing)} image(s), e.g. {missing[0]}")
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------- files
+def load_scoremap(scoremap_root: str, image_id: str) -> np.ndarray:
+    """`<scoremap_root>/<image_id>.npy` (wsolevaluation's name), else `<image_id without extension>.npy`."""
+    path = os.path.join(scoremap_root, image_id + ".npy")
+    if not os.path.isfile(path):
+        alt = os.path.join(scoremap_root, os.path.splitext(image_id)[0] + ".npy")
+        if not os.path.isfile(alt):
+            raise UserError(f"score map not found: {path}")
+        path = alt
+    try:
+        scoremap = np.load(path, allow_pickle=False)  # never unpickle files from elsewhere
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"cannot read score map {path}: {e}") from None
+    check_scoremap(scoremap, path)
+    if scoremap.shape != (RESIZE_LENGTH, RESIZE_LENGTH):
+        # GT boxes and masks live in the 224 x 224 frame; another size would be scored against the wrong pixels
+        raise UserError(f"{path}: score maps must be {RESIZE_LENGTH} x {RESIZE_LENGTH}, got {scoremap.shape}")
+    return scoremap
+
+
+def _read_mask(path: str) -> np.ndarray:
+    """A grayscale mask as float32, resized to 224 x 224 with nearest neighbours (wsolevaluation's loader)."""
+    mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
+    if mask is None:
+        raise UserError(f"mask not found or unreadable: {path}")
+    return cv2.resize(np.float32(mask), (RESIZE_LENGTH, RESIZE_LENGTH), interpolation=cv2.INTER_NEAREST)
+
+
+def openimages_mask(mask_root: str, mask_paths: Sequence[str], ignore_path: str) -> np.ndarray:
+    """GT mask (224, 224) uint8: 1 on any instance, 255 on the ignore box outside instances, 0 elsewhere.
+
+    Paths are relative to `<mask_root>/OpenImages` (where wsolevaluation looks) or to `<mask_root>` itself.
+    """
+    base = os.path.join(mask_root, "OpenImages")
+    resolve = lambda p: os.path.join(base, p) if os.path.isfile(os.path.join(base, p)) \
+        else os.path.join(mask_root, p)  # noqa: E731
+    fg = np.stack([_read_mask(resolve(p)) > 0.5 for p in mask_paths]).any(axis=0)
+    ignore = np.zeros_like(fg)
+    if ignore_path:  # an image without an ignore box has an empty third field
+        ignore = (_read_mask(resolve(ignore_path)) > 0.5) & ~fg
+    return fg.astype(np.uint8) + 255 * ignore.astype(np.uint8)
+
+
+def cub_mask(mask_root: str, image_id: str) -> np.ndarray:
+    """GT mask (224, 224) uint8 from CUB's `segmentations/<class>/<name>.png`: 1 where value > 127, else 0."""
+    path = os.path.join(mask_root, os.path.splitext(image_id)[0] + ".png")
+    return (_read_mask(path) > 127).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def str2bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false/1/0/yes/no, got {value!r}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m utils.wsol_eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--scoremap_root", required=True,
+                   help="folder of score maps, one <image_id>.npy (224 x 224, values in [0, 1]) per image")
+    p.add_argument("--metadata_root", required=True,
+                   help="wsolevaluation metadata root holding <dataset_name>/<split>/, or that folder itself")
+    p.add_argument("--mask_root", default=None,
+                   help="OpenImages: root of the mask pngs named in localization.txt (also tried under "
+                        "<mask_root>/OpenImages); CUB: the segmentations/ folder, to report PxAP as well")
+    p.add_argument("--dataset_name", required=True, choices=DATASETS, help="which protocol: boxes or masks")
+    p.add_argument("--split", default="test", help="metadata split folder")
+    p.add_argument("--cam_curve_interval", type=float, default=0.01,
+                   help="step of the CAM thresholds arange(0, 1, step)")
+    p.add_argument("--multi_contour_eval", type=str2bool, nargs="?", const=True, default=False,
+                   help="score the boxes of all contours (MaxBoxAccV2) instead of only the largest one")
+    p.add_argument("--multi_iou_eval", type=str2bool, nargs="?", const=True, default=True,
+                   help="headline figure = mean MaxBoxAcc over the IoU thresholds instead of the one at 50")
+    p.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70],
+                   help="IoU thresholds δ in percent")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    return p
+
+
+def _progress(items: list, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are a convenience only
+        return items
+    return tqdm(items, desc=desc, unit="img", disable=None)  # disable=None: silent when not on a terminal
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run the protocol the arguments describe; returns the figures written to --json."""
+    openimages = args.dataset_name == "OpenImages"
+    if openimages and not args.mask_root:
+        raise UserError("OpenImages is evaluated on masks: give --mask_root")
+    if not args.multi_iou_eval and not openimages and 50 not in args.iou_threshold_list:
+        raise UserError("--multi_iou_eval false reports MaxBoxAcc at IoU 50: include 50 in --iou_threshold_list")
+    meta = read_metadata(args.metadata_root, args.dataset_name, args.split)
+    boxes = None if openimages else BoxEvaluator(args.cam_curve_interval, args.iou_threshold_list,
+                                                 args.multi_contour_eval)
+    use_masks = openimages or (args.dataset_name == "CUB" and args.mask_root)
+    pixels = PxAPEvaluator(args.cam_curve_interval) if use_masks else None
+    if args.mask_root and not use_masks:
+        print(f"note: --mask_root is not used for {args.dataset_name}", file=sys.stderr)
+
+    for iid in _progress(meta["image_ids"], "wsol eval"):
+        scoremap = load_scoremap(args.scoremap_root, iid)
+        if boxes is not None:
+            w, h = meta["image_sizes"][iid]
+            boxes.accumulate(scoremap, np.array([resize_box_224(b, w, h) for b in meta["boxes"][iid]]))
+        if pixels is not None:
+            mask = openimages_mask(args.mask_root, meta["mask_paths"][iid], meta["ignore_paths"][iid]) \
+                if openimages else cub_mask(args.mask_root, iid)
+            pixels.accumulate(scoremap, mask)
+
+    out: dict = {"count": len(meta["image_ids"])}
+    if boxes is not None:
+        out.update(boxes.compute())
+        # wsolevaluation's headline: mean over δ (MaxBoxAccV2 with multi-contour), else the value at δ = 50
+        out["localization"] = out["mean"] if args.multi_iou_eval else out["maxboxacc"]["50"]
+    if pixels is not None:
+        out["pxap"] = pixels.compute()
+        if openimages:
+            out["localization"] = out["pxap"]
+    return out
+
+
+def _report(args: argparse.Namespace, res: dict) -> str:
+    lines = [f"{args.dataset_name} {args.split}: {res['count']} images, CAM thresholds every "
+             f"{args.cam_curve_interval}, multi_contour_eval {str(args.multi_contour_eval).lower()}"]
+    if "maxboxacc" in res:
+        lines.append(f"  {'IoU δ':>7}  {'MaxBoxAcc':>9}  {'best CAM threshold':>18}")
+        for d, v in res["maxboxacc"].items():
+            lines.append(f"  {d:>7}  {v:9.2f}  {res['best_threshold'][d]:18.3f}")
+        lines.append(f"  {'mean':>7}  {res['mean']:9.2f}")
+    if "pxap" in res:
+        lines.append(f"  {'PxAP':>7}  {res['pxap']:9.2f}")
+    if args.dataset_name == "OpenImages":
+        name = "PxAP"
+    elif args.multi_iou_eval:
+        kind = "MaxBoxAccV2" if args.multi_contour_eval else "MaxBoxAcc"
+        name = f"{kind}, mean over IoU {'/'.join(res['maxboxacc'])}"
+    else:
+        name = f"{'MaxBoxAcc, all contours' if args.multi_contour_eval else 'MaxBoxAcc'} at IoU 50"
+    lines.append(f"localization ({name}): {res['localization']:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    res = evaluate(args)
+    print(_report(args, res), flush=True)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    run_main(main)
