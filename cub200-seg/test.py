@@ -16,7 +16,7 @@ from utils.errors import run_main  # noqa: E402
 
 
 def main(argv=None):
-    parser = cli.make_parser(__doc__, train=False, dataset="cub")
+    parser = cli.make_parser(__doc__, train=False)
     cli.add_eval_args(parser)
     parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="val.txt", threshold=0.2)
     return stage_seg.evaluate(cli.parse(parser, __file__, argv))

@@ -59,9 +59,14 @@ def _write_lines(path: str, lines: Iterable[str]) -> None:
     os.replace(tmp, path)
 
 
+def _exists(path: str, is_dir: bool = False) -> bool:
+    """A list file, or a metadata folder holding any of its files (a partial one is kept whole too)."""
+    return any(os.path.exists(os.path.join(path, f)) for f in WSOL_FILES) if is_dir else os.path.exists(path)
+
+
 def _may_write(path: str, force: bool, is_dir: bool = False) -> bool:
     """False (and say so) when `path` exists and --force was not given."""
-    exists = any(os.path.exists(os.path.join(path, f)) for f in WSOL_FILES) if is_dir else os.path.exists(path)
+    exists = _exists(path, is_dir)
     if exists and not force:
         print(f"kept existing {path} (rerun with --force to rewrite it)")
     return force or not exists
@@ -218,17 +223,17 @@ def prepare_cub(root: str, force: bool = False, check_images: bool = False) -> N
     records, nclasses = read_cub_annotations(root)
     sizes = _check_cub_images(image_dir, records, check_images)
     splits = {"train": [r for r in records if r.train], "val": [r for r in records if not r.train]}
+    val, meta = splits["val"], os.path.join(root, "wsol_metadata", "CUB", "test")
+    if force or not _exists(meta, is_dir=True):  # before writing anything: a bad val image stops the run
+        missing = [r for r in val if r.relpath not in sizes]
+        sizes.update(zip((r.relpath for r in missing),
+                         _image_sizes([os.path.join(image_dir, r.relpath) for r in missing])))
     for split, rows in splits.items():
         path = os.path.join(root, f"{split}.txt")
         if _may_write(path, force):
             _write_lines(path, map(cub_list_line, rows))
             print(f"wrote {path} ({len(rows)} images)")
-    meta = os.path.join(root, "wsol_metadata", "CUB", "test")
-    val = splits["val"]
     if _may_write(meta, force, is_dir=True):
-        missing = [r for r in val if r.relpath not in sizes]
-        sizes.update(zip((r.relpath for r in missing),
-                         _image_sizes([os.path.join(image_dir, r.relpath) for r in missing])))
         _write_wsol_metadata(meta, [r.relpath for r in val], [r.label for r in val],
                              [sizes[r.relpath] for r in val], [[r.box] for r in val])
     print(f"CUB-200-2011: {len(splits['train'])} train / {len(val)} val images, {nclasses} classes")
@@ -262,7 +267,7 @@ def imagenet_classes(root: str) -> list:
     if unknown:
         raise UserError(f"train/ folder(s) {_head(unknown)} not in the class list (synsets.txt or "
                         f"LOC_synset_mapping.txt in {root})")
-    absent = [s for s in synsets if s not in set(folders)]
+    absent = sorted(set(synsets) - set(folders))
     if absent:
         print(f"warning: {len(absent)} class(es) without a train/ folder: {_head(absent)}", file=sys.stderr)
     return synsets
@@ -290,8 +295,9 @@ def _val_from_list(root: str, synsets: list) -> list:
             try:
                 name, label = line.split()
                 label = int(label)
-                assert 0 <= label < len(synsets)
-            except (ValueError, AssertionError):
+                if not 0 <= label < len(synsets):
+                    raise ValueError
+            except ValueError:
                 raise UserError(f"{path}:{n}: expected 'file.JPEG label' with label in 0..{len(synsets) - 1}, "
                                 f"got {line.strip()!r}") from None
             image = os.path.join(val, name)
@@ -309,7 +315,8 @@ def _val_from_folders(val: str, synsets: list, subdirs: list) -> list:
     if stray:
         raise UserError(f"{val} mixes images ({_head(stray, 3)}) with per-synset folders: use one layout")
     index = {s: i for i, s in enumerate(synsets)}
-    out = [ValImage(f, index[s], os.path.join(val, s, f)) for s in subdirs for f in _image_files(os.path.join(val, s))]
+    out = [ValImage(f, index[s], os.path.join(val, s, f))
+           for s in subdirs for f in _image_files(os.path.join(val, s))]
     dupes = _twice([v.name for v in out])
     if dupes:
         raise UserError(f"{val}: file name(s) {_head(dupes)} in more than one folder (val.txt keys by name)")
@@ -326,7 +333,8 @@ def _val_from_csv(csv_path: str, val: str, synsets: list) -> list:
         for n, row in enumerate(rows, 2):
             tokens = row[1].split() if len(row) == 2 else []
             if not tokens:
-                raise UserError(f"{csv_path}:{n}: expected 'ImageId,synset x0 y0 x1 y1 ...', got {','.join(row)!r}")
+                raise UserError(f"{csv_path}:{n}: expected 'ImageId,synset x0 y0 x1 y1 ...', "
+                                f"got {','.join(row)!r}")
             if tokens[0] not in index:
                 raise UserError(f"{csv_path}:{n}: synset {tokens[0]} is not among the classes")
             first[row[0]] = index[tokens[0]]
@@ -369,7 +377,7 @@ def imagenet_val_images(root: str, synsets: list, use_list: bool) -> tuple:
         raise UserError(f"no val image (.jpeg/.jpg/.png) in {val}")
     missing = [v.name for v in images if not os.path.isfile(v.path)]
     if missing:
-        raise UserError(f"{len(missing)} val image(s) of val.txt not found under {val}: {_head(missing)}")
+        raise UserError(f"{len(missing)} listed val image(s) not found under {val}: {_head(missing)}")
     return sorted(images, key=lambda v: v.name), source
 
 
@@ -432,9 +440,10 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
     keep_val = os.path.exists(val_list) and not force
     images, source = imagenet_val_images(root, synsets, use_list=keep_val)
     meta = os.path.join(root, "wsol_metadata", "ILSVRC", "val")
-    write_meta = _may_write(meta, force, is_dir=True)
+    write_meta = force or not _exists(meta, is_dir=True)
     # derived labels are checked against the boxes now; a kept val.txt only when its metadata is written
     boxes = imagenet_val_boxes(root, images, synsets) if write_meta or not keep_val else None
+    sizes = imagenet_val_sizes(root, images) if write_meta else None  # before writing anything
     path = os.path.join(root, "synsets.txt")
     if not os.path.exists(path):  # the class order of every later stage; never rewritten (it is an input)
         _write_lines(path, synsets)
@@ -446,9 +455,9 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
     if _may_write(val_list, force):
         _write_lines(val_list, (f"{v.name} {v.label}" for v in images))
         print(f"wrote {val_list} ({len(images)} images, labels from {source})")
-    if write_meta:
+    if _may_write(meta, force, is_dir=True):
         _write_wsol_metadata(meta, [v.name for v in images], [v.label for v in images],
-                             imagenet_val_sizes(root, images), boxes)
+                             sizes, boxes)
     print(f"ImageNet: {len(train)} train / {len(images)} val images, {len(synsets)} classes "
           f"(val labels from {source})")
 

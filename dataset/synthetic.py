@@ -106,7 +106,7 @@ def class_appearance(index: int) -> Appearance:
     """Appearance of class `index` (0-based). The first four classes differ in shape, pattern AND
     colour; later ones cycle the cues with different strides so no two classes share all three."""
     shape = _SHAPES[index % len(_SHAPES)]
-    pattern = _PATTERNS[(index + index // len(_SHAPES)) % len(_PATTERNS)]
+    pattern = _PATTERNS[(index + 2 * (index // len(_SHAPES))) % len(_PATTERNS)]
     if index < len(_BASE_HUES):
         hue = _BASE_HUES[index]
     else:  # golden-ratio hue sequence: well spread for any number of classes
@@ -253,25 +253,26 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     multi-scale noise, out-of-focus blobs, small shapes and grass-like strokes -- keeps a plain
     "anything not flat" rule from working. All of it is class-independent.
     """
-    yy = np.arange(h, dtype=np.float32)[:, None]
-    xx = np.arange(w, dtype=np.float32)[None, :]
+    # Everything smooth is built at half resolution and upscaled: same look, a quarter of the work.
+    h2, w2 = (h + 1) // 2, (w + 1) // 2
+    yy = np.arange(h2, dtype=np.float32)[:, None]
+    xx = np.arange(w2, dtype=np.float32)[None, :]
     # Two regions (sky/ground, wall/floor, water/shore) split by a soft, tilted horizon, each a
     # vertical gradient between two muted colours.
     top = (_muted(rng, 120, 235), _muted(rng, 110, 225))
     bot = (_muted(rng, 60, 190), _muted(rng, 50, 180))
-    horizon = rng.uniform(0.2, 0.8) * h + (xx - w / 2) * np.float32(np.tan(rng.uniform(-0.3, 0.3)))
-    below = (1.0 / (1.0 + np.exp(-np.clip((yy - horizon) / rng.uniform(3, 30), -30, 30))))[..., None]
-    g = (yy / max(h - 1, 1))[..., None]
+    horizon = rng.uniform(0.2, 0.8) * h2 + (xx - w2 / 2) * np.float32(np.tan(rng.uniform(-0.3, 0.3)))
+    below = (1.0 / (1.0 + np.exp(-np.clip((yy - horizon) / rng.uniform(1.5, 15), -30, 30))))[..., None]
+    g = (yy / max(h2 - 1, 1))[..., None]
     img = ((top[0] * (1 - g) + top[1] * g) * (1 - below) + (bot[0] * (1 - g) + bot[1] * g) * below)
     img = img.astype(np.float32)
-    # Multi-scale luminance texture (foliage, sand, water) and a weaker colour cast variation.
-    lum = (_noise(rng, h, w, rng.uniform(25, 60)) * rng.uniform(6, 14)
-           + _noise(rng, h, w, rng.uniform(6, 14)) * rng.uniform(3, 8)
-           + _noise(rng, h, w, rng.uniform(2, 4)) * rng.uniform(1, 5))
-    img += lum + _noise(rng, h, w, 40, 3) * 3
+    # Large- and mid-scale luminance texture (foliage, sand, water) and a weaker colour cast variation.
+    lum = (_noise(rng, h2, w2, rng.uniform(12, 30)) * rng.uniform(6, 14)
+           + _noise(rng, h2, w2, rng.uniform(3, 7)) * rng.uniform(3, 8))
+    img += lum + _noise(rng, h2, w2, 20, 3) * 3
     # Out-of-focus blobs (bokeh, bushes, rocks far away): big, soft, muted. Drawn and blurred at a
-    # quarter of the resolution (they are smooth anyway; a full-size blur this wide is slow).
-    sh, sw = h // 4 + 1, w // 4 + 1
+    # quarter of the full resolution (they are smooth anyway; a full-size blur this wide is slow).
+    sh, sw = h2 // 2 + 1, w2 // 2 + 1
     layer = np.zeros((sh, sw, 3), np.float32)
     alpha = np.zeros((sh, sw), np.float32)
     cover = np.zeros((sh, sw), np.float32)
@@ -283,11 +284,14 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         cv2.ellipse(alpha, c, ax, ang, 0, 360, float(rng.uniform(0.25, 0.6)), -1)
         cv2.ellipse(cover, c, ax, ang, 0, 360, 1.0, -1)
     sig = rng.uniform(1.5, 3.5)
-    blur = [cv2.resize(cv2.GaussianBlur(a, (0, 0), sig), (w, h), interpolation=cv2.INTER_LINEAR)
+    blur = [cv2.resize(cv2.GaussianBlur(a, (0, 0), sig), (w2, h2), interpolation=cv2.INTER_LINEAR)
             for a in (layer, alpha, cover)]
     # Dividing by the blurred coverage keeps the blob colour instead of fading it to black at the rim.
     layer, alpha, cover = blur[0], blur[1][..., None], blur[2][..., None]
     img = img * (1 - alpha) + layer / np.maximum(cover, 1e-3) * alpha
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    # Fine grain at full resolution.
+    img += _noise(rng, h, w, rng.uniform(2, 4)) * np.float32(rng.uniform(1, 5))
     # Grass/reed strokes in the lower region, sometimes: fine, low-contrast clutter.
     if rng.random() < 0.5:
         for _ in range(int(rng.integers(15, 60))):

@@ -169,6 +169,14 @@ def test_cub_check_images_warns_box_outside(tmp_path, run):
     assert read(os.path.join(root, "val.txt"))[1] == "002.Tern/Tern_0004.jpg,1,50.0 6.0 70.0 18.0"
 
 
+def test_cub_unreadable_val_image_stops_before_writing(tmp_path, run):
+    root = make_cub(str(tmp_path / "CUB_200_2011"))
+    write_text(os.path.join(root, "images", "002.Tern", "Tern_0004.jpg"), ["not a jpeg"])
+    code, _, err = run("cub", "--root", root)
+    assert code == 2 and "Tern_0004.jpg" in err
+    assert not os.path.exists(os.path.join(root, "train.txt"))
+
+
 def test_cub_bad_box_number(tmp_path, run):
     root = make_cub(str(tmp_path / "CUB_200_2011"))
     write_text(os.path.join(root, "bounding_boxes.txt"), [f"{r[0]} {r[4]}" for r in CUB[:3]] + ["4 5.0 x 1 1"])
@@ -258,7 +266,8 @@ def test_imagenet_existing_val_list_kept(tmp_path, run):
     code, out, err = run("imagenet", "--root", root)
     assert code == 0, err
     assert read(os.path.join(root, "val.txt")) == mine and "kept existing" in out
-    assert read(os.path.join(root, "wsol_metadata", "ILSVRC", "val", "image_ids.txt")) == [m.split()[0] for m in mine]
+    ids = read(os.path.join(root, "wsol_metadata", "ILSVRC", "val", "image_ids.txt"))
+    assert ids == [m.split()[0] for m in mine]
     assert run("imagenet", "--root", root, "--force")[0] == 0
     assert read(os.path.join(root, "val.txt")) == VAL_LINES
 
@@ -279,6 +288,13 @@ def test_imagenet_synsets_order_honoured(tmp_path, run):
     train = read(os.path.join(root, "train.txt"))
     assert train[0] == f"{SYNSETS[0]}/{SYNSETS[0]}_10.jpg 2" and train[-1] == f"{SYNSETS[2]}/{SYNSETS[2]}_2.JPEG 0"
     assert read(os.path.join(root, "val.txt")) == [line[:-1] + str(2 - int(line[-1])) for line in VAL_LINES]
+
+
+def test_imagenet_train_folder_not_in_class_list(tmp_path, run):
+    root = make_imagenet(str(tmp_path / "ILSVRC2012"))
+    write_text(os.path.join(root, "synsets.txt"), SYNSETS[:2])
+    code, _, err = run("imagenet", "--root", root)
+    assert code == 2 and SYNSETS[2] in err and "train/" in err
 
 
 def test_imagenet_unknown_synset_in_xml(tmp_path, run):

@@ -18,7 +18,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
-def make_parser(doc: str, train: bool, dataset: str) -> argparse.ArgumentParser:
+def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter)
     g = p.add_argument_group("data")
     g.add_argument("--datapath", help="dataset root (CUB_200_2011 folder or ImageNet root with train/ val/ box/)")
@@ -81,6 +81,14 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
                                                             "them, so an interrupted run resumes)")
     g.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="processes turning CAMs into PNGs (0: in the main process)")
+
+
+def add_cls_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("classifier")
+    g.add_argument("--arch", default="resnet50",
+                   help=f"classifier: {', '.join(sorted(BACKBONES))}, or timm:<model> (needs timm)")
+    g.add_argument("--resize", choices=("square", "shorter"), default="square",
+                   help="test-time resize: size x size, or the shorter side to size (then centre crop)")
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:

@@ -117,11 +117,13 @@ def handle_bad(batch: dict, policy: str, log_file: Optional[str], d: Dist) -> in
 
 # --------------------------------------------------------------------------------------- training
 def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Callable,
-        snapshot_epoch: Callable[[int], bool], on_epoch_end: Optional[Callable] = None) -> str:
+        snapshot_epoch: Callable[[int], bool], on_epoch_end: Optional[Callable] = None,
+        lr_factor: Optional[Callable[[int], float]] = None) -> str:
     """Train `model` (unwrapped, on the CPU) on `dataset`; returns the path of the last snapshot.
 
     `groups(model) -> [(params, lr), ...]` builds the optimiser's parameter groups;
-    `snapshot_epoch(epoch) -> bool` says which 1-based epochs leave a model-<epoch>.pth.
+    `snapshot_epoch(epoch) -> bool` says which 1-based epochs leave a model-<epoch>.pth;
+    `lr_factor(epoch) -> float` scales every group's initial lr for that 0-based epoch (default: constant).
     """
     if args.batch_size % d.world:
         raise UserError(f"--batch_size {args.batch_size} is not divisible by the {d.world} processes")
@@ -167,6 +169,9 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     done = False
     for epoch in range(start_epoch, args.epoch):
         sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        if lr_factor is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr_factor(epoch)
         batch_idx = start_batch if epoch == start_epoch else 0
         model.train()
         seen, t0 = 0, time.time()

@@ -1,0 +1,27 @@
+"""CUB-200-2011, cls stage: classify the test images and write out/top1top5.npy for the seg stage.
+
+    python test.py --snapshot out/model-20.pth
+    python test.py --arch timm:efficientnet_b7 --snapshot <fine-tuned weights>
+
+out/top1top5.npy is a NumPy structured array (name, top1, top5), loadable with allow_pickle=False.
+Next: cd ../cub200-seg && python test.py --snapshot out/model-2.pth --top1top5 ../cub200-cls/out/top1top5.npy
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from utils import cli, stage_cls  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__, train=False)
+    cli.add_cls_args(parser)
+    # the recipe tests on the whole image resized to 685 x 685 (no crop)
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="val.txt", clsnum=200,
+                        size=685, crop=0, batch_size=16)
+    return stage_cls.test(cli.parse(parser, __file__, argv))
+
+
+if __name__ == "__main__":
+    run_main(main)
