@@ -30,7 +30,7 @@ What the images look like, and why:
   class information), then the whole image gets a mild blur, sensor noise and JPEG (quality 90).
 
 Everything is drawn from `numpy.random.default_rng` streams keyed by (seed, split, index), so the same
-arguments give byte-identical files on the same numpy/OpenCV build.
+arguments give byte-identical files on the same numpy/OpenCV build and CPU.
 
 Helpers for bad-input tests write a grayscale JPEG, a CMYK JPEG (needs Pillow: OpenCV cannot encode
 CMYK), a truncated JPEG and random bytes named `.jpg`.

@@ -129,20 +129,23 @@ def load_backbone_weights(model: ResNet, path: str, keep_fc: bool = False) -> No
     number of classes gets a fresh one); any other missing or unexpected key is an error, so a
     file of the wrong depth never loads half-way.
     """
-    from utils.checkpoint import read_state_dict  # local import: network/ stays importable alone
+    from utils.checkpoint import read_state_dict  # local imports: network/ stays importable alone
+    from utils.errors import UserError
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise UserError(
             f"pretrained weights not found: {path}\n"
             f"  Put torchvision's ImageNet weights there (e.g. resnet50-19c8e357.pth, see resource/README.md),"
             f" or pass --pretrained none to train from scratch.")
     state = read_state_dict(path)
     if not keep_fc or model.fc is None or state.get("fc.weight", torch.empty(0)).shape != model.fc.weight.shape:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    bad_missing = [k for k in missing if not k.startswith("fc.")]
-    if bad_missing or unexpected:
-        raise ValueError(f"{path} does not fit the {type(model).__name__} backbone: "
-                         f"missing {bad_missing[:5]}{'...' if len(bad_missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-                         f" (is it a torchvision ResNet of the chosen --backbone depth?)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith("fc.")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise UserError(f"{path} does not fit the {type(model).__name__} backbone: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]} "
+                         f"(is it a torchvision ResNet of the chosen --backbone depth?)")
+    model.load_state_dict(state, strict=False)
