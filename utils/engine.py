@@ -151,8 +151,9 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     last_snapshot, skipped, finite = None, 0, torch.ones((), dtype=torch.bool, device=d.device)
 
     def save_state(epoch: int, batch: int) -> None:
-        if not bool(finite):
-            raise UserError(f"non-finite loss before step {step}: stopped; the last good state is "
+        # a finite loss can still be followed by an update that blew the weights up: check both
+        if not bool(finite) or not all(bool(torch.isfinite(p).all()) for p in raw.parameters()):
+            raise UserError(f"non-finite loss or weights before step {step}: stopped; the last good state is "
                             f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
         if d.main:
             save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),

@@ -31,7 +31,8 @@ DATASETS = ("CUB", "ILSVRC", "OpenImages")
 
 # ----------------------------------------------------------------------------------------------- primitives
 def cam_thresholds(cam_curve_interval: float) -> list[float]:
-    """The CAM thresholds of the protocol, `list(np.arange(0, 1, interval))` (float64, so 0.07 is 0.07...01)."""
+    """The CAM thresholds of the protocol, `list(np.arange(0, 1, interval))`, kept as arange makes them
+    (0.35000000000000003, not 0.35): `int(t * max)` depends on the last bit."""
     if not 0 < cam_curve_interval < 1:
         raise UserError(f"cam_curve_interval must be in (0, 1), got {cam_curve_interval}")
     return list(np.arange(0, 1, cam_curve_interval))
@@ -56,8 +57,8 @@ def check_scoremap(scoremap: np.ndarray, name: str = "score map") -> None:
 
 def _as_map(scoremap: np.ndarray, name: str = "score map") -> np.ndarray:
     check_scoremap(scoremap, name)
-    # wsolevaluation casts every map to float64 (t2n) before `* 255`; a float32 product could truncate
-    # to a different uint8 level, so the cast is part of the protocol.
+    # wsolevaluation casts every map to float64 (t2n) before scoring it; so do we, so that `* 255` and the
+    # histogram edges see the very numbers theirs see
     return scoremap.astype(np.float64, copy=False)
 
 
@@ -205,7 +206,10 @@ class BoxEvaluator:
 
     def accumulate(self, scoremap: np.ndarray, gt_boxes_224: np.ndarray) -> None:
         """Add one image: its (H, W) score map in [0, 1] and its GT boxes (m, 4) x0y0x1y1 in the 224 frame."""
-        best = self.best_ious(scoremap, gt_boxes_224)
+        self.add(self.best_ious(scoremap, gt_boxes_224))
+
+    def add(self, best: np.ndarray) -> None:
+        """Add one image given its `best_ious` (computed elsewhere, e.g. in a worker process)."""
         for d in self.iou_thresholds:
             self.num_correct[d] += best >= (d / 100)  # d / 100 exactly as wsolevaluation (0.3, 0.5, 0.7)
         self.count += 1
@@ -241,12 +245,21 @@ class PxAPEvaluator:
 
     def accumulate(self, scoremap: np.ndarray, gt_mask: np.ndarray) -> None:
         """Add one image: (H, W) score map in [0, 1]; gt_mask (H, W) uint8, 1 fore, 0 back, 255 ignored."""
+        self.add(*self.histograms(scoremap, gt_mask))
+
+    def histograms(self, scoremap: np.ndarray, gt_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score histograms (over `edges`) of one image's foreground and background pixels."""
         scoremap = _as_map(scoremap)
         gt_mask = np.asarray(gt_mask)
         if gt_mask.shape != scoremap.shape:
             raise UserError(f"GT mask shape {gt_mask.shape} differs from score map shape {scoremap.shape}")
-        self.true_hist += np.histogram(scoremap[gt_mask == 1], bins=self.edges)[0]
-        self.false_hist += np.histogram(scoremap[gt_mask == 0], bins=self.edges)[0]
+        return (np.histogram(scoremap[gt_mask == 1], bins=self.edges)[0],
+                np.histogram(scoremap[gt_mask == 0], bins=self.edges)[0])
+
+    def add(self, true_hist: np.ndarray, false_hist: np.ndarray) -> None:
+        """Add one image given its `histograms` (integer counts, so the order of images does not matter)."""
+        self.true_hist += true_hist
+        self.false_hist += false_hist
         self.count += 1
 
     def compute(self) -> float:
@@ -303,7 +316,10 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
     for OpenImages "mask_paths": {id: [str]} and "ignore_paths": {id: str} (relative to the mask root).
     """
     folder = _metadata_folder(metadata_root, dataset_name, split)
-    path = lambda name: os.path.join(folder, name)  # noqa: E731
+
+    def path(name: str) -> str:
+        return os.path.join(folder, name)
+
     ids = [f[0] for _, f in _rows(path("image_ids.txt"), 1)]
     if not ids:
         raise UserError(f"{path('image_ids.txt')} lists no image")
@@ -381,9 +397,12 @@ def openimages_mask(mask_root: str, mask_paths: Sequence[str], ignore_path: str)
 
     Paths are relative to `<mask_root>/OpenImages` (where wsolevaluation looks) or to `<mask_root>` itself.
     """
-    base = os.path.join(mask_root, "OpenImages")
-    resolve = lambda p: os.path.join(base, p) if os.path.isfile(os.path.join(base, p)) \
-        else os.path.join(mask_root, p)  # noqa: E731
+    def resolve(rel: str) -> str:
+        for path in (os.path.join(mask_root, "OpenImages", rel), os.path.join(mask_root, rel)):
+            if os.path.isfile(path):
+                return path
+        raise UserError(f"mask not found: {os.path.join(mask_root, 'OpenImages', rel)} (nor under {mask_root})")
+
     fg = np.stack([_read_mask(resolve(p)) > 0.5 for p in mask_paths]).any(axis=0)
     ignore = np.zeros_like(fg)
     if ignore_path:  # an image without an ignore box has an empty third field
@@ -430,15 +449,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70],
                    help="IoU thresholds δ in percent")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="processes scoring maps in parallel (1: in this process); figures do not depend on it")
     return p
 
 
-def _progress(items: list, desc: str):
+def _progress(items: Iterable, total: int):
     try:
         from tqdm import tqdm
     except ImportError:  # progress bars are a convenience only
         return items
-    return tqdm(items, desc=desc, unit="img", disable=None)  # disable=None: silent when not on a terminal
+    return tqdm(items, total=total, desc="wsol eval", unit="img", disable=None)  # None: quiet off a terminal
+
+
+_JOB: dict = {}  # what `_score_image` needs; set once per process (inherited or via the pool initializer)
+
+
+def _set_job(job: dict) -> None:
+    _JOB.clear()
+    _JOB.update(job)
+
+
+def _score_image(image_id: str) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """One image's contribution: best IoU per CAM threshold (box datasets), PxAP histograms (with masks)."""
+    args, meta, boxes, pixels = _JOB["args"], _JOB["meta"], _JOB["boxes"], _JOB["pixels"]
+    scoremap = load_scoremap(args.scoremap_root, image_id)
+    best = hists = None
+    if boxes is not None:
+        w, h = meta["image_sizes"][image_id]
+        best = boxes.best_ious(scoremap, np.array([resize_box_224(b, w, h) for b in meta["boxes"][image_id]]))
+    if pixels is not None:
+        if args.dataset_name == "OpenImages":
+            mask = openimages_mask(args.mask_root, meta["mask_paths"][image_id], meta["ignore_paths"][image_id])
+        else:
+            mask = cub_mask(args.mask_root, image_id)
+        hists = pixels.histograms(scoremap, mask)
+    return best, hists
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -451,22 +497,35 @@ def evaluate(args: argparse.Namespace) -> dict:
     meta = read_metadata(args.metadata_root, args.dataset_name, args.split)
     boxes = None if openimages else BoxEvaluator(args.cam_curve_interval, args.iou_threshold_list,
                                                  args.multi_contour_eval)
-    use_masks = openimages or (args.dataset_name == "CUB" and args.mask_root)
+    use_masks = openimages or (args.dataset_name == "CUB" and bool(args.mask_root))
     pixels = PxAPEvaluator(args.cam_curve_interval) if use_masks else None
     if args.mask_root and not use_masks:
         print(f"note: --mask_root is not used for {args.dataset_name}", file=sys.stderr)
 
-    for iid in _progress(meta["image_ids"], "wsol eval"):
-        scoremap = load_scoremap(args.scoremap_root, iid)
-        if boxes is not None:
-            w, h = meta["image_sizes"][iid]
-            boxes.accumulate(scoremap, np.array([resize_box_224(b, w, h) for b in meta["boxes"][iid]]))
-        if pixels is not None:
-            mask = openimages_mask(args.mask_root, meta["mask_paths"][iid], meta["ignore_paths"][iid]) \
-                if openimages else cub_mask(args.mask_root, iid)
-            pixels.accumulate(scoremap, mask)
+    ids = meta["image_ids"]
+    job = {"args": args, "meta": meta, "boxes": boxes, "pixels": pixels}
+    workers = min(args.workers, len(ids) // 16)  # a pool does not pay for itself on a handful of maps
+    if workers > 1:
+        import multiprocessing as mp
+        # per-image results are integer counts, so their arrival order cannot change a figure
+        pool = mp.Pool(workers, initializer=_set_job, initargs=(job,))
+        results = pool.imap_unordered(_score_image, ids, chunksize=8)
+    else:
+        pool = None
+        _set_job(job)
+        results = map(_score_image, ids)
+    try:
+        for best, hists in _progress(results, len(ids)):
+            if boxes is not None:
+                boxes.add(best)
+            if pixels is not None:
+                pixels.add(*hists)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        _JOB.clear()
 
-    out: dict = {"count": len(meta["image_ids"])}
+    out: dict = {"count": len(ids)}
     if boxes is not None:
         out.update(boxes.compute())
         # wsolevaluation's headline: mean over δ (MaxBoxAccV2 with multi-contour), else the value at δ = 50

@@ -1,0 +1,72 @@
+"""No lost work: a training run killed with SIGKILL mid-epoch and resumed ends with exactly the weights
+of an uninterrupted run (CPU, same seed); a non-finite loss stops the run and keeps the last good state."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from dataset.synthetic import make_cub
+
+ARGS = ["--clsnum", "3", "--epoch", "2", "--backbone", "resnet18", "--device", "cpu", "--num_workers", "0",
+        "--size", "48", "--crop", "40", "--pretrained", "none", "--batch_size", "4", "--save_every", "1",
+        "--print_freq", "1", "--seed", "7"]
+
+
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("resume") / "CUB_200_2011")
+    make_cub(root, num_classes=3, train_per_class=6, val_per_class=1, seed=5, min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "cub", "--root", root)
+    return root
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(cub, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", straight, *ARGS)
+
+    cmd = [sys.executable, os.path.join(ROOT, "cub200-cam/train.py"), "--datapath", cub, "--savepath", str(killed), *ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # 4 steps per epoch: kill inside epoch 1
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["batch"] < 4, "the kill should land mid-epoch"
+
+    run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", killed, "--resume", *ARGS)
+    a, b = _weights(straight / "model-2.pth"), _weights(killed / "model-2.pth")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_gives_identical_runs(cub, tmp_path):
+    for name in ("a", "b"):
+        run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", tmp_path / name, *ARGS[:4], "1",
+                   *ARGS[5:])
+    a, b = _weights(tmp_path / "a" / "model-1.pth"), _weights(tmp_path / "b" / "model-1.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(cub, tmp_path):
+    p = run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", tmp_path, "--lr", "1e30",
+                   "--backbone_lr", "1e30", *ARGS, check=False)
+    assert p.returncode == 2 and ("loss is" in p.stderr or "non-finite" in p.stderr)
+    state = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "model-2.pth").exists()
