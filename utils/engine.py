@@ -46,6 +46,10 @@ def place_model(model: nn.Module, args, d: Dist, train: bool) -> nn.Module:
     """Move to the device (channels-last on CUDA), wrap in DDP when distributed, compile if asked."""
     channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
     model = model.to(d.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if train and d.enabled and args.sync_bn:
+        if d.device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA (torch's SyncBatchNorm has no CPU implementation)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place for the children: snapshots keep working
     if train and d.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
