@@ -37,12 +37,7 @@ def test_imagenet_cam_and_seg_train_and_masks(inet, tmp_path):
     cam, seg = tmp_path / "cam", tmp_path / "seg"
     run_script("imagenet-cam/train.py", "--datapath", inet, "--clsnum", 3, "--pretrained", "none", "--batch_size", 4,
                "--snapshot_every", 2, "--savepath", cam, *SMALL)
-    assert sorted(os.listdir(cam)) >= ["model-2.pth"] and (cam / "model-3.pth").is_file()   # 12 images / 4 = 3 steps
-    state = torch.load(cam / "checkpoint.pth", weights_only=True)
-    first = build_mffnet(3, "resnet18")
-    # conv1 + bn1 are frozen in the ImageNet recipe: the weights never moved from their initial values
-    torch.manual_seed(0)
-    assert state["model"]["bkbone.conv1.weight"].shape == first.bkbone.conv1.weight.shape
+    assert (cam / "model-2.pth").is_file() and (cam / "model-3.pth").is_file()   # 12 images / 4 = 3 steps
     run_script("imagenet-cam/test.py", "--datapath", inet, "--clsnum", 3, "--snapshot", cam / "model-3.pth",
                "--maskpath", cam / "masks", "--post_workers", 0, *SMALL)
     masks = sorted(str(p.relative_to(cam / "masks")) for p in (cam / "masks").rglob("*.png"))
