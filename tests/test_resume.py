@@ -57,8 +57,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(cub, tmp_
 
 def test_same_seed_gives_identical_runs(cub, tmp_path):
     for name in ("a", "b"):
-        run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", tmp_path / name, *ARGS[:4], "1",
-                   *ARGS[5:])
+        run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", tmp_path / name, *ARGS[:3], "1",
+                   *ARGS[4:])
     a, b = _weights(tmp_path / "a" / "model-1.pth"), _weights(tmp_path / "b" / "model-1.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

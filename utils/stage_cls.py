@@ -63,6 +63,7 @@ def cls_loss(model, batch) -> torch.Tensor:
 
 def train(args) -> str:
     d = distributed.setup(args.device)
+    torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
     try:
         samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
         model = build_classifier(args.arch, args.clsnum)

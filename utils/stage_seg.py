@@ -38,6 +38,7 @@ def seg_loss(model, batch) -> torch.Tensor:
 
 def train(args) -> str:
     d = distributed.setup(args.device)
+    torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
     try:
         if not os.path.isdir(args.maskpath):
             raise UserError(f"pseudo-mask folder not found: {args.maskpath}\n  Make the masks first: "
