@@ -3,6 +3,7 @@
     python test.py --snapshot out/model-32.pth                   # -> out/masks/<class>/<file>.png
     torchrun --nproc_per_node 4 test.py --snapshot out/model-32.pth
     python test.py --snapshot <the authors' cam checkpoint>      # their weights load as they are
+    python test.py --snapshot out/model-32.pth --vis 8           # + out/vis/*.png: image, CAM, prior, mask
 
 Masks already written are skipped (--overwrite rewrites them), so an interrupted run just continues.
 Next: cd ../cub200-seg && python train.py

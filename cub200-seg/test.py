@@ -3,6 +3,8 @@
     python test.py --snapshot out/model-2.pth --top1top5 ../cub200-cls/out/top1top5.npy
     python test.py --snapshot <the authors' model-8>                     # GT-known Loc only
     torchrun --nproc_per_node 4 test.py --snapshot out/model-2.pth
+    python test.py --snapshot out/model-2.pth --protocol wsol            # MaxBoxAcc, MaxBoxAccV2, PxAP
+    python test.py --snapshot out/model-2.pth --vis 8 --maskpath ../cub200-cam/out/masks   # out/vis/*.png
 
 Prints the figures (image-level and mean per class) and writes out/metrics.json and out/boxes.csv.
 Images with an empty predicted mask count as failures (the original skipped them).

@@ -3,6 +3,8 @@
     python test.py --snapshot out/model-6000.pth --top1top5 ../imagenet-cls/out/top1top5.npy
     python test.py --snapshot <the authors' model-6000>                     # GT-known Loc only
     torchrun --nproc_per_node 8 test.py --snapshot out/model-6000.pth
+    python test.py --snapshot out/model-6000.pth --protocol wsol            # MaxBoxAcc, MaxBoxAccV2
+    python test.py --snapshot out/model-6000.pth --vis 8                    # out/vis/*.png
 
 Prints the figures (image-level and mean per class) and writes out/metrics.json and out/boxes.csv.
 Images with an empty predicted mask count as failures (the original skipped them); ILSVRC2012_val_00033202.JPEG is left out as in the original.

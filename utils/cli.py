@@ -84,6 +84,9 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
                                                             "them, so an interrupted run resumes)")
     g.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="processes turning CAMs into PNGs (0: in the main process)")
+    g.add_argument("--vis", type=int, default=0,
+                   help="draw image, CAM, Gaussian prior and pseudo mask of the first N images of the list to "
+                        "<maskpath>/../vis/ (one PNG each and grid.png)")
 
 
 def add_cls_args(p: argparse.ArgumentParser) -> None:
@@ -100,6 +103,21 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top1top5", help="the cls stage's out/top1top5.npy; without it only GT-known Loc is reported")
     g.add_argument("--allow_pickle", action="store_true",
                    help="accept the original code's pickled top1top5 dict (unpickling runs code: trusted files only)")
+    g.add_argument("--protocol", choices=("spol", "wsol"), default="spol",
+                   help="spol: the paper's (resize --size, centre --crop, mask > --threshold, GT-known/Top-1/Top-5 "
+                        "Loc); wsol: wsolevaluation's (resize 224, no crop; MaxBoxAcc, MaxBoxAccV2, PxAP on CUB "
+                        "with segmentations/; --size/--crop/--threshold unused)")
+    g.add_argument("--cam_curve_interval", type=float, default=0.01,
+                   help="--protocol wsol: step of the CAM thresholds arange(0, 1, step)")
+    g.add_argument("--save_scoremaps", action=argparse.BooleanOptionalAction, default=True,
+                   help="--protocol wsol: write <savepath>/scoremaps/<image_id>.npy (224 x 224 float32) for "
+                        "python -m utils.wsol_eval")
+    g.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="--protocol wsol: processes scoring the score maps (0: in the main process)")
+    g.add_argument("--vis", type=int, default=0,
+                   help="draw the first N images of the list to <savepath>/vis/ (one PNG each and grid.png)")
+    g.add_argument("--maskpath", default=None,
+                   help="--vis: also show these pseudo masks (the cam stage's out/masks), where one exists")
 
 
 def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.pseudo_mask import make_pseudo_mask
 from utils.transforms import resize_transform, train_transform
+from utils.vis import pseudo_mask_pictures, tensorboard_hook
 
 
 def dual_head_loss(model, batch) -> torch.Tensor:
@@ -62,12 +63,21 @@ def train(args) -> str:
 
         data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
         last = fit(args, d, model, data, dual_head_loss if dual else single_head_loss, groups,
-                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch)
+                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
+                   on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "cam", _gt_class_cam))
         if d.main:
             print(f"done; last snapshot: {last}")
         return last
     finally:
         distributed.cleanup()
+
+
+def _gt_class_cam(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
+    """TensorBoard pictures: the ground-truth class's CAM (eval mode), / max as for the pseudo masks."""
+    maps = model(images).float()                                                  # B x K x h x w
+    cam = maps[torch.arange(len(labels), device=maps.device), labels][:, None]    # B x 1 x h x w
+    cam = cam / (cam.amax((2, 3), keepdim=True) + 1e-6)
+    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0], None
 
 
 # ------------------------------------------------------------------------------------ pseudo masks
@@ -145,4 +155,8 @@ def _make_masks(args, d) -> dict:
     counts = np.array(distributed.gather_objects(d, (written, bad))).sum(0).tolist()
     if d.main:
         print(f"wrote {counts[0]} pseudo masks to {out}" + (f"; {counts[1]} bad images skipped" if counts[1] else ""))
+        if args.vis > 0:  # drawn from the PNGs: what the seg stage will read, masks written earlier included
+            vis = os.path.join(os.path.dirname(os.path.normpath(out)), "vis")
+            paths = pseudo_mask_pictures(samples, out, args.vis, vis)
+            print(f"wrote {len(paths)} pictures to {vis}")
     return {"written": counts[0], "bad": counts[1], "existing": len(samples) - len(todo)}

@@ -1,5 +1,6 @@
 """The seg stage: train the class-agnostic MFF-Net on the pseudo masks (shared/SPEC.md §4.2), then
-localise: mask -> largest contour -> box -> IoU with the ground truth (§4.3).
+localise: mask -> largest contour -> box -> IoU with the ground truth (§4.3). `--protocol wsol` evaluates
+the same model with the community's protocol instead (§4.4, utils/wsol_protocol.py).
 
 Evaluation is batched; under torchrun each rank takes every world-th image (no padding, so no image
 is counted twice) and rank 0 gathers the per-image records. An image whose mask is empty, or whose
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from network import build_mffnet
-from utils import distributed
+from utils import distributed, wsol_protocol
 from utils.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
@@ -23,6 +24,7 @@ from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
 from utils.results import read_top1top5, write_boxes_csv
 from utils.transforms import boxes_to_eval_frame, eval_transform, train_transform
+from utils.vis import EvalPictures, tensorboard_hook
 
 # The original leaves this ImageNet val image out (its label is wrong); so do we, and say so.
 EXCLUDED = {"imagenet": ["ILSVRC2012_val_00033202.JPEG"]}
@@ -53,12 +55,20 @@ def train(args) -> str:
 
         data = ImageSet(samples, train_transform(args.size, args.crop), maskpath=args.maskpath, seed=args.seed)
         last = fit(args, d, model, data, seg_loss, groups,
-                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch)
+                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
+                   on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "predicted_mask", _predicted_mask))
         if d.main:
             print(f"done; last snapshot: {last}")
         return last
     finally:
         distributed.cleanup()
+
+
+def _predicted_mask(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
+    """TensorBoard pictures: the foreground probability (B x H x W) and its mask at 0.5."""
+    prob = torch.sigmoid(F.interpolate(model(images).float(), size=images.shape[-2:], mode="bilinear",
+                                       align_corners=True))[:, 0]
+    return prob, prob > 0.5
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -73,7 +83,12 @@ def evaluate(args) -> dict:
 def _evaluate(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the seg model to evaluate (e.g. out/model-2.pth)")
+    if args.vis < 0:
+        raise UserError(f"--vis takes a number of images >= 0, got {args.vis}")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=True)
+    if args.protocol == "wsol":
+        _wsol_notes(args, samples, d)
+        return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples)
     excluded = [s.name for s in samples if os.path.basename(s.name) in EXCLUDED.get(args.dataset, [])]
     samples = [s for s in samples if s.name not in excluded]
     table = read_top1top5(args.top1top5, args.allow_pickle) if args.top1top5 else None
@@ -81,13 +96,12 @@ def _evaluate(args, d) -> dict:
         missing = [s.name for s in samples if s.name not in table]
         if missing:
             raise UserError(f"{args.top1top5} has no entry for {len(missing)} evaluated images, e.g. {missing[:3]}")
-    model = build_mffnet(1, args.backbone, seg=True)
-    load_weights(model, args.snapshot)
-    model = place_model(model.eval(), args, d, train=False)
+    model = _eval_model(args, d)
     channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, eval_transform(args.size, args.crop))
     labels = {s.name: s.label for s in samples}
+    pictures = EvalPictures(args.vis, args.maskpath, args.size, args.crop) if args.vis else None
     records = []
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
@@ -102,12 +116,16 @@ def _evaluate(args, d) -> dict:
             prob = torch.sigmoid(F.interpolate(logits.float(), size=(args.crop, args.crop), mode="bilinear",
                                                align_corners=True))[:, 0]
             masks = (prob > args.threshold).cpu().numpy().astype(np.uint8)
-            for mask, index, (h, w) in zip(masks, batch["index"].tolist(), batch["size"].tolist()):
+            for j, (mask, index, (h, w)) in enumerate(zip(masks, batch["index"].tolist(), batch["size"].tolist())):
                 s = samples[index]
                 box = largest_box(mask)
                 gt = boxes_to_eval_frame(s.boxes, w, h, args.size, args.crop)
                 records.append(_record(labels, s.name, box, best_iou(box, gt), table))
+                if pictures is not None and pictures.wants(index):
+                    pictures.add(index, s.name, batch["image"][j], prob[j].cpu().numpy(), gt)
     records = [r for part in distributed.gather_objects(d, records) for r in part]
+    if pictures is not None:
+        pictures.gather(d)
     if not d.main:
         return {}
     order = {s.name: i for i, s in enumerate(samples)}
@@ -120,7 +138,33 @@ def _evaluate(args, d) -> dict:
     write_boxes_csv(os.path.join(args.savepath, "boxes.csv"), records)
     print_metrics(metrics)
     print(f"wrote {os.path.join(args.savepath, 'metrics.json')} and boxes.csv")
+    if pictures is not None:
+        def decide(prob: np.ndarray, gt: np.ndarray) -> tuple:
+            mask = prob > args.threshold
+            box = largest_box(mask.astype(np.uint8))
+            return mask, box, best_iou(box, gt)
+
+        paths = pictures.write(os.path.join(args.savepath, "vis"), decide, f"p > {args.threshold:g}")
+        print(f"wrote {len(paths)} pictures to {os.path.join(args.savepath, 'vis')}")
     return metrics
+
+
+def _eval_model(args, d):
+    model = build_mffnet(1, args.backbone, seg=True)
+    load_weights(model, args.snapshot)
+    return place_model(model.eval(), args, d, train=False)
+
+
+def _wsol_notes(args, samples: list, d) -> None:
+    """What --protocol wsol does differently from the default, said once."""
+    if not d.main:
+        return
+    if args.top1top5:
+        print("note: --top1top5 is not used by --protocol wsol (its figures are class-agnostic)")
+    left_out = [s.name for s in samples if os.path.basename(s.name) in EXCLUDED.get(args.dataset, [])]
+    if left_out:
+        print(f"note: --protocol wsol evaluates every listed image, as wsolevaluation does "
+              f"({', '.join(left_out)} included)")
 
 
 def _record(labels: dict, name: str, box, iou: float, table, bad: bool = False) -> dict:

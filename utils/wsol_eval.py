@@ -214,6 +214,15 @@ class BoxEvaluator:
             self.num_correct[d] += best >= (d / 100)  # d / 100 exactly as wsolevaluation (0.3, 0.5, 0.7)
         self.count += 1
 
+    def merge(self, other: "BoxEvaluator") -> None:
+        """Add another evaluator's counts (another process's share of the images); settings must match."""
+        if (other.thresholds != self.thresholds or other.iou_thresholds != self.iou_thresholds
+                or other.multi_contour != self.multi_contour):
+            raise ValueError("cannot merge box evaluators with different thresholds or contour settings")
+        for d in self.iou_thresholds:
+            self.num_correct[d] += other.num_correct[d]
+        self.count += other.count
+
     def accuracies(self) -> dict[int, np.ndarray]:
         """Box accuracy (%) at every CAM threshold, per IoU threshold."""
         if self.count == 0:
@@ -261,6 +270,14 @@ class PxAPEvaluator:
         self.true_hist += true_hist
         self.false_hist += false_hist
         self.count += 1
+
+    def merge(self, other: "PxAPEvaluator") -> None:
+        """Add another evaluator's histograms (another process's share of the images); thresholds must match."""
+        if other.thresholds != self.thresholds:
+            raise ValueError("cannot merge PxAP evaluators with different CAM thresholds")
+        self.true_hist += other.true_hist
+        self.false_hist += other.false_hist
+        self.count += other.count
 
     def compute(self) -> float:
         """PxAP in %."""

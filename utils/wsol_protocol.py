@@ -1,0 +1,202 @@
+"""The community protocol (Choe et al., CVPR 2020, clovaai/wsolevaluation; shared/SPEC.md §4.4) applied to
+the seg model: `test.py --protocol wsol`.
+
+Each image is normalised and resized to 224 x 224 (no crop); its score map is the sigmoid of the logits
+upsampled to 224 x 224 (bilinear, align_corners=True), min-max normalised per image (a constant map becomes
+zeros), saved as float32 `<savepath>/scoremaps/<image_id>.npy` (image_id = the list name, wsolevaluation's
+file name), so `python -m utils.wsol_eval` gives the same figures from the files. GT boxes are scaled to 224
+from the original pixels with int truncation. Figures, all from utils.wsol_eval's evaluators:
+MaxBoxAcc (largest contour, IoU 50), MaxBoxAccV2 (all contours, mean over IoU 30/50/70) and, on CUB when
+`<datapath>/segmentations/` exists, PxAP. Every image of the list is evaluated, as wsolevaluation does.
+
+Scoring a map (up to 100 contour searches per evaluator) is CPU work, done by `--post_workers` processes;
+under torchrun each rank scores its shard and the evaluators' counts are merged on rank 0.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils import distributed
+from utils.data import ImageSet
+from utils.engine import amp_dtype, autocast, handle_bad, inference_batches, to_device
+from utils.log import maybe_tqdm, write_json
+from utils.transforms import resize_transform
+from utils.vis import EvalPictures
+from utils.wsol_eval import (RESIZE_LENGTH, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds, cub_mask,
+                             iou_plus1, resize_box_224)
+
+V2_IOUS = (30, 50, 70)
+
+
+def scoremaps(logits: torch.Tensor) -> np.ndarray:
+    """B x 1 x h x w logits -> B x 224 x 224 float32 score maps in [0, 1] (min-max normalised per image)."""
+    p = torch.sigmoid(F.interpolate(logits.float(), size=(RESIZE_LENGTH, RESIZE_LENGTH), mode="bilinear",
+                                    align_corners=True))[:, 0]
+    lo = p.amin((1, 2), keepdim=True)
+    span = p.amax((1, 2), keepdim=True) - lo
+    # a constant map says nothing about where the object is: zeros, as wsolevaluation's normalisation
+    maps = torch.where(span > 0, (p - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+    return maps.clamp_(0, 1).cpu().numpy()
+
+
+class WsolScores:
+    """The three evaluators of the protocol; per-rank instances merge into one."""
+
+    def __init__(self, interval: float, pxap: bool) -> None:
+        self.v1 = BoxEvaluator(interval, (50,), multi_contour=False)
+        self.v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
+        self.pxap = PxAPEvaluator(interval) if pxap else None
+
+    def add(self, result: tuple) -> None:
+        best_v1, best_v2, hists = result
+        self.v1.add(best_v1)
+        self.v2.add(best_v2)
+        if self.pxap is not None:
+            self.pxap.add(*hists)
+
+    def merge(self, other: "WsolScores") -> None:
+        self.v1.merge(other.v1)
+        self.v2.merge(other.v2)
+        if self.pxap is not None:
+            self.pxap.merge(other.pxap)
+
+    def compute(self) -> dict:
+        v1, v2 = self.v1.compute(), self.v2.compute()
+        return {"maxboxacc": v1["maxboxacc"]["50"], "maxboxacc_best_threshold": v1["best_threshold"]["50"],
+                "maxboxacc_v2": {**v2["maxboxacc"], "mean": v2["mean"]},
+                "maxboxacc_v2_best_threshold": v2["best_threshold"],
+                "pxap": self.pxap.compute() if self.pxap is not None else None}
+
+
+def score_image(scoremap: np.ndarray, gt: np.ndarray, interval: float, mask_root: Optional[str], image_id: str,
+                save_path: Optional[str], failed: bool = False) -> tuple:
+    """One image's share of the figures: best IoU per CAM threshold for MaxBoxAcc and for MaxBoxAccV2, and
+    the PxAP histograms (None without masks). Saves the map first when `save_path` is given. A `failed`
+    image (unreadable) localises nothing: zero IoUs, and its mask's pixels all score 0."""
+    if save_path:
+        os.makedirs(os.path.dirname(save_path), exist_ok=True)
+        tmp = f"{save_path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:  # np.save(path) would append .npy to the temporary name
+            np.save(f, scoremap.astype(np.float32, copy=False))
+        os.replace(tmp, save_path)
+    v1 = BoxEvaluator(interval, (50,), multi_contour=False)
+    v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
+    if failed:
+        best_v1, best_v2 = np.zeros(len(v1.thresholds)), np.zeros(len(v2.thresholds))
+    else:
+        best_v1, best_v2 = v1.best_ious(scoremap, gt), v2.best_ious(scoremap, gt)
+    hists = PxAPEvaluator(interval).histograms(scoremap, cub_mask(mask_root, image_id)) if mask_root else None
+    return best_v1, best_v2, hists
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
+
+
+def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -> dict:
+    """Score every image of `samples` with the eval-mode, placed `model`; rank 0 returns the figures."""
+    mask_root = os.path.join(args.datapath, "segmentations") if args.dataset == "cub" else None
+    if mask_root and not os.path.isdir(mask_root):
+        mask_root = None
+    root = os.path.join(args.savepath, "scoremaps") if args.save_scoremaps else None
+    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    dtype = amp_dtype(args.amp, d.device)
+    data = ImageSet(samples, resize_transform(RESIZE_LENGTH))
+    scores = WsolScores(args.cam_curve_interval, pxap=mask_root is not None)
+    pictures = EvalPictures(args.vis, args.maskpath, RESIZE_LENGTH) if args.vis else None
+    pool = None
+    if args.post_workers > 0:
+        pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("forkserver"), initializer=_init_worker)
+    pending, bad = [], 0
+
+    def submit(*job) -> None:
+        if pool is None:
+            scores.add(score_image(*job))
+        else:
+            pending.append(pool.submit(score_image, *job))
+
+    try:
+        with torch.inference_mode():
+            for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
+                                                      args, d), d.main, desc="evaluate (wsol)"):
+                for name, reason in batch["bad"]:
+                    handle_bad({"bad": [(name, reason)]}, args.on_bad_image, None, d)
+                    gt = np.zeros((1, 4))  # unused: a failed image scores zero IoU
+                    submit(np.zeros((RESIZE_LENGTH, RESIZE_LENGTH)), gt, args.cam_curve_interval, mask_root,
+                           name, None, True)
+                    bad += 1
+                if "image" not in batch:
+                    continue
+                with autocast(d.device, dtype):
+                    logits = model(to_device(batch["image"], d, channels_last))             # B x 1 x h x w
+                maps = scoremaps(logits)                                                    # B x 224 x 224
+                for j, (scoremap, index, (h, w)) in enumerate(zip(maps, batch["index"].tolist(),
+                                                                  batch["size"].tolist())):
+                    s = samples[index]
+                    gt = np.array([resize_box_224(b, w, h) for b in s.boxes])
+                    submit(scoremap, gt, args.cam_curve_interval, mask_root, s.name,
+                           os.path.join(root, s.name + ".npy") if root else None)
+                    if pictures is not None and pictures.wants(index):
+                        pictures.add(index, s.name, batch["image"][j], scoremap, gt)
+                while len(pending) > 8 * max(1, args.post_workers) * args.batch_size:
+                    scores.add(pending.pop(0).result())
+            for f in pending:
+                scores.add(f.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    parts = distributed.gather_objects(d, (scores, bad))
+    if pictures is not None:
+        pictures.gather(d)
+    if not d.main:
+        return {}
+    for other, _ in parts[1:]:
+        scores.merge(other)
+    assert scores.v1.count == len(samples), (scores.v1.count, len(samples))
+    metrics = {"protocol": "wsol", "count": len(samples), "bad_images": sum(b for _, b in parts),
+               "cam_curve_interval": args.cam_curve_interval, **scores.compute(), "scoremaps": root,
+               "snapshot": args.snapshot, "list": args.list}
+    os.makedirs(args.savepath, exist_ok=True)
+    write_json(os.path.join(args.savepath, "metrics.json"), metrics)
+    print_metrics(metrics, args.datapath if args.dataset == "cub" else None)
+    if pictures is not None:
+        _write_pictures(pictures, metrics["maxboxacc_best_threshold"], args.savepath)
+    print(f"wrote {os.path.join(args.savepath, 'metrics.json')}"
+          + (f" and {len(samples) - metrics['bad_images']} score maps to {root}" if root else ""))
+    return metrics
+
+
+def _write_pictures(pictures: EvalPictures, threshold: float, savepath: str) -> None:
+    """Masks and boxes at MaxBoxAcc's best CAM threshold, found as the evaluator finds them."""
+    def decide(scoremap: np.ndarray, gt: np.ndarray):
+        image = (scoremap.astype(np.float64) * 255).astype(np.uint8)
+        mask = image > int(threshold * int(image.max()))
+        box = boxes_at_thresholds(scoremap, [threshold], multi_contour=False)[0][0]
+        return mask, (box if mask.any() else None), float(iou_plus1(box, gt).max()) if mask.any() else 0.0
+
+    paths = pictures.write(os.path.join(savepath, "vis"), decide, f"t = {threshold:.2f}")
+    print(f"wrote {len(paths)} pictures to {os.path.join(savepath, 'vis')}")
+
+
+def print_metrics(m: dict, cub_root: Optional[str]) -> None:
+    print(f"images: {m['count']} (resized to 224 x 224, no crop; CAM thresholds every {m['cam_curve_interval']})"
+          f"   unreadable (counted as failures): {m['bad_images']}")
+    print(f"{'':12s} {'IoU':>5s} {'value':>8s} {'best CAM threshold':>19s}")
+    print(f"{'MaxBoxAcc':12s} {'50':>5s} {m['maxboxacc']:8.2f} {m['maxboxacc_best_threshold']:19.2f}")
+    for i, d in enumerate(map(str, V2_IOUS)):
+        print(f"{'MaxBoxAccV2' if i == 0 else '':12s} {d:>5s} {m['maxboxacc_v2'][d]:8.2f} "
+              f"{m['maxboxacc_v2_best_threshold'][d]:19.2f}")
+    print(f"{'':12s} {'mean':>5s} {m['maxboxacc_v2']['mean']:8.2f}")
+    if m["pxap"] is not None:
+        print(f"{'PxAP':12s} {'':5s} {m['pxap']:8.2f}")
+    elif cub_root:
+        print(f"PxAP: not computed, no {os.path.join(cub_root, 'segmentations')}/ (CUB's masks come as a "
+              f"separate archive, segmentations.tgz)")
