@@ -107,6 +107,59 @@ def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False) -> torch.Te
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+class HostCopy:
+    """A result on its way to the host: the copy starts now, `get()` waits for it.
+
+    On CUDA the copy goes to pinned memory behind an event, so an inference loop can queue the next
+    batch's forward before it uses this batch's results (the GPU does not idle while the CPU turns
+    them into masks or boxes); on the CPU it is the tensor itself.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.tensor = x.to("cpu", non_blocking=True)
+        self.event = None
+        if x.is_cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def get(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tensor
+
+
+def host_lag(device: torch.device) -> int:
+    """Batches an inference loop keeps in flight before using their results: 1 on CUDA (see
+    HostCopy), 0 on the CPU, whose forward is synchronous anyway."""
+    return 1 if device.type == "cuda" else 0
+
+
+class Throughput:
+    """Images per second of an inference loop in its steady state.
+
+    The clock starts when the first batch's results are handed on (so worker start-up, the first
+    decode and the first forward's one-time costs are left out, as a benchmark's warm-up is) and
+    stops at `stop()`; only the images handed on after the first batch are counted.
+    """
+
+    def __init__(self):
+        self.start, self.images, self.seconds = None, 0, 0.0
+
+    def handed_on(self, n: int) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+        else:
+            self.images += n
+
+    def stop(self) -> None:
+        if self.start is not None:
+            self.seconds = time.perf_counter() - self.start
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.images and self.seconds > 0 else float("nan")
+
+
 def handle_bad(batch: dict, policy: str, log_file: Optional[str], d: Dist) -> int:
     """Stop on the first bad file, or log the skipped ones (to stdout and a file) and count them."""
     for name, reason in batch["bad"]:

@@ -2,15 +2,21 @@
 training image (shared/SPEC.md §3, §4.1).
 
 Mask generation is batched on the device while a pool of worker processes turns each CAM into its
-PNG (the post-processing is CPU work of a few ms per image). Each PNG is written atomically, masks
-already on disk are skipped (an interrupted run resumes), and under torchrun each rank writes its
-own shard of the list, so every mask is written exactly once.
+PNG (the post-processing is CPU work of a few ms per image). The three overlap: loader workers
+decode ahead, the pool (started while the model loads) takes one task per worker and batch, the
+loop blocks only when ~8 batches are queued, and on CUDA the next batch's forward is queued before
+this batch's CAMs are handed on (`python -m utils.bench` measures the result). Each PNG is written
+atomically, masks already on disk are skipped (an interrupted run resumes), and under torchrun each
+rank writes its own shard of the list, so every mask is written exactly once.
 """
 from __future__ import annotations
 
+import math
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -21,7 +27,8 @@ from network import build_mffnet
 from utils import distributed
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
-from utils.engine import amp_dtype, autocast, fit, handle_bad, inference_batches, place_model, to_device
+from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, fit, handle_bad, host_lag, inference_batches,
+                          place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.pseudo_mask import make_pseudo_mask
@@ -85,6 +92,15 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
 
 
+def _start_pool(workers: int) -> tuple:
+    """(pool or None, futures done once its workers are up). Started before the model is built, the
+    workers import their modules meanwhile, not during the first batches on the cores the forward needs."""
+    if workers <= 0:
+        return None, []
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"), initializer=_init_worker)
+    return pool, [pool.submit(int) for _ in range(workers)]  # the executor starts a worker per task while none is idle
+
+
 def write_mask(cam: np.ndarray, width: int, height: int, path: str) -> None:
     """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask)."""
     ok, png = cv2.imencode(".png", make_pseudo_mask(cam, width, height))
@@ -94,6 +110,13 @@ def write_mask(cam: np.ndarray, width: int, height: int, path: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     png.tofile(tmp)
     os.replace(tmp, path)
+
+
+def write_masks(items: list) -> None:
+    """`write_mask` of each (cam, width, height, path): one pool task per chunk of a batch keeps the
+    pool's per-task cost (futures, pickling, pipes: in the main process, under its GIL) small."""
+    for item in items:
+        write_mask(*item)
 
 
 def make_masks(args) -> dict:
@@ -114,49 +137,79 @@ def _make_masks(args, d) -> dict:
     if d.main:
         print(f"{len(samples)} images in {args.list}; {len(samples) - len(todo)} masks already in {out}, "
               f"{len(todo)} to write")
-    model = build_mffnet(args.clsnum, args.backbone, dual=False)
-    load_weights(model, args.snapshot)
-    model = place_model(model.eval(), args, d, train=False)
-    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
-    dtype = amp_dtype(args.amp, d.device)
-    data = ImageSet(samples, resize_transform(args.size))
-    mine = todo[d.rank::d.world]
-    batches = inference_batches(data, mine, args.batch_size, args, d)
-    pool = None
-    if args.post_workers > 0:
-        pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("forkserver"),
-                                   initializer=_init_worker)
-    pending, written, bad = [], 0, 0
+    pool, ready = _start_pool(args.post_workers)
     try:
-        with torch.inference_mode():
-            for batch in maybe_tqdm(batches, d.main, desc="pseudo masks"):
-                bad += handle_bad(batch, args.on_bad_image, None, d)
-                if "image" not in batch:
-                    continue
-                with autocast(d.device, dtype):
-                    maps = model(to_device(batch["image"], d, channels_last))      # B x K x h x w
-                labels = batch["label"].to(d.device)
-                cams = maps[torch.arange(len(labels), device=d.device), labels].float().cpu().numpy()
-                for cam, index, (h, w) in zip(cams, batch["index"].tolist(), batch["size"].tolist()):
-                    path = os.path.join(out, mask_name(samples[index].name))
-                    if pool is None:
-                        write_mask(cam, w, h, path)
-                    else:
-                        pending.append(pool.submit(write_mask, cam, w, h, path))
-                    written += 1
-                # bound the queue: results are small, but a fast GPU must not outrun the pool forever
-                while len(pending) > 8 * max(1, args.post_workers) * args.batch_size:
-                    pending.pop(0).result()
-            for f in pending:
-                f.result()
+        written, bad, rate = _run_masks(args, d, samples, todo[d.rank::d.world], pool, ready)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     counts = np.array(distributed.gather_objects(d, (written, bad))).sum(0).tolist()
     if d.main:
-        print(f"wrote {counts[0]} pseudo masks to {out}" + (f"; {counts[1]} bad images skipped" if counts[1] else ""))
+        print(f"wrote {counts[0]} pseudo masks to {out}" + (f"; {counts[1]} bad images skipped" if counts[1] else "")
+              + (f" ({rate.images_per_s:.1f} images/s after the first batch)" if rate.images else ""))
         if args.vis > 0:  # drawn from the PNGs: what the seg stage will read, masks written earlier included
             vis = os.path.join(os.path.dirname(os.path.normpath(out)), "vis")
             paths = pseudo_mask_pictures(samples, out, args.vis, vis)
             print(f"wrote {len(paths)} pictures to {vis}")
-    return {"written": counts[0], "bad": counts[1], "existing": len(samples) - len(todo)}
+    return {"written": counts[0], "bad": counts[1], "existing": len(samples) - len(todo),
+            "images_per_s": rate.images_per_s, "seconds": rate.seconds}
+
+
+def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExecutor], ready: list) -> tuple:
+    """Batched CAMs of the samples `mine` -> PNGs, post-processed in `pool` (or here if None) once the
+    `ready` futures are done. Returns (written, bad, Throughput)."""
+    model = build_mffnet(args.clsnum, args.backbone, dual=False)
+    load_weights(model, args.snapshot)
+    model = place_model(model.eval(), args, d, train=False)
+    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    dtype = amp_dtype(args.amp, d.device)
+    batches = inference_batches(ImageSet(samples, resize_transform(args.size)), mine, args.batch_size, args, d)
+    out = args.maskpath
+    chunk = math.ceil(args.batch_size / max(1, args.post_workers))   # one task per worker and batch
+    backlog = 8 * math.ceil(args.batch_size / chunk)                  # tasks: ~8 batches queued at most
+    pending, written, bad, rate = set(), 0, 0, Throughput()
+    wait(ready)
+
+    def settle(limit: int) -> None:
+        """Collect finished tasks (a worker's error is raised here) until at most `limit` are left."""
+        nonlocal pending
+        while pending:
+            done = {f for f in pending if f.done()}
+            for f in done:
+                f.result()
+            pending -= done
+            if len(pending) <= limit:
+                return
+            wait(pending, return_when=FIRST_COMPLETED)
+
+    def hand_on(cams: HostCopy, indices: list, sizes: list) -> None:
+        nonlocal written
+        items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)))
+                 for cam, i, (h, w) in zip(cams.get().numpy(), indices, sizes)]
+        rate.handed_on(len(items))
+        written += len(items)
+        if pool is None:
+            write_masks(items)
+            return
+        for k in range(0, len(items), chunk):
+            pending.add(pool.submit(write_masks, items[k:k + chunk]))
+        settle(backlog)  # a fast GPU must not outrun the pool forever
+
+    with torch.inference_mode():
+        queued = deque()  # batches whose CAMs are on their way to the host (CUDA: while the next runs)
+        for batch in maybe_tqdm(batches, d.main, desc="pseudo masks"):
+            bad += handle_bad(batch, args.on_bad_image, None, d)
+            if "image" not in batch:
+                continue
+            with autocast(d.device, dtype):
+                maps = model(to_device(batch["image"], d, channels_last))      # B x K x h x w
+            labels = batch["label"].to(d.device)
+            cams = maps[torch.arange(len(labels), device=d.device), labels].float()   # B x h x w
+            queued.append((HostCopy(cams), batch["index"].tolist(), batch["size"].tolist()))
+            while len(queued) > host_lag(d.device):
+                hand_on(*queued.popleft())
+        while queued:
+            hand_on(*queued.popleft())
+        settle(0)
+    rate.stop()
+    return written, bad, rate

@@ -9,6 +9,7 @@ file is unreadable under `--on-bad-image skip`, is a failed localisation that st
 from __future__ import annotations
 
 import os
+from collections import deque
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ from utils import distributed, wsol_protocol
 from utils.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
-from utils.engine import amp_dtype, autocast, fit, handle_bad, inference_batches, place_model, to_device
+from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, fit, handle_bad, host_lag, inference_batches,
+                          place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
 from utils.results import read_top1top5, write_boxes_csv
@@ -102,8 +104,21 @@ def _evaluate(args, d) -> dict:
     data = ImageSet(samples, eval_transform(args.size, args.crop))
     labels = {s.name: s.label for s in samples}
     pictures = EvalPictures(args.vis, args.maskpath, args.size, args.crop) if args.vis else None
-    records = []
+    records, rate = [], Throughput()
+
+    def hand_on(masks: HostCopy, batch: dict, prob: torch.Tensor) -> None:
+        masks = masks.get().numpy()                                                    # B x crop x crop uint8
+        rate.handed_on(len(masks))
+        for j, (mask, index, (h, w)) in enumerate(zip(masks, batch["index"].tolist(), batch["size"].tolist())):
+            s = samples[index]
+            box = largest_box(mask)
+            gt = boxes_to_eval_frame(s.boxes, w, h, args.size, args.crop)
+            records.append(_record(labels, s.name, box, best_iou(box, gt), table))
+            if pictures is not None and pictures.wants(index):
+                pictures.add(index, s.name, batch["image"][j], prob[j].cpu().numpy(), gt)
+
     with torch.inference_mode():
+        queued = deque()  # batches whose masks are on their way to the host (CUDA: while the next runs)
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
                                                   args, d), d.main, desc="evaluate"):
             for name, reason in batch["bad"]:
@@ -115,14 +130,12 @@ def _evaluate(args, d) -> dict:
                 logits = model(to_device(batch["image"], d, channels_last))             # B x 1 x h x w
             prob = torch.sigmoid(F.interpolate(logits.float(), size=(args.crop, args.crop), mode="bilinear",
                                                align_corners=True))[:, 0]
-            masks = (prob > args.threshold).cpu().numpy().astype(np.uint8)
-            for j, (mask, index, (h, w)) in enumerate(zip(masks, batch["index"].tolist(), batch["size"].tolist())):
-                s = samples[index]
-                box = largest_box(mask)
-                gt = boxes_to_eval_frame(s.boxes, w, h, args.size, args.crop)
-                records.append(_record(labels, s.name, box, best_iou(box, gt), table))
-                if pictures is not None and pictures.wants(index):
-                    pictures.add(index, s.name, batch["image"][j], prob[j].cpu().numpy(), gt)
+            queued.append((HostCopy((prob > args.threshold).to(torch.uint8)), batch, prob))
+            while len(queued) > host_lag(d.device):
+                hand_on(*queued.popleft())
+        while queued:
+            hand_on(*queued.popleft())
+    rate.stop()
     records = [r for part in distributed.gather_objects(d, records) for r in part]
     if pictures is not None:
         pictures.gather(d)
@@ -137,7 +150,8 @@ def _evaluate(args, d) -> dict:
     write_json(os.path.join(args.savepath, "metrics.json"), metrics)
     write_boxes_csv(os.path.join(args.savepath, "boxes.csv"), records)
     print_metrics(metrics)
-    print(f"wrote {os.path.join(args.savepath, 'metrics.json')} and boxes.csv")
+    print(f"wrote {os.path.join(args.savepath, 'metrics.json')} and boxes.csv"
+          + (f" ({rate.images_per_s:.1f} images/s after the first batch)" if rate.images else ""))
     if pictures is not None:
         def decide(prob: np.ndarray, gt: np.ndarray) -> tuple:
             mask = prob > args.threshold
@@ -146,7 +160,7 @@ def _evaluate(args, d) -> dict:
 
         paths = pictures.write(os.path.join(args.savepath, "vis"), decide, f"p > {args.threshold:g}")
         print(f"wrote {len(paths)} pictures to {os.path.join(args.savepath, 'vis')}")
-    return metrics
+    return dict(metrics, images_per_s=rate.images_per_s, seconds=rate.seconds)  # speed: not in metrics.json
 
 
 def _eval_model(args, d):

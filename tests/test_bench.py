@@ -1,0 +1,69 @@
+"""`python -m utils.bench`: a tiny CPU run writes the JSON it promises; bad sizes are refused; the
+inference loops' throughput clock leaves the first batch out."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+from utils.engine import HostCopy, Throughput
+
+STAGES = ("data_loading", "cam_forward", "pseudo_masks", "seg_forward", "seg_eval", "cam_train_step",
+          "seg_train_step")
+
+
+def bench(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "utils.bench", *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    if check and p.returncode != 0:
+        raise AssertionError(f"bench exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_tiny_cpu_run_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    p = bench("--device", "cpu", "--backbone", "resnet18", "--batch_size", 4, "--images", 8,
+              "--num_workers", 1, "--post_workers", 1, "--json", out)
+    r = json.load(open(out))
+    assert r["device"] == "cpu" and r["backbone"] == "resnet18" and r["batch_size"] == 4 and r["images"] == 8
+    assert r["torch"] == torch.__version__ and r["amp"] == "off" and r["channels_last"] is False
+    assert positive(r["postprocess_ms_per_image"])
+    for name in STAGES:
+        assert positive(r["stages"][name]["images_per_s"]), name
+        assert positive(r["stages"][name]["peak_memory_mb"]), name
+    assert positive(r["stages"]["pseudo_masks"]["ratio_to_cam_forward"])
+    assert positive(r["stages"]["seg_eval"]["ratio_to_seg_forward"])
+    post = r["stages"]["postprocess"]
+    assert post["ms_per_image"] == r["postprocess_ms_per_image"] and positive(post["png_encode_ms_per_image"])
+    assert r["stages"]["pseudo_masks"]["images"] == 8 and r["stages"]["seg_eval"]["images"] == 8
+    for name in STAGES + ("postprocess",):
+        assert name in p.stdout  # the table
+
+
+def test_help_and_too_few_images():
+    assert "pseudo_masks" in bench("--help").stdout
+    p = bench("--device", "cpu", "--images", 4, "--batch_size", 4, check=False)
+    assert p.returncode == 2 and "--images 4 < 2 x --batch_size 4" in p.stderr
+
+
+def test_throughput_leaves_the_first_batch_out():
+    rate = Throughput()
+    rate.stop()
+    assert math.isnan(rate.images_per_s)   # nothing handed on
+    rate.handed_on(4)                      # the clock starts
+    rate.handed_on(4)
+    rate.handed_on(3)
+    rate.stop()
+    assert rate.images == 7 and rate.seconds > 0 and rate.images_per_s == 7 / rate.seconds
+
+
+def test_host_copy_on_the_cpu_is_the_tensor():
+    x = torch.arange(6.0)
+    assert HostCopy(x).get() is x

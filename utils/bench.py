@@ -1,0 +1,433 @@
+"""Throughput of every stage on one device, in one run, on synthetic CUB-like data it writes itself.
+
+    python -m utils.bench                                  # auto device, ResNet-50, the paper's input sizes
+    python -m utils.bench --device cpu --json bench.json   # under 2 minutes on 2 CPU cores
+    python -m utils.bench --device cuda --images 4096 --compile
+
+What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed afterwards):
+  data_loading    JPEG decode + normalise + resize 256 in the --num_workers loader workers
+  cam_forward     the bare batched forward of the CAM model (200 classes, 256 x 256, as mask generation)
+  pseudo_masks    mask generation end to end, through `stage_cam.make_masks` itself: decode, forward,
+                  post-processing and PNG writes in the --post_workers pool
+  seg_forward     the bare batched forward of the seg model (224 x 224 centre crop, as evaluation)
+  seg_eval        evaluation end to end, through `stage_seg.evaluate` itself (largest contour, IoU)
+  postprocess     CAM -> uint8 pseudo mask (`make_pseudo_mask`) on one core, ms per image, on the
+                  ground-truth CAMs of the cam_forward images; PNG encoding separately
+  cam_train_step  forward + backward + SGD step of the CUB cam model (dual head) at 224
+  seg_train_step  the same for the seg model and its loss
+The end-to-end figures count the images after the first batch (loader start-up and the first batch
+are left out, as the bare forwards leave out their warm-up) and are given as a ratio to the bare
+forward measured just before them. The models have random weights (speed does not depend on them,
+except the post-processing, whose CAMs are noisier and so have more regions than a trained model's).
+
+Settings follow the stages: on CUDA bf16 autocast, channels-last, pinned memory and persistent loader
+workers (--amp, --channels_last); --compile compiles every model. Peak memory: on CUDA
+`torch.cuda.max_memory_allocated` during each stage; on the CPU the peak RSS of this process so far
+(`getrusage`; it only grows) and of its largest finished child process.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # `python utils/bench.py` as well as `python -m utils.bench`
+    sys.path.insert(0, REPO)
+
+from dataset.prepare import prepare_cub  # noqa: E402
+from dataset.synthetic import make_cub  # noqa: E402
+from network import build_mffnet  # noqa: E402
+from network.resnet import BACKBONES  # noqa: E402
+from utils import cli, stage_cam, stage_seg  # noqa: E402
+from utils.data import ImageSet, collate, read_list  # noqa: E402
+from utils.distributed import pick_device  # noqa: E402
+from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
+from utils.errors import UserError, run_main  # noqa: E402
+from utils.pseudo_mask import make_pseudo_mask  # noqa: E402
+from utils.transforms import resize_transform  # noqa: E402
+
+CLASSES = 200        # CUB: the CAM model's output channels
+SIZE, CROP = 256, 224
+UNIQUE = 256         # distinct synthetic images per list; more are hard links to them (same decode cost)
+DEFAULTS = {         # device type -> (images per measurement, batch size, timed training steps, warm-up)
+    "cpu": (32, 4, 1, 1),      # ResNet-50 runs at ~2-6 images/s on 2 cores: the whole run stays < 2 min
+    "cuda": (2048, 128, 20, 5),
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):  # a None default is device-dependent: the help says how
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _per_device(i: int) -> str:
+    return f"(default: {DEFAULTS['cpu'][i]} on the CPU, {DEFAULTS['cuda'][i]} on CUDA)"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES))
+    p.add_argument("--images", type=int, help=f"images per list, measured by every inference stage {_per_device(0)}")
+    p.add_argument("--batch_size", type=int, help=f"images per forward / training step {_per_device(1)}")
+    p.add_argument("--train_steps", type=int, help=f"timed training steps per model {_per_device(2)}")
+    p.add_argument("--warmup", type=int, help=f"untimed batches before each bare forward, untimed steps (at least "
+                                              f"one) before the timed training steps {_per_device(3)}")
+    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers")
+    p.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="pseudo-mask post-processing processes")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="mixed precision; auto: bf16 on CUDA, off on the CPU")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--workdir", help="where the synthetic data and outputs go (default: a temporary folder, "
+                                     "removed at the end)")
+    p.add_argument("--verbose", action="store_true", help="show the stages' own output")
+    return p
+
+
+# ------------------------------------------------------------------------------------------- helpers
+class Timer:
+    """Wall-clock seconds of a block, synchronising CUDA on both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self):
+        self._sync()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds = time.perf_counter() - self.t0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20
+
+
+def child_peak_mb() -> float:
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2 ** 20
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def quiet(verbose: bool):
+    """The stages print progress bars and figures: keep them out of the benchmark's table."""
+    if verbose:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+# ---------------------------------------------------------------------------------------------- data
+def synthetic_cub(root: str, images: int, seed: int = 0) -> str:
+    """A CUB_200_2011 folder with `images` train and `images` val images (~500 x 375 JPEGs) and lists."""
+    unique = min(images, UNIQUE)
+    classes = min(8, unique)
+    per_class = math.ceil(unique / classes)
+    make_cub(root, num_classes=classes, train_per_class=per_class, val_per_class=per_class, seed=seed,
+             min_size=375, max_size=500, segmentations=False)
+    prepare_cub(root, force=True)
+    for split in ("train", "val"):
+        path = os.path.join(root, f"{split}.txt")
+        lines = [line for line in open(path).read().splitlines() if line.strip()][:unique]
+        extra = []
+        for k in range(images - len(lines)):  # more images: hard links to the same files, other names
+            name, rest = lines[k % len(lines)].split(",", 1)
+            stem, ext = os.path.splitext(name)
+            copy = f"{stem}_{k}{ext}"
+            src, dst = (os.path.join(root, "images", n) for n in (name, copy))
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+            extra.append(f"{copy},{rest}")
+        with open(path, "w") as f:
+            f.write("\n".join(lines + extra) + "\n")
+    return root
+
+
+def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Namespace:
+    """The stage's own parser, as its test.py builds it, with the benchmark's settings."""
+    p = cli.make_parser("", train=False)
+    if kind == "cam":
+        cli.add_mask_args(p)
+        p.set_defaults(dataset="cub", list="train.txt", clsnum=CLASSES)
+        extra = ["--maskpath", os.path.join(out, "masks"), "--post_workers", str(a.post_workers), "--overwrite"]
+    else:
+        cli.add_eval_args(p)
+        p.set_defaults(dataset="cub", list="val.txt", threshold=0.2)
+        extra = ["--savepath", out]
+    argv = ["--datapath", root, "--snapshot", snapshot, "--device", str(a.device), "--backbone", a.backbone,
+            "--batch_size", str(a.batch_size), "--num_workers", str(a.num_workers), "--amp", a.amp,
+            "--size", str(SIZE), "--crop", str(CROP)] + extra
+    if a.channels_last is not None:
+        argv.append("--channels_last" if a.channels_last else "--no-channels_last")
+    if a.compile:
+        argv.append("--compile")
+    return p.parse_args(argv)
+
+
+def loader(samples: list, a) -> DataLoader:
+    """The mask stage's loader settings, with persistent workers (so a second pass measures steady state)."""
+    batches = [list(range(i, min(i + a.batch_size, len(samples)))) for i in range(0, len(samples), a.batch_size)]
+    workers = max(0, a.num_workers)
+    return DataLoader(ImageSet(samples, resize_transform(SIZE)), batch_sampler=batches, num_workers=workers,
+                      collate_fn=collate, pin_memory=a.device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+# -------------------------------------------------------------------------------------- measurements
+def prepare_model(model: torch.nn.Module, a) -> torch.nn.Module:
+    model = model.to(a.device, memory_format=torch.channels_last if a.cl else torch.preserve_format)
+    return torch.compile(model) if a.compile else model
+
+
+def bare_forward(model: torch.nn.Module, batches: list, a, keep: Optional[Callable] = None) -> tuple:
+    """(images/s, [keep(i, output of batch i)]) of the forward alone over device-resident batches."""
+    model.eval()
+    with torch.inference_mode():
+        for i in range(a.warmup):
+            with autocast(a.device, a.dtype):
+                model(batches[i % len(batches)])
+        kept = []
+        with Timer(a.device) as t:
+            for i, x in enumerate(batches):
+                with autocast(a.device, a.dtype):
+                    out = model(x)
+                if keep is not None:
+                    kept.append(keep(i, out))
+    return sum(len(x) for x in batches) / t.seconds, kept
+
+
+def training(model: torch.nn.Module, loss_fn: Callable, batch: dict, a) -> float:
+    """Images/s of train_step (forward, backward, SGD step) on one device-resident batch."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda") if a.dtype == torch.float16 else None
+    for _ in range(max(1, a.warmup)):
+        train_step(model, loss_fn, batch, optimizer, scaler, a.device, a.dtype)
+    with Timer(a.device) as t:
+        for _ in range(a.train_steps):
+            train_step(model, loss_fn, batch, optimizer, scaler, a.device, a.dtype)
+    return a.train_steps * len(batch["image"]) / t.seconds
+
+
+def postprocess_ms(cams: list, sizes: list, repeats: int = 5) -> tuple:
+    """Median over `repeats` passes of (make_pseudo_mask ms per image, PNG encoding ms per image), one core."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as in the pool's workers
+    try:
+        passes = max(1, math.ceil(256 / len(cams)))  # >= 256 calls per repeat: a stable median
+        post, png = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(passes):
+                masks = [make_pseudo_mask(c, w, h) for c, (w, h) in zip(cams, sizes)]
+            t1 = time.perf_counter()
+            for m in masks:
+                cv2.imencode(".png", m)
+            t2 = time.perf_counter()
+            post.append((t1 - t0) / (passes * len(cams)) * 1e3)
+            png.append((t2 - t1) / len(cams) * 1e3)
+        return float(np.median(post)), float(np.median(png))
+    finally:
+        cv2.setNumThreads(threads)
+
+
+class Stages(dict):
+    """name -> figures of one measurement; each `add` closes that stage's peak-memory window."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device = device
+        reset_peak(device)
+
+    def add(self, name: str, images_per_s: float, images: int, **extra) -> None:
+        self[name] = {"images_per_s": images_per_s, "images": images, "peak_memory_mb": peak_mb(self.device),
+                      **extra}
+        if self.device.type == "cpu":
+            self[name]["peak_child_memory_mb"] = child_peak_mb()
+        reset_peak(self.device)
+
+
+def measure_inputs(a, root: str, stages: Stages) -> tuple:
+    """Data loading (a first pass starts the workers, the second is timed); returns the first pass's
+    batches on the device: ([B x 3 x 256 x 256 images], [B labels], [(width, height)] of every image)."""
+    data = loader(read_list("cub", root, "train.txt", with_boxes=False), a)
+    batches = list(data)
+    with Timer(a.device) as t:
+        n = sum(len(b["index"]) for b in data)
+    stages.add("data_loading", n / t.seconds, n, workers=a.num_workers)
+    memory_format = torch.channels_last if a.cl else torch.contiguous_format
+    images = [b["image"].to(a.device, non_blocking=True).contiguous(memory_format=memory_format) for b in batches]
+    labels = [b["label"].to(a.device) for b in batches]
+    return images, labels, [(w, h) for b in batches for h, w in b["size"].tolist()]
+
+
+def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> np.ndarray:
+    """Bare CAM forward, then `make_masks` end to end; returns the GT-class CAMs (N x 32 x 32)."""
+    model = prepare_model(build_mffnet(CLASSES, a.backbone), a)
+    rate, cams = bare_forward(model, images, a,
+                              keep=lambda i, maps: maps[torch.arange(len(maps), device=a.device), labels[i]])
+    cams = torch.cat(cams).float().cpu().numpy()
+    stages.add("cam_forward", rate, len(cams), input=[SIZE, SIZE])
+    del model
+    with quiet(a.verbose):
+        r = stage_cam.make_masks(stage_args("cam", a, os.path.join(work, "CUB_200_2011"),
+                                            os.path.join(work, "cam.pth"), os.path.join(work, "cam")))
+    stages.add("pseudo_masks", r["images_per_s"], r["written"], seconds=r["seconds"], post_workers=a.post_workers,
+               ratio_to_cam_forward=r["images_per_s"] / stages["cam_forward"]["images_per_s"])
+    return cams
+
+
+def measure_eval(a, work: str, images: list, stages: Stages) -> list:
+    """Bare seg forward on the centre crops, then `evaluate` end to end; returns the crops."""
+    off = (SIZE - CROP) // 2
+    memory_format = torch.channels_last if a.cl else torch.contiguous_format
+    crops = [x[:, :, off:off + CROP, off:off + CROP].contiguous(memory_format=memory_format) for x in images]
+    rate, _ = bare_forward(prepare_model(build_mffnet(1, a.backbone, seg=True), a), crops, a)
+    stages.add("seg_forward", rate, sum(len(x) for x in crops), input=[CROP, CROP])
+    with quiet(a.verbose):
+        m = stage_seg.evaluate(stage_args("seg", a, os.path.join(work, "CUB_200_2011"),
+                                          os.path.join(work, "seg.pth"), os.path.join(work, "seg")))
+    stages.add("seg_eval", m["images_per_s"], m["count"], seconds=m["seconds"],
+               ratio_to_seg_forward=m["images_per_s"] / stages["seg_forward"]["images_per_s"])
+    return crops
+
+
+def measure_training(a, image: torch.Tensor, label: torch.Tensor, stages: Stages) -> None:
+    """train_step of the CUB cam model (dual head) and of the seg model on one 224 x 224 batch."""
+    batch = {"image": image, "label": label}
+    model = prepare_model(build_mffnet(CLASSES, a.backbone, dual=True), a)
+    stages.add("cam_train_step", training(model, stage_cam.dual_head_loss, batch, a), len(image) * a.train_steps,
+               steps=a.train_steps)
+    del model
+    target = (torch.rand(len(image), CROP, CROP, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    batch["mask"] = torch.stack([target, torch.ones_like(target)], 1).to(a.device)   # B x 2 x 224 x 224
+    model = prepare_model(build_mffnet(1, a.backbone, seg=True), a)
+    stages.add("seg_train_step", training(model, stage_seg.seg_loss, batch, a), len(image) * a.train_steps,
+               steps=a.train_steps)
+
+
+def run(a) -> dict:
+    images, batch_size, train_steps, warmup = DEFAULTS[a.device.type if a.device.type in DEFAULTS else "cuda"]
+    a.images, a.batch_size = a.images or images, a.batch_size or batch_size
+    a.train_steps = a.train_steps or train_steps
+    a.warmup = warmup if a.warmup is None else a.warmup
+    if a.images < 2 * a.batch_size:
+        raise UserError(f"--images {a.images} < 2 x --batch_size {a.batch_size}: the end-to-end figures leave "
+                        f"the first batch out and need at least one more")
+    a.dtype = amp_dtype(a.amp, a.device)
+    a.cl = a.channels_last if a.channels_last is not None else a.device.type == "cuda"
+    work = a.workdir or tempfile.mkdtemp(prefix="spol-bench-")
+    try:
+        root = os.path.join(work, "CUB_200_2011")
+        with quiet(a.verbose):
+            synthetic_cub(root, a.images)
+        torch.manual_seed(0)  # random weights: the stages load them from these files
+        torch.save(build_mffnet(CLASSES, a.backbone).state_dict(), os.path.join(work, "cam.pth"))
+        torch.save(build_mffnet(1, a.backbone, seg=True).state_dict(), os.path.join(work, "seg.pth"))
+        stages = Stages(a.device)
+        images, labels, sizes = measure_inputs(a, root, stages)
+        cams = measure_masks(a, work, images, labels, stages)       # bare forward, then the stage: close in time
+        crops = measure_eval(a, work, images, stages)
+        post, png = postprocess_ms(list(cams), sizes)
+        stages["postprocess"] = {"ms_per_image": post, "png_encode_ms_per_image": png,
+                                 "images_per_s_per_core": 1e3 / post, "images": len(cams)}
+        measure_training(a, crops[0], labels[0], stages)
+    finally:
+        if not a.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return {
+        "device": str(a.device), "device_name": device_name(a.device), "backbone": a.backbone,
+        "batch_size": a.batch_size, "images": a.images, "num_workers": a.num_workers,
+        "post_workers": a.post_workers, "amp": str(a.dtype).replace("torch.", "") if a.dtype else "off",
+        "channels_last": a.cl, "compile": a.compile, "torch": torch.__version__, "opencv": cv2.__version__,
+        "postprocess_ms_per_image": stages["postprocess"]["ms_per_image"], "stages": dict(stages),
+    }
+
+
+def table(r: dict) -> str:
+    lines = [f"SPOL bench: {r['device']} ({r['device_name']}), {r['backbone']}, batch {r['batch_size']}, "
+             f"{r['images']} images, amp {r['amp']}, channels_last {r['channels_last']}, compile {r['compile']}, "
+             f"torch {r['torch']}",
+             f"{'stage':16s} {'images/s':>10s} {'peak MB':>9s}  notes"]
+    s = r["stages"]
+    notes = {"data_loading": f"{r['num_workers']} loader workers, decode + normalise + resize {SIZE}",
+             "cam_forward": f"{CLASSES} classes, {SIZE} x {SIZE}",
+             "pseudo_masks": f"{s['pseudo_masks']['ratio_to_cam_forward']:.2f} x cam_forward "
+                             f"(make_masks, {r['post_workers']} post workers)",
+             "seg_forward": f"{CROP} x {CROP}",
+             "seg_eval": f"{s['seg_eval']['ratio_to_seg_forward']:.2f} x seg_forward (evaluate)",
+             "cam_train_step": "dual head, 224", "seg_train_step": "224"}
+    for name, note in notes.items():
+        lines.append(f"{name:16s} {s[name]['images_per_s']:10.2f} {s[name]['peak_memory_mb']:9.0f}  {note}")
+    p = s["postprocess"]
+    lines.append(f"{'postprocess':16s} {p['images_per_s_per_core']:10.1f} {'':9s}  {p['ms_per_image']:.2f} ms per "
+                 f"image per core (CAM -> uint8 mask); PNG encoding {p['png_encode_ms_per_image']:.2f} ms more")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list] = None) -> dict:
+    a = get_args_parser().parse_args(argv)
+    a.device = pick_device(a.device)
+    for flag in ("batch_size", "images", "train_steps", "warmup"):
+        if getattr(a, flag) is not None and getattr(a, flag) < (0 if flag == "warmup" else 1):
+            raise UserError(f"--{flag} {getattr(a, flag)} is out of range")
+    result = run(a)
+    print(table(result))
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {a.json}")
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main)
