@@ -197,6 +197,12 @@ def _check_cub_images(image_dir: str, records: list, check_sizes: bool) -> dict:
     if missing:
         raise UserError(f"{len(missing)} image(s) listed in images.txt not found under {image_dir}: "
                         f"{_head(missing)}")
+    empty = [r for r in records if r.box[2] <= r.box[0] or r.box[3] <= r.box[1]]
+    for r in empty[:10]:
+        print(f"warning: id {r.id} {r.relpath}: box {' '.join(map(str, r.box))} has zero area "
+              f"(no prediction can localise it: it will count as a miss)", file=sys.stderr)
+    if empty:
+        print(f"warning: {len(empty)} box(es) with zero area (kept as they are)", file=sys.stderr)
     if not check_sizes:
         return {}
     sizes = dict(zip((r.relpath for r in records),

@@ -100,3 +100,11 @@ def test_empty_prediction_is_a_failure_in_the_denominator():
 def test_metrics_without_classifier_results_report_gt_known_only():
     m = localisation_metrics([{"name": "a", "label": 0, "iou": 0.7, "empty": False, "top1": None, "top5": None}])
     assert m["gt_known_loc"] == 100.0 and "top1_loc" not in m
+
+
+def test_zero_area_and_outside_gt_boxes_are_misses_not_errors():
+    # a zero-area GT box cannot be localised: IoU 0, a miss that stays in the count
+    assert best_iou([0, 0, 10, 10], [[5, 5, 5, 9]]) == 0.0
+    # a GT box entirely outside the image is clipped to the border line: zero area, a miss again
+    outside = boxes_to_eval_frame([[600, 10, 700, 50]], width=512, height=256, size=256, crop=224)
+    assert outside[0, 0] == outside[0, 2] and best_iou([0, 0, 224, 224], outside) == 0.0

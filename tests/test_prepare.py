@@ -169,6 +169,14 @@ def test_cub_check_images_warns_box_outside(tmp_path, run):
     assert read(os.path.join(root, "val.txt"))[1] == "002.Tern/Tern_0004.jpg,1,50.0 6.0 70.0 18.0"
 
 
+def test_cub_zero_area_box_is_warned_about_and_kept(tmp_path, run):
+    rows = [r if r[0] != "4" else ("4", r[1], 2, 0, "50.0 6.0 0.0 12.0", (60, 50)) for r in CUB]
+    root = make_cub(str(tmp_path / "CUB_200_2011"), rows=rows)
+    code, _, err = run("cub", "--root", root)
+    assert code == 0 and "Tern_0004.jpg" in err and "zero area" in err
+    assert read(os.path.join(root, "val.txt"))[1] == "002.Tern/Tern_0004.jpg,1,50.0 6.0 50.0 18.0"
+
+
 def test_cub_unreadable_val_image_stops_before_writing(tmp_path, run):
     root = make_cub(str(tmp_path / "CUB_200_2011"))
     write_text(os.path.join(root, "images", "002.Tern", "Tern_0004.jpg"), ["not a jpeg"])
