@@ -113,13 +113,15 @@ def _copy(cub, tmp_path):
     return str(dst), dst / "images" / first
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated", "empty"])
 def test_bad_training_image_stops_naming_the_file(cub, tmp_path, damage):
     data, image = _copy(cub, tmp_path)
     if damage == "missing":
         os.remove(image)
     elif damage == "corrupt":
         write_corrupt_file(str(image))
+    elif damage == "empty":
+        open(image, "wb").close()       # a zero-byte file (an interrupted copy)
     else:
         write_truncated_jpeg(str(image), 80, 80)
     p = run_script("cub200-cam/train.py", "--datapath", data, "--clsnum", 4, "--epoch", 1,
