@@ -1,6 +1,5 @@
 """No lost work: a training run killed with SIGKILL mid-epoch and resumed ends with exactly the weights
 of an uninterrupted run (CPU, same seed); a non-finite loss stops the run and keeps the last good state."""
-import json
 import os
 import signal
 import subprocess

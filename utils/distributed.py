@@ -6,9 +6,10 @@ torchrun it is a plain single process and every collective below is a no-op.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,6 +70,19 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def entry(fn: Callable) -> Callable:
+    """Turn `fn(args, d)` into a stage entry point `fn(args)`: the device and process group are set up
+    from `args.device` before, and the process group is torn down after, also on an error."""
+    @functools.wraps(fn)
+    def run(args):
+        d = setup(args.device)
+        try:
+            return fn(args, d)
+        finally:
+            cleanup()
+    return run
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
@@ -99,7 +113,8 @@ def shard(n: int, d: Dist) -> list:
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Training batches of one rank: a seeded permutation per epoch, padded to a multiple of the
     world size like DistributedSampler, cut into batches of (epoch, index) keys (the epoch reaches
-    persistent workers this way); `start_batch` skips the batches a resumed run already trained on. A final batch of one image is dropped (BatchNorm cannot train on it).
+    persistent workers this way); `start_batch` skips the batches a resumed run already trained on.
+    A final batch of one image is dropped (BatchNorm cannot train on it).
     """
 
     def __init__(self, n: int, batch_size: int, d: Dist, seed: int = 0, shuffle: bool = True):

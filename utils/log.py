@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from typing import Optional
 
 import torch
 

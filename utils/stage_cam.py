@@ -27,8 +27,8 @@ from network import build_mffnet
 from utils import distributed
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
-from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, fit, handle_bad, host_lag, inference_batches,
-                          place_model, to_device)
+from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad, host_lag,
+                          inference_batches, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.pseudo_mask import make_pseudo_mask
@@ -51,32 +51,29 @@ def single_head_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(model(batch["image"]).float().mean((2, 3)), batch["label"])
 
 
-def train(args) -> str:
-    d = distributed.setup(args.device)
+@distributed.entry
+def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
-    try:
-        samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
-        dual = args.dataset == "cub"
-        model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual)
-        if args.snapshot:
-            load_weights(model, args.snapshot)
-        if args.freeze_stem:  # ImageNet recipe: the backbone's conv1 + bn1 stay as pretrained
-            for p in list(model.bkbone.conv1.parameters()) + list(model.bkbone.bn1.parameters()):
-                p.requires_grad_(False)
+    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    dual = args.dataset == "cub"
+    model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual)
+    if args.snapshot:
+        load_weights(model, args.snapshot)
+    if args.freeze_stem:  # ImageNet recipe: the backbone's conv1 + bn1 stay as pretrained
+        for p in list(model.bkbone.conv1.parameters()) + list(model.bkbone.bn1.parameters()):
+            p.requires_grad_(False)
 
-        def groups(m):
-            backbone = [p for p in m.bkbone.parameters() if p.requires_grad]
-            return [(m.head_parameters(), args.lr), (backbone, args.backbone_lr)]
+    def groups(m):
+        backbone = [p for p in m.bkbone.parameters() if p.requires_grad]
+        return [(m.head_parameters(), args.lr), (backbone, args.backbone_lr)]
 
-        data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
-        last = fit(args, d, model, data, dual_head_loss if dual else single_head_loss, groups,
-                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
-                   on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "cam", _gt_class_cam))
-        if d.main:
-            print(f"done; last snapshot: {last}")
-        return last
-    finally:
-        distributed.cleanup()
+    data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
+    last = fit(args, d, model, data, dual_head_loss if dual else single_head_loss, groups,
+               snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
+               on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "cam", _gt_class_cam))
+    if d.main:
+        print(f"done; last snapshot: {last}")
+    return last
 
 
 def _gt_class_cam(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
@@ -119,15 +116,8 @@ def write_masks(items: list) -> None:
         write_mask(*item)
 
 
-def make_masks(args) -> dict:
-    d = distributed.setup(args.device)
-    try:
-        return _make_masks(args, d)
-    finally:
-        distributed.cleanup()
-
-
-def _make_masks(args, d) -> dict:
+@distributed.entry
+def make_masks(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the cam model to take the CAMs from (e.g. out/model-32.pth)")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
@@ -161,7 +151,7 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
     model = build_mffnet(args.clsnum, args.backbone, dual=False)
     load_weights(model, args.snapshot)
     model = place_model(model.eval(), args, d, train=False)
-    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
     batches = inference_batches(ImageSet(samples, resize_transform(args.size)), mine, args.batch_size, args, d)
     out = args.maskpath

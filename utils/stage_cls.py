@@ -17,7 +17,8 @@ from network.resnet import BACKBONES, build_resnet, load_backbone_weights
 from utils import distributed
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
-from utils.engine import amp_dtype, autocast, fit, handle_bad, inference_batches, place_model, to_device
+from utils.engine import (amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches, place_model,
+                          to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.results import write_top1top5
@@ -61,49 +62,39 @@ def cls_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(model(batch["image"]).float(), batch["label"])
 
 
-def train(args) -> str:
-    d = distributed.setup(args.device)
+@distributed.entry
+def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
-    try:
-        samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
-        model = build_classifier(args.arch, args.clsnum)
-        if args.pretrained:
-            load_pretrained(model, args.arch, args.pretrained)
-        if args.snapshot:
-            load_weights(model, args.snapshot)
+    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    model = build_classifier(args.arch, args.clsnum)
+    if args.pretrained:
+        load_pretrained(model, args.arch, args.pretrained)
+    if args.snapshot:
+        load_weights(model, args.snapshot)
 
-        def groups(m):
-            head = classifier_head(m)
-            ids = {id(p) for p in head}
-            return [(head, args.lr), ([p for p in m.parameters() if id(p) not in ids], args.backbone_lr)]
+    def groups(m):
+        head = classifier_head(m)
+        ids = {id(p) for p in head}
+        return [(head, args.lr), ([p for p in m.parameters() if id(p) not in ids], args.backbone_lr)]
 
-        data = ImageSet(samples, cls_train_transform(args.size, args.crop), seed=args.seed)
-        last = fit(args, d, model, data, cls_loss, groups,
-                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
-                   lr_factor=lambda e: 1.0 - e / args.epoch)  # the recipe's poly decay, per epoch
-        if d.main:
-            print(f"done; last snapshot: {last}\nNext: python test.py --snapshot {last}")
-        return last
-    finally:
-        distributed.cleanup()
+    data = ImageSet(samples, cls_train_transform(args.size, args.crop), seed=args.seed)
+    last = fit(args, d, model, data, cls_loss, groups,
+               snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
+               lr_factor=lambda e: 1.0 - e / args.epoch)  # the recipe's poly decay, per epoch
+    if d.main:
+        print(f"done; last snapshot: {last}\nNext: python test.py --snapshot {last}")
+    return last
 
 
-def test(args) -> dict:
-    d = distributed.setup(args.device)
-    try:
-        return _test(args, d)
-    finally:
-        distributed.cleanup()
-
-
-def _test(args, d) -> dict:
+@distributed.entry
+def test(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the classifier weights (e.g. out/model-20.pth)")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     model = build_classifier(args.arch, args.clsnum)
     load_weights(model, args.snapshot)
     model = place_model(model.eval(), args, d, train=False)
-    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, cls_test_transform(args.size, args.crop, shorter_side=args.resize == "shorter"))
     k = min(5, args.clsnum)

@@ -20,8 +20,8 @@ from utils import distributed, wsol_protocol
 from utils.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
-from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, fit, handle_bad, host_lag, inference_batches,
-                          place_model, to_device)
+from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad, host_lag,
+                          inference_batches, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
 from utils.results import read_top1top5, write_boxes_csv
@@ -40,30 +40,27 @@ def seg_loss(model, batch) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
 
 
-def train(args) -> str:
-    d = distributed.setup(args.device)
+@distributed.entry
+def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
-    try:
-        if not os.path.isdir(args.maskpath):
-            raise UserError(f"pseudo-mask folder not found: {args.maskpath}\n  Make the masks first: "
-                            f"python ../{args.dataset_prefix}-cam/test.py --snapshot <cam model>, or pass --maskpath")
-        samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
-        model = build_mffnet(1, args.backbone, args.pretrained, seg=True)
-        if args.snapshot:
-            load_weights(model, args.snapshot)
+    if not os.path.isdir(args.maskpath):
+        raise UserError(f"pseudo-mask folder not found: {args.maskpath}\n  Make the masks first: "
+                        f"python ../{args.dataset_prefix}-cam/test.py --snapshot <cam model>, or pass --maskpath")
+    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    model = build_mffnet(1, args.backbone, args.pretrained, seg=True)
+    if args.snapshot:
+        load_weights(model, args.snapshot)
 
-        def groups(m):
-            return [(m.head_parameters(), args.lr), (list(m.bkbone.parameters()), args.backbone_lr)]
+    def groups(m):
+        return [(m.head_parameters(), args.lr), (list(m.bkbone.parameters()), args.backbone_lr)]
 
-        data = ImageSet(samples, train_transform(args.size, args.crop), maskpath=args.maskpath, seed=args.seed)
-        last = fit(args, d, model, data, seg_loss, groups,
-                   snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
-                   on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "predicted_mask", _predicted_mask))
-        if d.main:
-            print(f"done; last snapshot: {last}")
-        return last
-    finally:
-        distributed.cleanup()
+    data = ImageSet(samples, train_transform(args.size, args.crop), maskpath=args.maskpath, seed=args.seed)
+    last = fit(args, d, model, data, seg_loss, groups,
+               snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
+               on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "predicted_mask", _predicted_mask))
+    if d.main:
+        print(f"done; last snapshot: {last}")
+    return last
 
 
 def _predicted_mask(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
@@ -74,15 +71,8 @@ def _predicted_mask(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
 
 
 # -------------------------------------------------------------------------------------- evaluation
-def evaluate(args) -> dict:
-    d = distributed.setup(args.device)
-    try:
-        return _evaluate(args, d)
-    finally:
-        distributed.cleanup()
-
-
-def _evaluate(args, d) -> dict:
+@distributed.entry
+def evaluate(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the seg model to evaluate (e.g. out/model-2.pth)")
     if args.vis < 0:
@@ -99,7 +89,7 @@ def _evaluate(args, d) -> dict:
         if missing:
             raise UserError(f"{args.top1top5} has no entry for {len(missing)} evaluated images, e.g. {missing[:3]}")
     model = _eval_model(args, d)
-    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, eval_transform(args.size, args.crop))
     labels = {s.name: s.label for s in samples}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from utils import distributed
 from utils.data import ImageSet
-from utils.engine import amp_dtype, autocast, handle_bad, inference_batches, to_device
+from utils.engine import amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, to_device
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
@@ -107,7 +107,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
     if mask_root and not os.path.isdir(mask_root):
         mask_root = None
     root = os.path.join(args.savepath, "scoremaps") if args.save_scoremaps else None
-    channels_last = args.channels_last if args.channels_last is not None else d.device.type == "cuda"
+    channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, resize_transform(RESIZE_LENGTH))
     scores = WsolScores(args.cam_curve_interval, pxap=mask_root is not None)
