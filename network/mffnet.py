@@ -34,6 +34,9 @@ class MFFNet(nn.Module):
         self.linear4, self.bn4 = nn.Conv2d(c4, HIDDEN, 1), nn.BatchNorm2d(HIDDEN)
         self.linear3, self.bn3 = nn.Conv2d(c3, HIDDEN, 1), nn.BatchNorm2d(HIDDEN)
         self.linear = nn.Conv2d(HIDDEN, out_channels, 1)
+        # (rank, world): this process holds rows rank, rank + world, ... of the global training batch
+        # (utils.distributed.EpochBatchSampler); set by the training engine, see `_dropout`
+        self.batch_split = (0, 1)
         self._init_head()
 
     def _init_head(self) -> None:
@@ -46,6 +49,15 @@ class MFFNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def _dropout(self, x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+        """Dropout whose mask is drawn for the whole global batch and sliced to this process's rows, so
+        a sample gets the same mask however the batch is split over processes (torchrun = one process)."""
+        if not self.training:
+            return x
+        rank, world = self.batch_split
+        keep = torch.empty((x.shape[0] * world,) + x.shape[1:], dtype=x.dtype, device=x.device)
+        return x * keep.bernoulli_(1 - p).div_(1 - p)[rank::world]
 
     def head_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith("bkbone.")]
@@ -67,12 +79,12 @@ class MFFNet(nn.Module):
         f3 = F.relu(self.bn3(self.linear3(out3)))
         fused = f5 * f4 * f3                                                  # B x 128 x H/8 x W/8
 
-        out = self.linear(F.dropout(fused, p=0.5, training=self.training))   # B x K x H/8 x W/8
+        out = self.linear(self._dropout(fused))   # B x K x H/8 x W/8
         if self.seg:
             return out
         maps = F.relu(out)
         if self.dual and self.training:
-            maps_deep = F.relu(self.linear(F.dropout(f5, p=0.5, training=True)))
+            maps_deep = F.relu(self.linear(self._dropout(f5)))
             return maps_deep, maps
         return maps
 

@@ -1,5 +1,6 @@
 """No lost work: a training run killed with SIGKILL mid-epoch and resumed ends with exactly the weights
 of an uninterrupted run (CPU, same seed); a non-finite loss stops the run and keeps the last good state."""
+import json
 import os
 import signal
 import subprocess
@@ -33,7 +34,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(cub, tmp_
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", straight, *ARGS)
 
-    cmd = [sys.executable, os.path.join(ROOT, "cub200-cam/train.py"), "--datapath", cub, "--savepath", str(killed), *ARGS]
+    cmd = [sys.executable, os.path.join(ROOT, "cub200-cam/train.py"), "--datapath", cub, "--savepath", str(killed),
+           *ARGS]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "log.jsonl"
     deadline = time.time() + 300
@@ -52,6 +54,12 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(cub, tmp_
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # the log reads as one run: steps trained again after the resume are not listed twice
+    assert _losses(killed / "log.jsonl") == _losses(straight / "log.jsonl")
+
+
+def _losses(path):
+    return [(r["step"], r["loss"]) for r in map(json.loads, open(path).read().splitlines())]
 
 
 def test_same_seed_gives_identical_runs(cub, tmp_path):

@@ -59,9 +59,9 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
         t.add_argument("--weight_decay", type=float, default=1e-4)
         t.add_argument("--momentum", type=float, default=0.9)
         t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
-        t.add_argument("--sync_bn", action="store_true",
-                       help="under torchrun on GPUs: BatchNorm statistics over the whole batch, as on the "
-                            "authors' single GPU (slower); default: per-process statistics")
+        t.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
+                       help="under torchrun: BatchNorm statistics over the whole global batch, as on the "
+                            "authors' single GPU (default); --no-sync_bn: per-process statistics (faster)")
         t.add_argument("--resume", nargs="?", const="auto",
                        help="continue from a training-state file (bare flag: <savepath>/checkpoint.pth)")
         t.add_argument("--save_every", type=int, default=0,

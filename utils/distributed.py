@@ -88,6 +88,15 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def mean(d: Dist, x: torch.Tensor) -> torch.Tensor:
+    """The mean of `x` over the processes (`x` itself without torchrun)."""
+    if not d.enabled:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / d.world
+
+
 def gather_objects(d: Dist, obj: object) -> list:
     """Every rank's `obj`, in rank order, on every rank (a one-item list without torchrun)."""
     if not d.enabled:
@@ -142,3 +151,89 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list]:
         return iter(self._batches()[self.start_batch:])
+
+
+# ------------------------------------------------------------------------- whole-batch BatchNorm
+def sync_batchnorm(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """BatchNorm over the global batch (every process's rows), in place: torch's SyncBatchNorm on CUDA,
+    `GlobalBatchNorm2d` below elsewhere (torch's has no CPU kernels). Parameters and buffers are the
+    same objects, so an optimiser built before and the state-dict keys stay valid."""
+    if d.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d) and not isinstance(child, GlobalBatchNorm2d):
+            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            new.weight, new.bias = child.weight, child.bias
+            new.running_mean, new.running_var = child.running_mean, child.running_var
+            new.num_batches_tracked = child.num_batches_tracked
+            new.train(child.training)
+            setattr(model, name, new)
+        else:
+            sync_batchnorm(child, d)
+    return model
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are reduced over all processes (gloo or NCCL); in eval
+    mode, or without a process group, it is BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        momentum = self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative moving average, as BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return _GlobalBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                      self.eps, momentum)
+
+
+class _GlobalBatchNorm(torch.autograd.Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias with mean/var over every process's batch.
+    Backward returns this process's share of the parameter gradients (DDP averages them) and the
+    input gradient of the summed loss of all processes, as torch's SyncBatchNorm does."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum):
+        dims, shape = [0] + list(range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
+        xf = x.double() if x.dtype == torch.float64 else x.float()  # half precision: in float32
+        c = xf.shape[1]
+        stats = torch.cat([xf.sum(dims), xf.new_tensor([xf.numel() // c])])
+        dist.all_reduce(stats)
+        count = stats[c]
+        mean = stats[:c] / count
+        centred = xf - mean.view(shape)
+        var = (centred * centred).sum(dims)  # two passes: no cancellation in E[x^2] - E[x]^2
+        dist.all_reduce(var)
+        var /= count
+        invstd = torch.rsqrt(var + eps)
+        xhat = centred * invstd.view(shape)
+        y = xhat if weight is None else xhat * weight.to(xf.dtype).view(shape) + bias.to(xf.dtype).view(shape)
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                unbiased = var * count / (count - 1).clamp(min=1)
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        ctx.save_for_backward(xhat, invstd, weight, count)
+        ctx.dims, ctx.shape, ctx.dtype = dims, shape, x.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, invstd, weight, count = ctx.saved_tensors
+        dims, shape = ctx.dims, ctx.shape
+        g = grad.to(xhat.dtype)
+        sum_g, sum_g_xhat = g.sum(dims), (g * xhat).sum(dims)
+        grad_weight = sum_g_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = sum_g.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # the same on every process: the collective below matches up
+            both = torch.cat([sum_g, sum_g_xhat])
+            dist.all_reduce(both)
+            c = sum_g.numel()
+            scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+            grad_x = ((g - (both[:c] / count).view(shape) - xhat * (both[c:] / count).view(shape))
+                      * scale.view(shape)).to(ctx.dtype)
+        return grad_x, grad_weight, grad_bias, None, None, None, None

@@ -4,7 +4,11 @@ epoch loop with snapshots, resumable state and logging, and the batched inferenc
 Resumability: the training state (`<savepath>/checkpoint.pth`: model, optimiser, scaler, epoch,
 batch within the epoch, global step, args) is written atomically at every epoch end and every
 `--save_every` steps. Shuffling and augmentation are seeded by (seed, epoch, index) and dropout by
-(seed, step, rank), so a resumed run continues exactly where the interrupted one stopped.
+(seed, step), so a resumed run continues exactly where the interrupted one stopped.
+
+Under torchrun, a global batch is split over the processes, every sample keeps its augmentation and
+dropout mask, BatchNorm uses the whole batch's statistics (`--sync_bn`, the default) and DDP averages
+the gradients: up to floating-point summation order, the run is the single-process one.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from utils.checkpoint import save_atomic, torch_load
 from utils.data import collate
-from utils.distributed import Dist, EpochBatchSampler
+from utils import distributed
+from utils.distributed import Dist, EpochBatchSampler, sync_batchnorm
 from utils.errors import UserError
 from utils.log import RunLog, maybe_tqdm
 
@@ -52,9 +57,7 @@ def place_model(model: nn.Module, args, d: Dist, train: bool) -> nn.Module:
     channels_last = channels_last_for(args, d.device)
     model = model.to(d.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if train and d.enabled and args.sync_bn:
-        if d.device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA (torch's SyncBatchNorm has no CPU implementation)")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place for the children: snapshots keep working
+        model = sync_batchnorm(model, d)  # in place for the children: snapshots keep working
     if train and d.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -194,10 +197,11 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     raw = model
     optimizer = sgd(groups(raw), args)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    start_epoch, start_batch, step = 0, 0, 0
+    start_epoch, start_batch, step, resumed = 0, 0, 0, False
     if args.resume:
         state = _load_state(args.resume)
         if state is not None:
+            resumed = True
             raw.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if scaler is not None and state.get("scaler"):
@@ -205,8 +209,10 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
             if d.main:
                 print(f"resumed from {args.resume}: epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+    if hasattr(raw, "batch_split"):  # dropout masks per global batch (see MFFNet._dropout)
+        raw.batch_split = (d.rank, d.world)
     model = place_model(raw, args, d, train=True)
-    log = RunLog(args.savepath, args, enabled=d.main)
+    log = RunLog(args.savepath, args, enabled=d.main, resumed_at=step if resumed else None)
     sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
     data = loader(dataset, sampler, args, d)
     bad_log = os.path.join(args.savepath, "skipped.txt") if d.main else None
@@ -252,13 +258,13 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             for k in ("label", "mask"):
                 if k in batch:
                     batch[k] = to_device(batch[k], d)
-            torch.manual_seed(args.seed * 1_000_003 + step * d.world + d.rank)  # dropout, resumable
+            torch.manual_seed(args.seed * 1_000_003 + step)  # dropout: resumable, drawn per global batch
             loss = train_step(model, loss_fn, batch, optimizer, scaler, d.device, dtype)
             finite &= torch.isfinite(loss)
             step += 1
             seen += len(batch["image"])
             if step % args.print_freq == 0 or batch_idx == len(sampler._batches()):
-                value = loss.item()
+                value = distributed.mean(d, loss).item()  # over the global batch, not rank 0's share
                 if not math.isfinite(value):
                     raise UserError(f"loss is {value} at step {step}: stopped; the last good state is "
                                     f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")

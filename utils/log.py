@@ -23,7 +23,10 @@ def git_sha() -> str:
 
 
 class RunLog:
-    def __init__(self, outdir: str, args: object, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, outdir: str, args: object, enabled: bool = True, tensorboard: bool = True,
+                 resumed_at: int | None = None):
+        """`resumed_at`: the step a resumed run starts after; the log keeps its records up to that
+        step (later ones were not saved in the state and are trained again). A new run starts a new log."""
         self.enabled, self.outdir, self.tb = enabled, outdir, None
         if not enabled:
             return
@@ -34,7 +37,14 @@ class RunLog:
         print("arguments:\n" + "\n".join(f"  {k}: {v}" for k, v in config.items()), flush=True)
         with open(os.path.join(outdir, "args.json"), "w") as f:
             json.dump(config, f, indent=1, default=str)
-        self.jsonl = open(os.path.join(outdir, "log.jsonl"), "a")
+        path = os.path.join(outdir, "log.jsonl")
+        kept = []
+        if resumed_at is not None and os.path.isfile(path):
+            with open(path) as f:
+                kept = [line for line in f if _step(line) <= resumed_at]
+        self.jsonl = open(path, "w")
+        self.jsonl.writelines(kept)
+        self.jsonl.flush()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -63,6 +73,13 @@ class RunLog:
             self.jsonl.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def _step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # an unreadable (cut-off) line is dropped
 
 
 def write_json(path: str, obj: object) -> None:

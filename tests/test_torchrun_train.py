@@ -1,0 +1,63 @@
+"""torchrun training is the single-process training: the CUB cam stage (dual head, two dropout masks,
+an epoch boundary) and the seg stage give the same weights and losses under `torchrun --nproc_per_node 2`
+as in one process, to 1e-9 when run in float64 (tests/float64_train.py; float32 only adds summation-order
+noise, see test_imagenet.py's float32 check). Per-process BatchNorm (--no-sync_bn) is shown to differ."""
+import json
+
+import pytest
+import torch
+
+from conftest import run_script
+from dataset.synthetic import make_cub
+
+SMALL = ["--clsnum", 3, "--backbone", "resnet18", "--device", "cpu", "--num_workers", 0, "--size", 48, "--crop", 40,
+         "--pretrained", "none", "--batch_size", 4, "--epoch", 2, "--print_freq", 1]
+TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node", 2]
+
+
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("ddp") / "CUB_200_2011")
+    make_cub(root, num_classes=3, train_per_class=4, val_per_class=1, seed=5, min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "cub", "--root", root)
+    return root
+
+
+def _train(path, stage, *args, torchrun=False):
+    run_script(*(TORCHRUN if torchrun else []), "tests/float64_train.py", f"{stage}/train.py", *SMALL, *args,
+               "--savepath", path)
+    losses = [json.loads(r)["loss"] for r in open(path / "log.jsonl")]
+    return torch.load(path / "model-2.pth", weights_only=True), losses
+
+
+@pytest.fixture(scope="module")
+def cam_one(cub, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("cam_one"), "cub200-cam", "--datapath", cub)
+
+
+def _assert_equal(one, two):
+    (a, la), (b, lb) = one, two
+    assert a.keys() == b.keys() and a["linear.weight"].dtype == torch.float64
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-9, msg=k)
+    # the losses themselves are taken in float32 (the stage's loss functions): equal to its precision
+    assert len(la) == 6 and la == pytest.approx(lb, rel=1e-6)
+
+
+def test_cam_stage(cub, cam_one, tmp_path):
+    _assert_equal(cam_one, _train(tmp_path, "cub200-cam", "--datapath", cub, torchrun=True))
+
+
+def test_cam_stage_with_per_process_batchnorm_differs(cub, cam_one, tmp_path):
+    b, _ = _train(tmp_path, "cub200-cam", "--datapath", cub, "--no-sync_bn", torchrun=True)
+    assert not torch.allclose(cam_one[0]["bn5.running_var"], b["bn5.running_var"], rtol=1e-3)
+
+
+def test_seg_stage(cub, tmp_path):
+    torch.manual_seed(0)
+    from network import build_mffnet
+    torch.save(build_mffnet(3, "resnet18").state_dict(), tmp_path / "cam.pth")
+    run_script("cub200-cam/test.py", "--datapath", cub, "--snapshot", tmp_path / "cam.pth", "--maskpath",
+               tmp_path / "masks", *SMALL[:10])
+    args = ("cub200-seg", "--datapath", cub, "--maskpath", tmp_path / "masks")
+    _assert_equal(_train(tmp_path / "one", *args), _train(tmp_path / "two", *args, torchrun=True))
