@@ -1,8 +1,6 @@
 """Whole-batch BatchNorm on the CPU (gloo): two processes holding the interleaved halves of a batch get
 BatchNorm2d's outputs, input gradients, running statistics and (summed) parameter gradients."""
-import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
