@@ -165,3 +165,27 @@ def test_help_explains_every_flag(root):
     for flag in ("--datapath", "--snapshot", "--threshold", "--top1top5", "--device", "--amp", "--on-bad-image"):
         assert flag in p.stdout
     assert "default: 0.2" in p.stdout
+
+
+def test_timm_classifier_through_the_cls_stage(cub, tmp_path):
+    """`--arch timm:<name>` with a stand-in timm (tests/fake_timm; real timm needs torchvision): the
+    ImageNet file fills everything but the classifier, training and top-1/top-5 work, and a file of
+    another architecture is one clear error."""
+    import torch
+    sys_path = {"PYTHONPATH": os.path.join(os.path.dirname(__file__), "fake_timm")}
+    from fake_timm.timm import TinyNet
+    torch.save(TinyNet(1000).state_dict(), tmp_path / "imagenet.pth")
+    args = ["--datapath", cub, "--clsnum", 4, "--arch", "timm:tinynet", "--device", "cpu", "--num_workers", 0,
+            "--size", 64]
+    run_script("cub200-cls/train.py", *args, "--crop", 56, "--epoch", 1, "--batch_size", 8, "--pretrained",
+               tmp_path / "imagenet.pth", "--savepath", tmp_path, env=sys_path)
+    w = torch.load(tmp_path / "model-1.pth", weights_only=True)
+    assert w["classifier.weight"].shape == (4, 8) and "conv_stem.weight" in w
+    run_script("cub200-cls/test.py", *args, "--snapshot", tmp_path / "model-1.pth", "--savepath", tmp_path,
+               env=sys_path)
+    assert len(np.load(tmp_path / "top1top5.npy")) == 8
+
+    torch.save({"conv_stem.weight": torch.zeros(8, 1, 3, 3)}, tmp_path / "other.pth")
+    p = run_script("cub200-cls/train.py", *args, "--crop", 56, "--epoch", 1, "--batch_size", 8, "--pretrained",
+                   tmp_path / "other.pth", "--savepath", tmp_path / "x", env=sys_path, check=False)
+    assert p.returncode == 2 and "does not fit timm:tinynet" in p.stderr and "Traceback" not in p.stderr

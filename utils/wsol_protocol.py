@@ -14,6 +14,7 @@ under torchrun each rank scores its shard and the evaluators' counts are merged 
 """
 from __future__ import annotations
 
+import collections
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -115,7 +116,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
     pool = None
     if args.post_workers > 0:
         pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("forkserver"), initializer=_init_worker)
-    pending, bad = [], 0
+    pending, bad = collections.deque(), 0  # in submission order; scores add up in any order
 
     def submit(*job) -> None:
         if pool is None:
@@ -147,7 +148,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
                     if pictures is not None and pictures.wants(index):
                         pictures.add(index, s.name, batch["image"][j], scoremap, gt)
                 while len(pending) > 8 * max(1, args.post_workers) * args.batch_size:
-                    scores.add(pending.pop(0).result())
+                    scores.add(pending.popleft().result())
             for f in pending:
                 scores.add(f.result())
     finally:
