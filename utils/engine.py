@@ -182,12 +182,12 @@ def handle_bad(batch: dict, policy: str, log_file: Optional[str], d: Dist) -> in
 
 # --------------------------------------------------------------------------------------- training
 def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Callable,
-        snapshot_epoch: Callable[[int], bool], on_epoch_end: Optional[Callable] = None,
+        on_epoch_end: Optional[Callable] = None,
         lr_factor: Optional[Callable[[int], float]] = None) -> str:
     """Train `model` (unwrapped, on the CPU) on `dataset`; returns the path of the last snapshot.
 
     `groups(model) -> [(params, lr), ...]` builds the optimiser's parameter groups;
-    `snapshot_epoch(epoch) -> bool` says which 1-based epochs leave a model-<epoch>.pth;
+    epochs from `--snapshot_from` on, and the last, leave a model-<epoch>.pth (without `--snapshot_every`);
     `lr_factor(epoch) -> float` scales every group's initial lr for that 0-based epoch (default: constant).
     """
     if args.batch_size % d.world:
@@ -284,7 +284,7 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             save_state(epoch, batch_idx)
             break
         save_state(epoch + 1, 0)
-        if not args.snapshot_every and snapshot_epoch(epoch + 1):
+        if not args.snapshot_every and (epoch + 1 >= args.snapshot_from or epoch + 1 == args.epoch):
             last_snapshot = snapshot(epoch + 1)
         if on_epoch_end is not None:
             on_epoch_end(unwrap(model), epoch + 1, log)

@@ -69,7 +69,6 @@ def train(args, d) -> str:
 
     data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
     last = fit(args, d, model, data, dual_head_loss if dual else single_head_loss, groups,
-               snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
                on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "cam", _gt_class_cam))
     if d.main:
         print(f"done; last snapshot: {last}")

@@ -79,7 +79,6 @@ def train(args, d) -> str:
 
     data = ImageSet(samples, cls_train_transform(args.size, args.crop), seed=args.seed)
     last = fit(args, d, model, data, cls_loss, groups,
-               snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
                lr_factor=lambda e: 1.0 - e / args.epoch)  # the recipe's poly decay, per epoch
     if d.main:
         print(f"done; last snapshot: {last}\nNext: python test.py --snapshot {last}")

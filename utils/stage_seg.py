@@ -56,7 +56,6 @@ def train(args, d) -> str:
 
     data = ImageSet(samples, train_transform(args.size, args.crop), maskpath=args.maskpath, seed=args.seed)
     last = fit(args, d, model, data, seg_loss, groups,
-               snapshot_epoch=lambda e: e >= args.snapshot_from or e == args.epoch,
                on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "predicted_mask", _predicted_mask))
     if d.main:
         print(f"done; last snapshot: {last}")
