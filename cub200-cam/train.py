@@ -17,6 +17,7 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=True)
+    cli.add_network_args(parser, train=True)
     # the authors' recipe: 32 epochs, batch 64, lr 0.02 for the head and 10x lower for the backbone;
     # snapshots from epoch 18 on (the second half of training)
     parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="train.txt", clsnum=200,

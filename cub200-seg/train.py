@@ -17,6 +17,7 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=True)
+    cli.add_network_args(parser, train=True)
     parser.add_argument("--maskpath", default="../cub200-cam/out/masks", help="pseudo masks of the train images")
     # the authors' recipe: 2 epochs, batch 128, the same lr 0.02 for head and backbone, a snapshot per epoch
     parser.set_defaults(dataset="cub", dataset_prefix="cub200", datapath="../dataset/CUB_200_2011",

@@ -18,6 +18,7 @@ from utils.errors import run_main  # noqa: E402
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_mask_args(parser)
+    cli.add_network_args(parser, train=False)
     parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000)
     return stage_cam.make_masks(cli.parse(parser, __file__, argv))
 

@@ -18,6 +18,7 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=True)
+    cli.add_network_args(parser, train=True)
     # the authors' recipe: one epoch, batch 128, lr 0.02 (head) / 0.002 (backbone), conv1 + bn1 frozen,
     # a snapshot every 2000 steps; the resumable state as often, since an epoch is 10k steps
     parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000,

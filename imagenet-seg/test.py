@@ -21,6 +21,7 @@ def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_eval_args(parser)
     parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="val.txt", threshold=0.8)
+    cli.add_network_args(parser, train=False)
     return stage_seg.evaluate(cli.parse(parser, __file__, argv))
 
 

@@ -17,6 +17,7 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=True)
+    cli.add_network_args(parser, train=True)
     parser.add_argument("--maskpath", default="../imagenet-cam/out/masks", help="pseudo masks of the train images")
     # the authors' recipe: one epoch, batch 128, lr 0.02 for head and backbone, a snapshot every 2000 steps
     parser.set_defaults(dataset="imagenet", dataset_prefix="imagenet", datapath="../dataset/ImageNet2012",

@@ -13,10 +13,12 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 
+from network.mffnet import recorded_architecture, resolve_architecture
 from utils.errors import UserError
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -55,13 +57,26 @@ def read_state_dict(path: str) -> dict:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise UserError(f"{path} holds no state dict (expected a dict of tensors)")
-    return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v)
-            for k, v in strip_prefixes(obj).items()}
+    state = OrderedDict((k, v.float() if v.dtype in (torch.float16, torch.bfloat16) else v)
+                        for k, v in strip_prefixes(obj).items())
+    metadata = getattr(obj, "_metadata", None)
+    if isinstance(metadata, dict):  # module versions, and the MFF-Net switches (network/mffnet.py)
+        # its keys are module names ("" = the root, "module" = a DDP wrapper's root): strip them alike
+        state._metadata = OrderedDict((next(iter(strip_prefixes({k + ".": None})))[:-1], v)
+                                      for k, v in metadata.items())
+    return state
 
 
 def load_weights(model: nn.Module, path: str) -> None:
     """Load a snapshot with strict=True, turning a key mismatch into a readable error."""
-    state = read_state_dict(path)
+    load_state(model, read_state_dict(path), path)
+
+
+def load_state(model: nn.Module, state: dict, path: str) -> None:
+    """`load_weights` of a state dict already read from `path` (named in the errors). An MFF-Net snapshot
+    whose recorded or visible switches (fusion, levels, MCA) differ from the model's is refused first."""
+    if hasattr(model, "architecture") and ("linear5.weight" in state or recorded_architecture(state)):
+        resolve_architecture(state, path, **model.architecture)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

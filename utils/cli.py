@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from network.mffnet import FUSIONS
 from network.resnet import BACKBONES
 
 PATH_ARGS = ("datapath", "savepath", "snapshot", "top1top5", "maskpath", "pretrained", "resume")
@@ -87,6 +88,28 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vis", type=int, default=0,
                    help="draw image, CAM, Gaussian prior and pseudo mask of the first N images of the list to "
                         "<maskpath>/../vis/ (one PNG each and grid.png)")
+    g.add_argument("--prior", choices=("gaussian", "none"), default="gaussian",
+                   help="channel 1 of the masks: the Gaussian prior (SPOL), or none (left 0, so the seg stage "
+                        "learns from the CAM alone: the paper's ablation of the prior)")
+
+
+def add_network_args(p: argparse.ArgumentParser, train: bool) -> None:
+    """The MFF-Net ablation switches (network/mffnet.py). Training defaults to SPOL's network; test.py leaves
+    them unset so that the snapshot's recorded network is rebuilt (a flag that contradicts it is an error)."""
+    g = p.add_argument_group("MFF-Net ablations", "SPOL's network by default; test.py: the snapshot's network")
+    g.add_argument("--fusion", choices=FUSIONS, default="mul" if train else None,
+                   help="fusion of the reduced stage features: mul (SPOL, f5*f4*f3), add (f5+f4+f3), concat "
+                        "(channel concatenation; the output layer's input widens)")
+    g.add_argument("--levels", type=int, choices=(1, 2, 3, 4), default=3 if train else None,
+                   help="fuse the last N backbone stages: 1 = layer4 alone (a plain CAM), 3 = SPOL (layer2..4), "
+                        "4 adds layer1")
+    g.add_argument("--mca", action=argparse.BooleanOptionalAction, default=True if train else None,
+                   help="the multi-scale channel attention (--no-mca: without it)")
+
+
+def architecture(args: argparse.Namespace) -> dict:
+    """The switches of `add_network_args` that are set, as keyword arguments of build_mffnet / load_mffnet."""
+    return {k: getattr(args, k) for k in ("fusion", "levels", "mca") if getattr(args, k, None) is not None}
 
 
 def add_cls_args(p: argparse.ArgumentParser) -> None:

@@ -135,8 +135,9 @@ def gaussian_prior(cam256: np.ndarray, out: Optional[np.ndarray] = None) -> np.n
     return prior
 
 
-def make_pseudo_mask(cam: np.ndarray, width: int, height: int) -> np.ndarray:
+def make_pseudo_mask(cam: np.ndarray, width: int, height: int, gaussian: bool = True) -> np.ndarray:
     """H x W x 3 uint8 pseudo mask from a CAM of any size (the GT class's map, values >= 0).
+    `gaussian=False` leaves the prior out (channel 1 = 0: the seg target is then the CAM alone).
 
     Write it with `cv2.imwrite(path, mask)`: `cv2.imread` then gives channel 0 = CAM,
     channel 1 = Gaussian prior, channel 2 = 0, as the original code's PNGs.
@@ -144,7 +145,11 @@ def make_pseudo_mask(cam: np.ndarray, width: int, height: int) -> np.ndarray:
     width, height = int(width), int(height)
     b = _BUFFERS
     cam256 = normalise_cam(cam, out=b.cam256)
-    prior = gaussian_prior(cam256, out=b.prior)
+    if gaussian:
+        prior = gaussian_prior(cam256, out=b.prior)
+    else:
+        prior = b.prior
+        prior.fill(0)
     np.multiply(cam256, 255.0, out=b.fused[..., 0])
     np.multiply(prior, 255.0, out=b.fused[..., 1])
     # 2 channels, not 3: OpenCV's 2-channel bilinear kernel rounds differently from its 1/3/4-channel ones

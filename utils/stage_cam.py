@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from network import build_mffnet
-from utils import distributed
+from network import build_mffnet, load_mffnet
+from utils import cli, distributed
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
 from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad, host_lag,
@@ -56,7 +56,7 @@ def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     dual = args.dataset == "cub"
-    model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual)
+    model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual, **cli.architecture(args))
     if args.snapshot:
         load_weights(model, args.snapshot)
     if args.freeze_stem:  # ImageNet recipe: the backbone's conv1 + bn1 stay as pretrained
@@ -97,9 +97,10 @@ def _start_pool(workers: int) -> tuple:
     return pool, [pool.submit(int) for _ in range(workers)]  # the executor starts a worker per task while none is idle
 
 
-def write_mask(cam: np.ndarray, width: int, height: int, path: str) -> None:
-    """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask)."""
-    ok, png = cv2.imencode(".png", make_pseudo_mask(cam, width, height))
+def write_mask(cam: np.ndarray, width: int, height: int, path: str, gaussian: bool = True) -> None:
+    """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask);
+    `gaussian=False`: no prior (channel 1 stays 0)."""
+    ok, png = cv2.imencode(".png", make_pseudo_mask(cam, width, height, gaussian))
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -147,8 +148,7 @@ def make_masks(args, d) -> dict:
 def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExecutor], ready: list) -> tuple:
     """Batched CAMs of the samples `mine` -> PNGs, post-processed in `pool` (or here if None) once the
     `ready` futures are done. Returns (written, bad, Throughput)."""
-    model = build_mffnet(args.clsnum, args.backbone, dual=False)
-    load_weights(model, args.snapshot)
+    model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
     model = place_model(model.eval(), args, d, train=False)
     channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
@@ -173,7 +173,7 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
 
     def hand_on(cams: HostCopy, indices: list, sizes: list) -> None:
         nonlocal written
-        items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)))
+        items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)), args.prior == "gaussian")
                  for cam, i, (h, w) in zip(cams.get().numpy(), indices, sizes)]
         rate.handed_on(len(items))
         written += len(items)

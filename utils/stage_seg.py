@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from network import build_mffnet
-from utils import distributed, wsol_protocol
+from network import build_mffnet, load_mffnet
+from utils import cli, distributed, wsol_protocol
 from utils.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
@@ -47,7 +47,7 @@ def train(args, d) -> str:
         raise UserError(f"pseudo-mask folder not found: {args.maskpath}\n  Make the masks first: "
                         f"python ../{args.dataset_prefix}-cam/test.py --snapshot <cam model>, or pass --maskpath")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
-    model = build_mffnet(1, args.backbone, args.pretrained, seg=True)
+    model = build_mffnet(1, args.backbone, args.pretrained, seg=True, **cli.architecture(args))
     if args.snapshot:
         load_weights(model, args.snapshot)
 
@@ -153,8 +153,7 @@ def evaluate(args, d) -> dict:
 
 
 def _eval_model(args, d):
-    model = build_mffnet(1, args.backbone, seg=True)
-    load_weights(model, args.snapshot)
+    model = load_mffnet(args.snapshot, 1, args.backbone, seg=True, **cli.architecture(args))
     return place_model(model.eval(), args, d, train=False)
 
 
