@@ -1,5 +1,6 @@
 """CUB-200-2011, cam stage: write the Gaussian-enhanced pseudo mask of every training image (SPEC §4.1).
 
+    python test.py                                               # out/model-32(.pth), else the last out/model-N
     python test.py --snapshot out/model-32.pth                   # -> out/masks/<class>/<file>.png
     torchrun --nproc_per_node 4 test.py --snapshot out/model-32.pth
     python test.py --snapshot <the authors' cam checkpoint>      # their weights load as they are
@@ -18,9 +19,10 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
-    cli.add_mask_args(parser)
     cli.add_network_args(parser, train=False)
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="train.txt", clsnum=200)
+    cli.add_mask_args(parser)
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="train.txt",
+                        released="model-32")  # without --snapshot: out/model-32, as the original
     return stage_cam.make_masks(cli.parse(parser, __file__, argv))
 
 

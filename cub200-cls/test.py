@@ -1,10 +1,11 @@
 """CUB-200-2011, cls stage: classify the test images and write out/top1top5.npy for the seg stage.
 
+    python test.py                                   # out/model-20(.pth) (the authors' name), else the last out/model-N
     python test.py --snapshot out/model-20.pth
-    python test.py --arch timm:efficientnet_b7 --snapshot <fine-tuned weights>
+    python test.py --arch resnet50 --snapshot out/model-20.pth --size 256   # a classifier trained with --arch resnet50
 
 out/top1top5.npy is a NumPy structured array (name, top1, top5), loadable with allow_pickle=False.
-Next: cd ../cub200-seg && python test.py --snapshot out/model-2.pth --top1top5 ../cub200-cls/out/top1top5.npy
+Next: cd ../cub200-seg && python test.py          (reads ../cub200-cls/out/top1top5.npy)
 """
 import os
 import sys
@@ -18,8 +19,8 @@ def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_cls_args(parser)
     # the recipe tests on the whole image resized to 685 x 685 (no crop)
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="val.txt", clsnum=200,
-                        size=685, crop=0, batch_size=16)
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="val.txt",
+                        size=685, crop=0, batch_size=16, released="model-20")
     return stage_cls.test(cli.parse(parser, __file__, argv))
 
 

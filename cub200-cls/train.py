@@ -1,11 +1,12 @@
 """CUB-200-2011, cls stage: fine-tune the classifier that decides Top-1/Top-5 Loc (SPEC §3).
 
-    python train.py                                     # ResNet-50 from resource/resnet50-19c8e357.pth
-    python train.py --arch timm:efficientnet_b7 --pretrained <its ImageNet weights>   # the paper's (needs timm)
+    python train.py                     # the authors' EfficientNet-B7 from resource/efficientnet-b7-dcc49843.pth
+                                        # (downloaded there when absent and online)
     torchrun --nproc_per_node 4 train.py
+    python train.py --arch resnet50 --size 256 --crop 224     # a ResNet-50 from resource/resnet50-19c8e357.pth
 
 Writes out/model-11.pth .. out/model-20.pth, out/checkpoint.pth, out/log.jsonl, out/tb/.
-Next: python test.py --snapshot out/model-20.pth
+Next: python test.py          (takes out/model-20.pth)
 """
 import os
 import sys
@@ -18,10 +19,12 @@ from utils.errors import run_main  # noqa: E402
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=True)
     cli.add_cls_args(parser)
-    # the authors' classifier recipe: resize 685, random crop 600, 20 epochs, batch 16,
-    # lr 0.05 for the new fc and 0.005 for the rest, decayed by (1 - epoch/20); snapshots after the half
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="train.txt", clsnum=200,
-                        size=685, crop=600, epoch=20, batch_size=16, lr=0.05, backbone_lr=0.005, snapshot_from=11)
+    # the authors' classifier recipe: EfficientNet-B7, normalise, resize 685, random crop 600, flip; 20 epochs,
+    # batch 16; lr 0.05 for `_bn1.weight` and `_fc.bias`, 0.005 for the rest, both x (1 - epoch/20);
+    # snapshots after the first half. pretrained "auto": the --arch's ImageNet file in resource/
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="train.txt",
+                        pretrained="auto", size=685, crop=600, epoch=20, batch_size=16, lr=0.05, backbone_lr=0.005,
+                        snapshot_from=11)
     return stage_cls.train(cli.parse(parser, __file__, argv))
 
 

@@ -1,7 +1,9 @@
 """CUB-200-2011, seg stage: localise every test image and report Top-1 / Top-5 / GT-known Loc (SPEC §4.3).
 
+    python test.py                  # the authors' out/model-8 (or the last out/model-N) and ../cub200-cls's
+                                    # out/top1top5.npy, else top1top5.npy (the authors'), as their README
     python test.py --snapshot out/model-2.pth --top1top5 ../cub200-cls/out/top1top5.npy
-    python test.py --snapshot <the authors' model-8>                     # GT-known Loc only
+    python test.py --snapshot out/model-2.pth --top1top5 none            # GT-known Loc only
     torchrun --nproc_per_node 4 test.py --snapshot out/model-2.pth
     python test.py --snapshot out/model-2.pth --protocol wsol            # MaxBoxAcc, MaxBoxAccV2, PxAP
     python test.py --snapshot out/model-2.pth --vis 8 --maskpath ../cub200-cam/out/masks   # out/vis/*.png
@@ -19,9 +21,10 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
-    cli.add_eval_args(parser)
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="val.txt", threshold=0.2)
     cli.add_network_args(parser, train=False)
+    cli.add_eval_args(parser)
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="val.txt", threshold=0.2,
+                        released="model-8", cls_stage="cub200-cls")  # the original's zero-flag defaults
     return stage_seg.evaluate(cli.parse(parser, __file__, argv))
 
 

@@ -1,5 +1,6 @@
 """ImageNet-1K, cam stage: write the Gaussian-enhanced pseudo mask of every training image (SPEC §4.1).
 
+    python test.py                                               # out/model-6000(.pth), else the last out/model-N
     python test.py --snapshot out/model-6000.pth                   # -> out/masks/<synset>/<file>.png
     torchrun --nproc_per_node 8 test.py --snapshot out/model-6000.pth
     python test.py --snapshot <the authors' cam checkpoint>      # their weights load as they are
@@ -17,9 +18,10 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
-    cli.add_mask_args(parser)
     cli.add_network_args(parser, train=False)
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000)
+    cli.add_mask_args(parser)
+    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000,
+                        released="model-6000")  # without --snapshot: out/model-6000, as the original
     return stage_cam.make_masks(cli.parse(parser, __file__, argv))
 
 

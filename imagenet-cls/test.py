@@ -1,11 +1,12 @@
 """ImageNet-1K, cls stage: classify the val images and write out/top1top5.npy for the seg stage.
 
-    python test.py                                      # torchvision's ResNet-50 (fc included), ~76% top-1
-    python test.py --arch timm:efficientnet_b7 --snapshot <its weights> --size 600 --crop 600   # the paper's
+    python test.py                 # the authors' classifier: EfficientNet-B7 with efficientnet_pytorch's ImageNet
+                                   # weights, resource/efficientnet-b7-dcc49843.pth (downloaded when absent, online)
     torchrun --nproc_per_node 8 test.py
+    python test.py --arch resnet50 --size 256 --crop 224 --resize shorter   # torchvision's ResNet-50, ~76% top-1
 
-Default transform: shorter side to 256, centre crop 224 (torchvision's evaluation).
-Next: cd ../imagenet-seg && python test.py --snapshot out/model-6000.pth --top1top5 ../imagenet-cls/out/top1top5.npy
+Input as the authors': normalise, resize 685 x 685, no crop.
+Next: cd ../imagenet-seg && python test.py          (reads ../imagenet-cls/out/top1top5.npy)
 """
 import os
 import sys
@@ -18,9 +19,9 @@ from utils.errors import run_main  # noqa: E402
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_cls_args(parser)
+    # no training: the ImageNet weights of --arch as released (--snapshot overrides)
     parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="val.txt", clsnum=1000,
-                        snapshot="../resource/resnet50-19c8e357.pth", size=256, crop=224, resize="shorter",
-                        batch_size=128)
+                        size=685, crop=0, batch_size=16)
     return stage_cls.test(cli.parse(parser, __file__, argv))
 
 

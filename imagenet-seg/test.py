@@ -1,7 +1,9 @@
 """ImageNet-1K, seg stage: localise every test image and report Top-1 / Top-5 / GT-known Loc (SPEC §4.3).
 
+    python test.py                  # the authors' out/model-6000 (or the last out/model-N) and ../imagenet-cls's
+                                    # out/top1top5.npy, else top1top5.npy (the authors'), as their README
     python test.py --snapshot out/model-6000.pth --top1top5 ../imagenet-cls/out/top1top5.npy
-    python test.py --snapshot <the authors' model-6000>                     # GT-known Loc only
+    python test.py --snapshot out/model-6000.pth --top1top5 none            # GT-known Loc only
     torchrun --nproc_per_node 8 test.py --snapshot out/model-6000.pth
     python test.py --snapshot out/model-6000.pth --protocol wsol            # MaxBoxAcc, MaxBoxAccV2
     python test.py --snapshot out/model-6000.pth --vis 8                    # out/vis/*.png
@@ -19,9 +21,10 @@ from utils.errors import run_main  # noqa: E402
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
-    cli.add_eval_args(parser)
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="val.txt", threshold=0.8)
     cli.add_network_args(parser, train=False)
+    cli.add_eval_args(parser)
+    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="val.txt", threshold=0.8,
+                        released="model-6000", cls_stage="imagenet-cls")  # the original's zero-flag defaults
     return stage_seg.evaluate(cli.parse(parser, __file__, argv))
 
 

@@ -89,6 +89,12 @@ def load_state(model: nn.Module, state: dict, path: str) -> None:
                     f"given to a seg stage or the reverse)")
         elif any(k.startswith("bkbone.") for k in missing + unexpected + shapes):
             hint = " (check --backbone: the snapshot was trained with another depth)"
+        elif any(k in ("_fc.weight", "fc.weight") for k in shapes):
+            fc = next(k for k in shapes if k in ("_fc.weight", "fc.weight"))
+            hint = (f" (its classifier has {tuple(state[fc].shape)[0]} outputs, the model "
+                    f"{tuple(own[fc].shape)[0]}: check --clsnum)")
+        elif missing or unexpected:
+            hint = " (check --arch / --backbone: the snapshot is of another architecture)"
         raise UserError(f"{path} does not fit the model: {len(missing)} missing keys {missing[:3]}, "
                         f"{len(unexpected)} unexpected {unexpected[:3]}, wrong shapes {shapes[:3]}{hint}")
     model.load_state_dict(state, strict=True)
@@ -106,3 +112,22 @@ def save_atomic(obj: object, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def find_snapshot(folder: str, released: str) -> tuple:
+    """(path, why) of the snapshot a test.py uses when --snapshot is not given, as the original's defaults:
+    the authors' released name in `folder` (`released` with or without `.pth`), else the `model-<N>` file of
+    the largest N (the last one training wrote). (None, why) when there is none."""
+    for name in (released, released + ".pth"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path, "the released snapshot's name"
+    numbered = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            stem = name[:-4] if name.endswith(".pth") else name
+            if stem.startswith("model-") and stem[6:].isdigit() and os.path.isfile(os.path.join(folder, name)):
+                numbered.append((int(stem[6:]), name.endswith(".pth"), name))
+    if not numbered:
+        return None, f"no {released}(.pth) and no model-<N>(.pth) in {folder}"
+    return os.path.join(folder, max(numbered)[2]), "the last model-<N> in its folder"

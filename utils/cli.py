@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Optional
 
+from network.classifier import EFFICIENTNETS
 from network.mffnet import FUSIONS
 from network.resnet import BACKBONES
+from utils.data import count_classes
+from utils.checkpoint import find_snapshot
+from utils.errors import UserError
 
 PATH_ARGS = ("datapath", "savepath", "snapshot", "top1top5", "maskpath", "pretrained", "resume")
 
@@ -24,7 +29,8 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--datapath", help="dataset root (CUB_200_2011 folder or ImageNet root with train/ val/ box/)")
     g.add_argument("--list", help="list file inside --datapath (written by dataset/prepare.py)")
-    g.add_argument("--clsnum", type=int, help="number of classes")
+    g.add_argument("--clsnum", type=int, help="number of classes (CUB-layout stages, when not given: the lines of "
+                                                "<datapath>/classes.txt)")
     g.add_argument("--savepath", default="out", help="output folder (snapshots, logs, results)")
     g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading worker processes per rank (0: load in the main process)")
@@ -36,8 +42,9 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
                    help="ResNet depth (small ones make CPU runs fast)")
-    m.add_argument("--snapshot", help="model weights to evaluate / start from (a plain state dict, "
-                                      "the original code's snapshots included)")
+    m.add_argument("--snapshot", help="model weights to evaluate / start from (a plain state dict, the original "
+                                      "code's snapshots included); test.py without it: the authors' released "
+                                      "name in --savepath (e.g. out/model-8), else the last out/model-<N>")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     r.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
@@ -85,6 +92,9 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
                                                             "them, so an interrupted run resumes)")
     g.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="processes turning CAMs into PNGs (0: in the main process)")
+    g.add_argument("--png_writer", choices=("auto", "fpng", "opencv"), default="auto",
+                   help="PNG encoder of the masks (lossless, the same pixels either way): fpng is several times "
+                        "faster, OpenCV's files are smaller; auto: fpng where the package is installed, else OpenCV")
     g.add_argument("--vis", type=int, default=0,
                    help="draw image, CAM, Gaussian prior and pseudo mask of the first N images of the list to "
                         "<maskpath>/../vis/ (one PNG each and grid.png)")
@@ -114,8 +124,9 @@ def architecture(args: argparse.Namespace) -> dict:
 
 def add_cls_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classifier")
-    g.add_argument("--arch", default="resnet50",
-                   help=f"classifier: {', '.join(sorted(BACKBONES))}, or timm:<model> (needs timm)")
+    g.add_argument("--arch", default="efficientnet-b7",
+                   help=f"classifier: {', '.join(EFFICIENTNETS)} (the authors', built by efficientnet_pytorch), "
+                        f"{', '.join(sorted(BACKBONES))}, or timm:<model> (needs timm)")
     g.add_argument("--resize", choices=("square", "shorter"), default="square",
                    help="test-time resize: size x size, or the shorter side to size (then centre crop)")
 
@@ -123,9 +134,13 @@ def add_cls_args(p: argparse.ArgumentParser) -> None:
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--threshold", type=float, help="foreground probability threshold of the predicted mask")
-    g.add_argument("--top1top5", help="the cls stage's out/top1top5.npy; without it only GT-known Loc is reported")
+    g.add_argument("--top1top5",
+                   help="the classifier's results (ours or the authors' top1top5.npy); not given: the cls stage's "
+                        "out/top1top5.npy, else its top1top5.npy (where the authors ship theirs); 'none' or neither: "
+                        "GT-known Loc only")
     g.add_argument("--allow_pickle", action="store_true",
-                   help="accept the original code's pickled top1top5 dict (unpickling runs code: trusted files only)")
+                   help="unpickle a top1top5.npy without restriction (the authors' plain dict is read safely "
+                        "without it; this is for other pickles, and runs their code: trusted files only)")
     g.add_argument("--protocol", choices=("spol", "wsol"), default="spol",
                    help="spol: the paper's (resize --size, centre --crop, mask > --threshold, GT-known/Top-1/Top-5 "
                         "Loc); wsol: wsolevaluation's (resize 224, no crop; MaxBoxAcc, MaxBoxAccV2, PxAP on CUB "
@@ -151,10 +166,56 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.N
     here = os.path.dirname(os.path.abspath(script))
     for name in PATH_ARGS:
         value = getattr(args, name, None)
-        if value and value != "none" and value == parser.get_default(name) and not os.path.isabs(value):
+        if value and value not in ("none", "auto") and value == parser.get_default(name) and not os.path.isabs(value):
             setattr(args, name, os.path.normpath(os.path.join(here, value)))
     if getattr(args, "pretrained", None) == "none":
         args.pretrained = None
+    if "released" in vars(args) and not args.snapshot:  # --savepath first, then the stage's own out/
+        stage_out = os.path.normpath(os.path.join(here, parser.get_default("savepath")))
+        args.snapshot = _default_snapshot(list(dict.fromkeys([os.path.normpath(args.savepath), stage_out])),
+                                          args.released)
+    if "cls_stage" in vars(args):
+        args.top1top5 = _default_top1top5(args.top1top5, os.path.join(here, "..", args.cls_stage), args.protocol)
     if getattr(args, "resume", None) == "auto":
         args.resume = os.path.join(args.savepath, "checkpoint.pth")
+    if getattr(args, "count_classes", False) and args.clsnum is None:  # CUB layout, own class folders included
+        args.clsnum = count_classes(args.datapath)
     return args
+
+
+def _say(message: str) -> None:
+    """Print once per job (rank 0 under torchrun: the parse step runs before the process group exists)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
+
+
+def _default_snapshot(folders: list, released: str) -> str:
+    """test.py without --snapshot: the released name in out/, else the last model-<N> there (SPEC §8);
+    the first of `folders` that has either."""
+    whys = []
+    for folder in folders:
+        path, why = find_snapshot(folder, released)
+        if path is not None:
+            _say(f"--snapshot not given: using {path} ({why})")
+            return path
+        whys.append(why)
+    raise UserError(f"no --snapshot given and {'; '.join(whys)}: train first (python train.py), put the authors' "
+                    f"checkpoint there, or pass --snapshot PATH")
+
+
+def _default_top1top5(given: Optional[str], cls_dir: str, protocol: str) -> Optional[str]:
+    """seg test.py without --top1top5: <cls stage>/out/top1top5.npy (ours), else <cls stage>/top1top5.npy
+    (where the authors' repository ships theirs); neither: GT-known Loc only. `--top1top5 none`: the latter."""
+    if given == "none":
+        return None
+    if given or protocol != "spol":
+        return given
+    for path, whose in ((os.path.join(cls_dir, "out", "top1top5.npy"), "written by the cls stage's test.py"),
+                        (os.path.join(cls_dir, "top1top5.npy"), "where the authors' repository keeps theirs")):
+        path = os.path.normpath(path)
+        if os.path.isfile(path):
+            _say(f"--top1top5 not given: using {path} ({whose})")
+            return path
+    _say(f"--top1top5 not given and no top1top5.npy in {os.path.normpath(cls_dir)}/out or "
+         f"{os.path.normpath(cls_dir)}: reporting GT-known Loc only (run the cls stage's test.py for Top-1/Top-5 Loc)")
+    return None

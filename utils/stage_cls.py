@@ -1,61 +1,34 @@
 """The cls stage: the classifier whose top-1/top-5 correctness turns GT-known Loc into Top-1/Top-5 Loc.
 
-Default classifier: the project's ResNet-50 (torchvision layout) from the torchvision weights file,
-with a new `fc` for CUB (trained with the recipe of SPEC §3) or torchvision's own `fc` for ImageNet.
-`--arch timm:<name>` (e.g. timm:efficientnet_b7, the paper's) uses a timm model when timm is installed.
-`test.py` writes out/top1top5.npy: per image of the list, is the class right at top-1 / top-5.
+Default classifier: the authors' EfficientNet-B7 (efficientnet_pytorch), with their recipe (SPEC §3): CUB
+fine-tunes it from the ImageNet weights with a new `_fc`, ImageNet uses the ImageNet weights as released.
+`--arch resnet50` (the project's ResNet, torchvision layout) and `--arch timm:<name>` are the options
+(network/classifier.py). `test.py` writes out/top1top5.npy: per image of the list, is the class right at
+top-1 / top-5.
 """
 from __future__ import annotations
 
 import os
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from network.resnet import BACKBONES, build_resnet, load_backbone_weights
+from network.classifier import (build_classifier, imagenet_weights_file, load_imagenet_weights,  # noqa: F401
+                                param_groups, resolve_imagenet_weights)
 from utils import distributed
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
 from utils.engine import (amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches, place_model,
                           to_device)
-from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.results import write_top1top5
 from utils.transforms import cls_test_transform, cls_train_transform
 
 
-def build_classifier(arch: str, num_classes: int) -> nn.Module:
-    if arch.startswith("timm:"):
-        try:
-            import timm
-        except ImportError:
-            raise UserError(f"--arch {arch} needs timm (pip install timm; it also needs torchvision)") from None
-        return timm.create_model(arch[5:], pretrained=False, num_classes=num_classes)
-    if arch not in BACKBONES:
-        raise UserError(f"--arch {arch!r}: choose one of {', '.join(BACKBONES)} or timm:<model name>")
-    return build_resnet(arch, num_classes)
-
-
-def classifier_head(model: nn.Module) -> list:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else model.fc
-    return list(head.parameters())
-
-
-def load_pretrained(model: nn.Module, arch: str, path: str) -> None:
-    """Backbone weights from an ImageNet file; the classifier stays new when its class count differs."""
-    if not arch.startswith("timm:"):
-        load_backbone_weights(model, path, keep_fc=True)
-        return
-    from utils.checkpoint import read_state_dict
-    state = read_state_dict(path)
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    missing = [k for k in own if k not in state]
-    head = {n for n, p in model.named_parameters() if any(p is q for q in classifier_head(model))}
-    if set(missing) - head:
-        raise UserError(f"{path} does not fit {arch}: missing {sorted(set(missing) - head)[:5]}")
-    model.load_state_dict(state, strict=False)
+def pretrained_path(arch: str, pretrained: str) -> str:
+    """--pretrained auto: the architecture's ImageNet file in resource/ (downloaded for EfficientNet when
+    absent and online); a path: that file, which must exist."""
+    return resolve_imagenet_weights(arch, imagenet_weights_file(arch) if pretrained == "auto" else pretrained)
 
 
 def cls_loss(model, batch) -> torch.Tensor:
@@ -68,14 +41,12 @@ def train(args, d) -> str:
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     model = build_classifier(args.arch, args.clsnum)
     if args.pretrained:
-        load_pretrained(model, args.arch, args.pretrained)
+        load_imagenet_weights(model, args.arch, pretrained_path(args.arch, args.pretrained))
     if args.snapshot:
         load_weights(model, args.snapshot)
 
     def groups(m):
-        head = classifier_head(m)
-        ids = {id(p) for p in head}
-        return [(head, args.lr), ([p for p in m.parameters() if id(p) not in ids], args.backbone_lr)]
+        return param_groups(m, args.arch, args.lr, args.backbone_lr)
 
     data = ImageSet(samples, cls_train_transform(args.size, args.crop), seed=args.seed)
     last = fit(args, d, model, data, cls_loss, groups,
@@ -87,8 +58,10 @@ def train(args, d) -> str:
 
 @distributed.entry
 def test(args, d) -> dict:
-    if not args.snapshot:
-        raise UserError("--snapshot is required: the classifier weights (e.g. out/model-20.pth)")
+    if not args.snapshot:  # ImageNet: the ImageNet weights as released (CUB's default comes from out/)
+        args.snapshot = pretrained_path(args.arch, "auto")
+        if d.main:
+            print(f"--snapshot not given: using {args.snapshot} ({args.arch}'s ImageNet weights)")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     model = build_classifier(args.arch, args.clsnum)
     load_weights(model, args.snapshot)

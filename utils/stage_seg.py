@@ -24,7 +24,7 @@ from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, channels_la
                           inference_batches, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
-from utils.results import read_top1top5, write_boxes_csv
+from utils.results import match_top1top5, read_top1top5, write_boxes_csv
 from utils.transforms import boxes_to_eval_frame, eval_transform, train_transform
 from utils.vis import EvalPictures, tensorboard_hook
 
@@ -82,11 +82,10 @@ def evaluate(args, d) -> dict:
         return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples)
     excluded = [s.name for s in samples if os.path.basename(s.name) in EXCLUDED.get(args.dataset, [])]
     samples = [s for s in samples if s.name not in excluded]
-    table = read_top1top5(args.top1top5, args.allow_pickle) if args.top1top5 else None
-    if table is not None:
-        missing = [s.name for s in samples if s.name not in table]
-        if missing:
-            raise UserError(f"{args.top1top5} has no entry for {len(missing)} evaluated images, e.g. {missing[:3]}")
+    table = None
+    if args.top1top5:
+        table = match_top1top5(read_top1top5(args.top1top5, args.allow_pickle), [s.name for s in samples],
+                               args.top1top5)
     model = _eval_model(args, d)
     channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)

@@ -1,0 +1,121 @@
+"""Classifiers of the cls stages: the authors' EfficientNet (efficientnet_pytorch), the project's
+ResNets, or a timm model.
+
+`efficientnet-b0` .. `efficientnet-b7` are built by the `efficientnet_pytorch` package itself (the
+authors' library: `EfficientNet.from_name`), so its parameter names (`_conv_stem.weight`, `_blocks.*`,
+`_bn1.weight`, `_fc.weight`) are the ones in the authors' snapshots and in efficientnet_pytorch's
+ImageNet weight files, which therefore load strictly. The ImageNet file of an architecture has a fixed
+name (`efficientnet-b7-dcc49843.pth`, `resnet50-19c8e357.pth`); `resolve_imagenet_weights` finds it in
+resource/ and, for EfficientNet when it is absent, downloads it from efficientnet_pytorch's release URL.
+"""
+from __future__ import annotations
+
+import os
+
+import torch.nn as nn
+
+from network.resnet import BACKBONES, build_resnet, load_backbone_weights
+
+RESOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resource")
+EFFICIENTNETS = tuple(f"efficientnet-b{i}" for i in range(8))
+# torchvision's ImageNet files of the ResNets (https://download.pytorch.org/models/<file>)
+RESNET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
+                "resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet101-5d3b4d8f.pth",
+                "resnet152": "resnet152-b121ed2d.pth"}
+# The authors' classifier recipe puts exactly these two parameters into the high-lr group; every other
+# one, `_fc.weight` included, trains at the low lr (their cub200-cls/train.py matches full names).
+EFFICIENTNET_HEAD = ("_bn1.weight", "_fc.bias")
+
+
+def _efficientnet_pytorch():
+    from utils.errors import UserError
+    try:
+        import efficientnet_pytorch
+    except ImportError:
+        raise UserError("the EfficientNet classifiers need efficientnet_pytorch: pip install efficientnet_pytorch "
+                        "(it is in requirements.txt)") from None
+    return efficientnet_pytorch
+
+
+def build_classifier(arch: str, num_classes: int) -> nn.Module:
+    """A classifier with `num_classes` outputs and fresh (seeded) weights."""
+    from utils.errors import UserError
+    if arch in EFFICIENTNETS:
+        return _efficientnet_pytorch().EfficientNet.from_name(arch, num_classes=num_classes)
+    if arch.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise UserError(f"--arch {arch} needs timm (pip install timm; it also needs torchvision)") from None
+        return timm.create_model(arch[5:], pretrained=False, num_classes=num_classes)
+    if arch not in BACKBONES:
+        raise UserError(f"--arch {arch!r}: choose one of {', '.join(EFFICIENTNETS + tuple(BACKBONES))} "
+                        f"or timm:<model name>")
+    return build_resnet(arch, num_classes)
+
+
+def param_groups(model: nn.Module, arch: str, head_lr: float, base_lr: float) -> list:
+    """[(params, lr), ...]: the authors' two groups for EfficientNet (EFFICIENTNET_HEAD at `head_lr`);
+    for the other architectures the whole classifier layer at `head_lr`; everything else at `base_lr`."""
+    if arch in EFFICIENTNETS:
+        head = [p for n, p in model.named_parameters() if n in EFFICIENTNET_HEAD]
+    else:
+        layer = model.get_classifier() if hasattr(model, "get_classifier") else model.fc
+        head = list(layer.parameters())
+    ids = {id(p) for p in head}
+    return [(head, head_lr), ([p for p in model.parameters() if id(p) not in ids], base_lr)]
+
+
+def imagenet_weights_file(arch: str) -> str:
+    """resource/<the ImageNet weight file's usual name> for an architecture (timm: none)."""
+    if arch in EFFICIENTNETS:
+        return os.path.join(RESOURCE, os.path.basename(_efficientnet_pytorch().utils.url_map[arch]))
+    if arch in RESNET_FILES:
+        return os.path.join(RESOURCE, RESNET_FILES[arch])
+    from utils.errors import UserError
+    raise UserError(f"--arch {arch} has no default ImageNet weights file: pass --pretrained PATH (or none)")
+
+
+def resolve_imagenet_weights(arch: str, path: str) -> str:
+    """`path` if it exists; for an EfficientNet's default file, download it there from efficientnet_pytorch's
+    release URL when absent (needs the internet); otherwise a clear error naming the file."""
+    from utils.errors import UserError
+    if os.path.isfile(path):
+        return path
+    default = arch in EFFICIENTNETS and os.path.abspath(path) == os.path.abspath(imagenet_weights_file(arch))
+    if not default:
+        raise UserError(f"pretrained weights not found: {path}\n  (see resource/README.md; --pretrained none "
+                        f"trains from scratch)")
+    url = _efficientnet_pytorch().utils.url_map[arch]
+    print(f"{path} not found: downloading {url}", flush=True)
+    try:
+        import torch.hub
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(url, path, progress=True)
+    except Exception as e:  # offline, proxy, disk: whichever, the user needs the file and the URL
+        raise UserError(f"pretrained weights not found: {path}, and downloading {url} failed "
+                        f"({type(e).__name__}: {str(e)[:100]}).\n  Download that file on a machine with internet "
+                        f"and put it at {path} (see resource/README.md), or pass --pretrained PATH / none") from None
+    return path
+
+
+def load_imagenet_weights(model: nn.Module, arch: str, path: str) -> None:
+    """Load ImageNet weights; the classifier layer is kept when its class count matches the file's and left
+    as initialised otherwise (a new head). Any other missing, unexpected or mis-shaped key is an error."""
+    from utils.checkpoint import read_state_dict
+    from utils.errors import UserError
+    if arch in BACKBONES:
+        load_backbone_weights(model, path, keep_fc=True)
+        return
+    state = read_state_dict(path)
+    own = model.state_dict()
+    head = ({"_fc.weight", "_fc.bias"} if arch in EFFICIENTNETS else
+            {n for n, p in model.named_parameters()
+             if any(p is q for q in model.get_classifier().parameters())})
+    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    missing = sorted(set(own) - set(fits) - head)
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit {arch}: {len(missing)} missing or mis-shaped keys {missing[:3]}, "
+                        f"{len(unexpected)} unexpected {unexpected[:3]} (weights of another architecture?)")
+    model.load_state_dict(fits, strict=False)
