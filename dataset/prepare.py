@@ -5,13 +5,15 @@
 
 CUB-200-2011: from the official annotation files, `train.txt` / `val.txt` with lines
 `relpath,label,xmin ymin xmax ymax` (label 0-based, box x0y0x1y1 = x, y, x + width, y + height in
-original pixels), and `wsol_metadata/CUB/test/` for the val (= official test) split.
+original pixels, integral values written as integers as in the authors' lists: `60 27 385 331`), and
+`wsol_metadata/CUB/test/` for the val (= official test) split.
 ImageNet: `synsets.txt` (class order), `train.txt` (`synset/file.JPEG label`), `val.txt`
-(`file.JPEG label`) and `wsol_metadata/ILSVRC/val/`.
+(`file.JPEG label`) and `wsol_metadata/ILSVRC/test/` (wsolevaluation's split name for ILSVRC2012 val).
 
-The wsolevaluation metadata (Choe et al., CVPR 2020) holds four files keyed by the list's relpath:
-`image_ids.txt` (`relpath`), `class_labels.txt` (`relpath,label`), `image_sizes.txt`
-(`relpath,width,height`) and `localization.txt` (`relpath,x0,y0,x1,y1`, one line per GT box).
+The wsolevaluation metadata (Choe et al., CVPR 2020) is laid out as their published `metadata/`: four files
+keyed by their image ids (CUB `<class>/<file>.jpg`, ImageNet `val/<file>.JPEG`): `image_ids.txt` (`id`),
+`class_labels.txt` (`id,label`), `image_sizes.txt` (`id,width,height`) and `localization.txt`
+(`id,x0,y0,x1,y1`, integers clipped to the image, one line per GT box).
 Existing outputs are never overwritten unless --force is given.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from utils.data import BadImage, cub_image_dir, read_image, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 
+from utils.wsol_eval import wsol_image_id  # noqa: E402
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 WSOL_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
 
@@ -47,12 +50,27 @@ def _head(items: list, n: int = 10) -> str:
 
 
 def _num(v: float) -> str:
-    """A coordinate as text: `12` when integral (wsolevaluation parses ints), else the float's repr."""
+    """A coordinate as text: `12` when integral (as the authors' lists), else the float's shortest repr, which
+    parses back to the same float."""
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
 def _write_lines(path: str, lines: Iterable[str]) -> None:
     """Write via a temporary file and os.replace: an interrupted run leaves no half-written list."""
+def wsol_box(box: list, width: int, height: int) -> tuple:
+    """An x0y0x1y1 box as wsolevaluation's metadata holds it: integers clipped to [0, width - 1] x [0, height - 1].
+
+    Their published CUB test boxes are x, y, x + width, y + height clipped so (checked line by line against the
+    authors' val.txt: 36 of 5,794 reach the right or bottom border and are one less), their ILSVRC ones the XML
+    values clipped so; their loader int()-parses every value. CUB's and ImageNet's official values are all
+    integral, so their rule for a fraction cannot be read off their files: we truncate, as int() and their
+    box rescaling do.
+    """
+    x0, y0, x1, y1 = (int(float(v)) for v in box)
+    return (min(max(x0, 0), width - 1), min(max(y0, 0), height - 1),
+            min(max(x1, 0), width - 1), min(max(y1, 0), height - 1))
+
+
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(line + "\n" for line in lines)
@@ -97,13 +115,15 @@ def _image_sizes(paths: list) -> list:
 
 
 def _write_wsol_metadata(folder: str, names: list, labels: list, sizes: list, boxes: list) -> None:
-    """The four wsolevaluation metadata files; boxes[i] is the list of x0y0x1y1 GT boxes of names[i]."""
+    """The four wsolevaluation metadata files; names are their image ids, sizes (width, height), boxes[i] the
+    list of x0y0x1y1 GT boxes of names[i] in original pixels (written as `wsol_box`)."""
     os.makedirs(folder, exist_ok=True)
     _write_lines(os.path.join(folder, "image_ids.txt"), names)
     _write_lines(os.path.join(folder, "class_labels.txt"), (f"{n},{c}" for n, c in zip(names, labels)))
     _write_lines(os.path.join(folder, "image_sizes.txt"), (f"{n},{w},{h}" for n, (w, h) in zip(names, sizes)))
     _write_lines(os.path.join(folder, "localization.txt"),
-                 (f"{n}," + ",".join(_num(v) for v in box) for n, bs in zip(names, boxes) for box in bs))
+                 (f"{n}," + ",".join(map(str, wsol_box(box, w, h)))
+                  for n, (w, h), bs in zip(names, sizes, boxes) for box in bs))
     print(f"wrote {folder}/ ({', '.join(WSOL_FILES)}: {len(names)} images)")
 
 
@@ -219,8 +239,8 @@ def _check_cub_images(image_dir: str, records: list, check_sizes: bool) -> dict:
 
 
 def cub_list_line(r: CubRecord) -> str:
-    # f"{float}" is the shortest text that parses back to the same float: the list equals the XYWH files
-    return f"{r.relpath},{r.label}," + " ".join(f"{v}" for v in r.box)
+    # byte-identical to the authors' train.txt / val.txt for CUB's integral boxes; a fraction keeps its float
+    return f"{r.relpath},{r.label}," + " ".join(map(_num, r.box))
 
 
 def prepare_cub(root: str, force: bool = False, check_images: bool = False) -> None:
@@ -240,7 +260,7 @@ def prepare_cub(root: str, force: bool = False, check_images: bool = False) -> N
             _write_lines(path, map(cub_list_line, rows))
             print(f"wrote {path} ({len(rows)} images)")
     if _may_write(meta, force, is_dir=True):
-        _write_wsol_metadata(meta, [r.relpath for r in val], [r.label for r in val],
+        _write_wsol_metadata(meta, [wsol_image_id("cub", r.relpath) for r in val], [r.label for r in val],
                              [sizes[r.relpath] for r in val], [[r.box] for r in val])
     print(f"CUB-200-2011: {len(splits['train'])} train / {len(val)} val images, {nclasses} classes")
 
@@ -445,7 +465,7 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
     val_list = os.path.join(root, "val.txt")
     keep_val = os.path.exists(val_list) and not force
     images, source = imagenet_val_images(root, synsets, use_list=keep_val)
-    meta = os.path.join(root, "wsol_metadata", "ILSVRC", "val")
+    meta = os.path.join(root, "wsol_metadata", "ILSVRC", "test")  # their ILSVRC "val" is ImageNetV2
     write_meta = force or not _exists(meta, is_dir=True)
     # derived labels are checked against the boxes now; a kept val.txt only when its metadata is written
     boxes = imagenet_val_boxes(root, images, synsets) if write_meta or not keep_val else None
@@ -462,10 +482,14 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
         _write_lines(val_list, (f"{v.name} {v.label}" for v in images))
         print(f"wrote {val_list} ({len(images)} images, labels from {source})")
     if _may_write(meta, force, is_dir=True):
-        _write_wsol_metadata(meta, [v.name for v in images], [v.label for v in images],
+        _write_wsol_metadata(meta, [wsol_image_id("imagenet", v.name) for v in images], [v.label for v in images],
                              sizes, boxes)
     print(f"ImageNet: {len(train)} train / {len(images)} val images, {len(synsets)} classes "
           f"(val labels from {source})")
+    old = os.path.join(root, "wsol_metadata", "ILSVRC", "val")
+    if _exists(old, is_dir=True):  # what this script wrote before it followed wsolevaluation's split names
+        print(f"note: {old}/ is not read by anything here: wsolevaluation's ILSVRC split 'val' is ImageNetV2, "
+              f"the ILSVRC2012 val metadata is {meta}/", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -482,8 +506,8 @@ ROOT is the unpacked official CUB_200_2011 folder:
   ROOT/bounding_boxes.txt             id x y width height
   ROOT/classes.txt                    id name
 Writes ROOT/train.txt and ROOT/val.txt (`relpath,label,xmin ymin xmax ymax`, label 0-based,
-xmax = x + width, ymax = y + height) and ROOT/wsol_metadata/CUB/test/ for the val split
-(reads the size of every val image)."""
+xmax = x + width, ymax = y + height, as the authors' lists) and ROOT/wsol_metadata/CUB/test/ for the
+val split, as wsolevaluation's metadata/CUB/test/ (reads the size of every val image)."""
 
 IMAGENET_LAYOUT = """\
 ROOT is the ILSVRC2012 folder:
@@ -494,7 +518,8 @@ ROOT is the ILSVRC2012 folder:
                                       (default: sorted train/ folders, the standard 0..999)
   ROOT/LOC_val_solution.csv           optional (Kaggle): val labels for a flat val/
 Writes ROOT/synsets.txt (if absent), ROOT/train.txt (`synset/file.JPEG label`), ROOT/val.txt
-(`file.JPEG label`) and ROOT/wsol_metadata/ILSVRC/val/. The val labels come from, in this order:
+(`file.JPEG label`) and ROOT/wsol_metadata/ILSVRC/test/ (as wsolevaluation's metadata/ILSVRC/test/,
+ids val/<file>.JPEG). The val labels come from, in this order:
 an existing val.txt (kept), val/<synset>/ folders, LOC_val_solution.csv, the first object in
 box/<file>.xml. Every val image needs box/<file>.xml with a box of its own class."""
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import run_script
+from published_metadata import cub_test_rows, write_published
 from dataset.synthetic import make_cub
 from network import build_mffnet
 
@@ -80,6 +81,21 @@ def test_wsol_figures_equal_the_standalone_evaluator_on_the_written_maps(data, w
     assert v2["maxboxacc"] == {d: m["maxboxacc_v2"][d] for d in ("30", "50", "70")}
     assert v2["pxap"] == m["pxap"]
     assert v1["localization"] == m["maxboxacc"]
+
+
+def test_wsol_figures_with_wsolevaluations_own_metadata_folder(data, wsol, tmp_path):
+    """Their metadata/CUB/test/ as published (ids, clipped integer boxes, no final newline) scores the project's
+    score maps as the project's own metadata does, and prepare.py's files hold the same lines."""
+    theirs = write_published(tmp_path / "metadata" / "CUB" / "test", cub_test_rows(data["root"]))
+    ours = os.path.join(data["root"], "wsol_metadata", "CUB", "test")
+    for f in ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt"):
+        assert open(os.path.join(ours, f)).read().splitlines() == (theirs / f).read_text().splitlines(), f
+    run_script("-m", "utils.wsol_eval", "--scoremap_root", wsol["out"] / "scoremaps", "--metadata_root",
+               tmp_path / "metadata", "--dataset_name", "CUB", "--split", "test", "--multi_contour_eval", "true",
+               "--json", tmp_path / "v2.json")
+    v2, m = json.load(open(tmp_path / "v2.json")), wsol["metrics"]
+    assert v2["maxboxacc"] == {d: m["maxboxacc_v2"][d] for d in ("30", "50", "70")} and v2["count"] == m["count"]
+    assert "utils.wsol_eval" in wsol["stdout"] and "--dataset_name CUB --split test" in wsol["stdout"]
 
 
 def test_wsol_without_segmentations_reports_boxes_and_says_why_no_pxap(data, tmp_path):

@@ -4,12 +4,14 @@ import csv
 import json
 import os
 import shutil
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import run_script
+from published_metadata import ilsvrc_val_rows, write_published
 from dataset.synthetic import make_imagenet
 from network import build_mffnet, build_resnet
 
@@ -103,6 +105,47 @@ def test_per_synset_val_layout_gives_the_same_result(inet, seg_model, tmp_path):
         os.replace(nested / "val" / name, nested / "val" / synsets[int(label)] / name)
     _evaluate(str(nested), seg_model, tmp_path / "nested")
     assert open(flat / "boxes.csv").read() == open(tmp_path / "nested" / "boxes.csv").read()
+
+
+def test_wsol_scoremaps_score_with_wsolevaluations_metadata_and_ours(inet, seg_model, tmp_path):
+    """`--protocol wsol` score maps under wsolevaluation's ids (`scoremaps/val/<file>.JPEG.npy`, whatever the val/
+    layout), scored by `python -m utils.wsol_eval` with a metadata/ILSVRC/test/ folder as they publish it and with
+    the one prepare.py writes: the same figures as metrics.json. One box reaches past its image's border."""
+    root = tmp_path / "ILSVRC2012"
+    shutil.copytree(inet, root)
+    synsets = [line.split()[0] for line in open(root / "synsets.txt")]
+    val = [line.split() for line in open(root / "val.txt")]
+    for name, label in val:  # val/<synset>/ layout
+        os.makedirs(root / "val" / synsets[int(label)], exist_ok=True)
+        os.replace(root / "val" / name, root / "val" / synsets[int(label)] / name)
+    name, label = val[0]
+    xml = ET.parse(root / "box" / (os.path.splitext(name)[0] + ".xml"))
+    width, height = (int(xml.find("size").find(k).text) for k in ("width", "height"))
+    own = next(o.find("bndbox") for o in xml.iter("object") if o.find("name").text == synsets[int(label)])
+    own.find("xmax").text, own.find("ymax").text = str(width), str(height)  # past the last pixel, as many real ones
+    xml.write(root / "box" / (os.path.splitext(name)[0] + ".xml"))
+    run_script("dataset/prepare.py", "imagenet", "--root", root, "--force")
+    theirs = write_published(tmp_path / "metadata" / "ILSVRC" / "test", ilsvrc_val_rows(str(root)))
+    ours = root / "wsol_metadata" / "ILSVRC" / "test"
+    for f in ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt"):
+        assert (ours / f).read_text().splitlines() == (theirs / f).read_text().splitlines(), f
+    x0, y0 = own.find("xmin").text, own.find("ymin").text
+    assert f"val/{name},{x0},{y0},{width - 1},{height - 1}" in (ours / "localization.txt").read_text().splitlines()
+
+    out = tmp_path / "wsol"
+    _evaluate(str(root), seg_model, out, "--protocol", "wsol", "--post_workers", 0)
+    maps = sorted(str(p.relative_to(out / "scoremaps")) for p in (out / "scoremaps").rglob("*.npy"))
+    assert maps == sorted(f"val/{name}.npy" for name, _ in val)
+    m = json.load(open(out / "metrics.json"))
+    for metadata_root in (tmp_path / "metadata", root / "wsol_metadata"):
+        common = ["-m", "utils.wsol_eval", "--scoremap_root", out / "scoremaps", "--metadata_root", metadata_root,
+                  "--dataset_name", "ILSVRC", "--split", "test", "--workers", 1]
+        run_script(*common, "--multi_contour_eval", "true", "--json", tmp_path / "v2.json")
+        run_script(*common, "--multi_iou_eval", "false", "--json", tmp_path / "v1.json")
+        v2, v1 = json.load(open(tmp_path / "v2.json")), json.load(open(tmp_path / "v1.json"))
+        assert v2["count"] == m["count"] == 9
+        assert v2["maxboxacc"] == {d: m["maxboxacc_v2"][d] for d in ("30", "50", "70")}
+        assert v2["mean"] == m["maxboxacc_v2"]["mean"] and v1["localization"] == m["maxboxacc"]
 
 
 def test_imagenet_cls_test_with_a_torchvision_style_file(inet, tmp_path):

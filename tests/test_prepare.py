@@ -70,7 +70,7 @@ CUB = [
     ("1", "001.Gull/Gull_0001.jpg", 1, 1, "10.0 20.0 30.0 40.0", (80, 70)),
     ("2", "001.Gull/Gull_0002.jpg", 1, 0, "1.5 2.25 20.5 30.0", (64, 48)),
     ("3", "002.Tern/Tern_0003.jpg", 2, 1, "0.0 0.0 80.0 70.0", (80, 70)),
-    ("4", "002.Tern/Tern_0004.jpg", 2, 0, "5.0 6.0 10.0 12.0", (60, 50)),
+    ("4", "002.Tern/Tern_0004.jpg", 2, 0, "5.0 6.0 55.0 44.0", (60, 50)),  # to the right and bottom borders
 ]
 
 
@@ -90,14 +90,15 @@ def test_cub_lists_by_hand(tmp_path):
     root = make_cub(str(tmp_path / "CUB_200_2011"))
     p = cli("cub", "--root", root)
     assert p.returncode == 0, p.stderr
-    assert read(os.path.join(root, "train.txt")) == ["001.Gull/Gull_0001.jpg,0,10.0 20.0 40.0 60.0",
-                                                     "002.Tern/Tern_0003.jpg,1,0.0 0.0 80.0 70.0"]
-    assert read(os.path.join(root, "val.txt")) == ["001.Gull/Gull_0002.jpg,0,1.5 2.25 22.0 32.25",
-                                                   "002.Tern/Tern_0004.jpg,1,5.0 6.0 15.0 18.0"]
+    # integral values as integers (the authors' lists), fractions kept
+    assert read(os.path.join(root, "train.txt")) == ["001.Gull/Gull_0001.jpg,0,10 20 40 60",
+                                                     "002.Tern/Tern_0003.jpg,1,0 0 80 70"]
+    assert read(os.path.join(root, "val.txt")) == ["001.Gull/Gull_0002.jpg,0,1.5 2.25 22 32.25",
+                                                   "002.Tern/Tern_0004.jpg,1,5 6 60 50"]
     assert "2 train / 2 val images, 2 classes" in p.stdout
     # the stages read them back as written
     val = read_cub_list(root, "val.txt")
-    assert [(s.label, s.boxes) for s in val] == [(0, [[1.5, 2.25, 22.0, 32.25]]), (1, [[5.0, 6.0, 15.0, 18.0]])]
+    assert [(s.label, s.boxes) for s in val] == [(0, [[1.5, 2.25, 22.0, 32.25]]), (1, [[5.0, 6.0, 60.0, 50.0]])]
 
 
 def test_cub_wsol_metadata(tmp_path, run):
@@ -108,8 +109,32 @@ def test_cub_wsol_metadata(tmp_path, run):
     assert read(os.path.join(meta, "class_labels.txt")) == ["001.Gull/Gull_0002.jpg,0", "002.Tern/Tern_0004.jpg,1"]
     assert read(os.path.join(meta, "image_sizes.txt")) == ["001.Gull/Gull_0002.jpg,64,48",
                                                            "002.Tern/Tern_0004.jpg,60,50"]
-    assert read(os.path.join(meta, "localization.txt")) == ["001.Gull/Gull_0002.jpg,1.5,2.25,22,32.25",
-                                                            "002.Tern/Tern_0004.jpg,5,6,15,18"]
+    # as wsolevaluation's: integers (fractions truncated), clipped to [0, width - 1] x [0, height - 1]:
+    # Tern_0004's 5,6,60,50 reaches past its 60 x 50 image
+    assert read(os.path.join(meta, "localization.txt")) == ["001.Gull/Gull_0002.jpg,1,2,22,32",
+                                                            "002.Tern/Tern_0004.jpg,5,6,59,49"]
+
+
+# Two test images of the real CUB-200-2011 (the 1st and 16th lines of both published files): their sizes, the
+# bounding_boxes.txt line (x y width height) that gives the authors' box back, and the lines the authors'
+# dataset/CUB_200_2011/val.txt and wsolevaluation's metadata/CUB/test/localization.txt hold for them. The
+# second box reaches the right border of its 500-pixel-wide image: 500 in the list, 499 in the metadata.
+ALBATROSS = "001.Black_footed_Albatross/Black_Footed_Albatross_"
+PUBLISHED = [("1", ALBATROSS + "0046_18.jpg", "60.0 27.0 325.0 304.0", (500, 335),
+              ALBATROSS + "0046_18.jpg,0,60 27 385 331", ALBATROSS + "0046_18.jpg,60,27,385,331"),
+             ("2", ALBATROSS + "0005_796090.jpg", "1.0 2.0 499.0 286.0", (500, 335),
+              ALBATROSS + "0005_796090.jpg,0,1 2 500 288", ALBATROSS + "0005_796090.jpg,1,2,499,288")]
+
+
+def test_cub_files_equal_the_published_ones(tmp_path, run):
+    rows = [(i, rel, 1, 0, box, size) for i, rel, box, size, _, _ in PUBLISHED]
+    root = make_cub(str(tmp_path / "CUB_200_2011"), rows=rows)
+    assert run("cub", "--root", root)[0] == 0
+    with open(os.path.join(root, "val.txt"), "rb") as f:  # byte for byte, as the authors' file
+        assert f.read() == b"".join(authors.encode() + b"\n" for *_, authors, _ in PUBLISHED)
+    meta = os.path.join(root, "wsol_metadata", "CUB", "test")
+    assert read(os.path.join(meta, "localization.txt")) == [theirs for *_, theirs in PUBLISHED]
+    assert read(os.path.join(meta, "image_sizes.txt")) == [f"{rel},500,335" for _, rel, *_ in PUBLISHED]
 
 
 def test_cub_id_missing_from_bounding_boxes(tmp_path):
@@ -148,7 +173,7 @@ def test_cub_keeps_existing_unless_force(tmp_path, run):
     assert not os.path.exists(os.path.join(meta, "localization.txt"))  # the folder is kept as a whole
     code, out, _ = run("cub", "--root", root, "--force")
     assert code == 0 and "kept" not in out
-    assert read(os.path.join(root, "train.txt"))[0] == "001.Gull/Gull_0001.jpg,0,10.0 20.0 40.0 60.0"
+    assert read(os.path.join(root, "train.txt"))[0] == "001.Gull/Gull_0001.jpg,0,10 20 40 60"
     assert len(read(os.path.join(meta, "localization.txt"))) == 2
 
 
@@ -166,7 +191,7 @@ def test_cub_check_images_warns_box_outside(tmp_path, run):
     assert code == 0 and "warning" not in err  # sizes are only read with --check-images
     code, _, err = run("cub", "--root", root, "--check-images", "--force")
     assert code == 0 and "Tern_0004.jpg" in err and "outside the 60x50 image" in err
-    assert read(os.path.join(root, "val.txt"))[1] == "002.Tern/Tern_0004.jpg,1,50.0 6.0 70.0 18.0"
+    assert read(os.path.join(root, "val.txt"))[1] == "002.Tern/Tern_0004.jpg,1,50 6 70 18"
 
 
 def test_cub_zero_area_box_is_warned_about_and_kept(tmp_path, run):
@@ -174,7 +199,7 @@ def test_cub_zero_area_box_is_warned_about_and_kept(tmp_path, run):
     root = make_cub(str(tmp_path / "CUB_200_2011"), rows=rows)
     code, _, err = run("cub", "--root", root)
     assert code == 0 and "Tern_0004.jpg" in err and "zero area" in err
-    assert read(os.path.join(root, "val.txt"))[1] == "002.Tern/Tern_0004.jpg,1,50.0 6.0 50.0 18.0"
+    assert read(os.path.join(root, "val.txt"))[1] == "002.Tern/Tern_0004.jpg,1,50 6 50 18"
 
 
 def test_cub_unreadable_val_image_stops_before_writing(tmp_path, run):
@@ -215,7 +240,7 @@ def make_imagenet(root: str, per_synset_val: bool = False) -> str:
         write_text(os.path.join(root, "train", s, "notes.txt"), ["not an image"])
     val = [("ILSVRC2012_val_00000001.JPEG", 2, (40, 30), [(SYNSETS[2], (1, 2, 30, 20))]),
            ("ILSVRC2012_val_00000002.JPEG", 0, (50, 36),
-            [(SYNSETS[0], (0, 0, 10, 10)), (SYNSETS[1], (5, 5, 20, 20)), (SYNSETS[0], (12, 3, 49, 35))]),
+            [(SYNSETS[0], (0, 0, 10, 10)), (SYNSETS[1], (5, 5, 20, 20)), (SYNSETS[0], (12, 3, 50, 36))]),
            ("ILSVRC2012_val_00000003.JPEG", 1, None, [(SYNSETS[1], (3, 4, 25, 26))])]
     for name, label, size, objects in val:
         folder = os.path.join(root, "val", SYNSETS[label]) if per_synset_val else os.path.join(root, "val")
@@ -238,22 +263,34 @@ def test_imagenet_flat_val_from_xml(tmp_path):
     assert "6 train / 3 val images, 3 classes" in p.stdout
     # the stages read it back, with the boxes of the image's own class only
     val = read_imagenet_list(root, "val.txt", "val")
-    assert val[1].boxes == [[0.0, 0.0, 10.0, 10.0], [12.0, 3.0, 49.0, 35.0]]
+    assert val[1].boxes == [[0.0, 0.0, 10.0, 10.0], [12.0, 3.0, 50.0, 36.0]]
 
 
 def test_imagenet_wsol_metadata(tmp_path, run):
     root = make_imagenet(str(tmp_path / "ILSVRC2012"))
     assert run("imagenet", "--root", root)[0] == 0
-    meta = os.path.join(root, "wsol_metadata", "ILSVRC", "val")
-    names = [line.split()[0] for line in VAL_LINES]
+    # wsolevaluation's split and ids for ILSVRC2012 val (their ILSVRC "val" is ImageNetV2)
+    assert not os.path.exists(os.path.join(root, "wsol_metadata", "ILSVRC", "val"))
+    meta = os.path.join(root, "wsol_metadata", "ILSVRC", "test")
+    names = ["val/" + line.split()[0] for line in VAL_LINES]
     assert read(os.path.join(meta, "image_ids.txt")) == names
-    assert read(os.path.join(meta, "class_labels.txt")) == [line.replace(" ", ",") for line in VAL_LINES]
+    assert read(os.path.join(meta, "class_labels.txt")) == ["val/" + line.replace(" ", ",") for line in VAL_LINES]
     # val_3's XML has no <size>: read from the image
     assert read(os.path.join(meta, "image_sizes.txt")) == [f"{names[0]},40,30", f"{names[1]},50,36",
                                                            f"{names[2]},32,28"]
-    # two boxes of val_2's own class, not the other class's box
+    # two boxes of val_2's own class, not the other class's box; the second one's 50,36 clipped to its 50 x 36
+    # image, as wsolevaluation's boxes
     assert read(os.path.join(meta, "localization.txt")) == [f"{names[0]},1,2,30,20", f"{names[1]},0,0,10,10",
                                                             f"{names[1]},12,3,49,35", f"{names[2]},3,4,25,26"]
+
+
+def test_imagenet_former_val_metadata_is_pointed_out(tmp_path, run):
+    root = make_imagenet(str(tmp_path / "ILSVRC2012"))
+    old = os.path.join(root, "wsol_metadata", "ILSVRC", "val")
+    os.makedirs(old)
+    write_text(os.path.join(old, "image_ids.txt"), [line.split()[0] for line in VAL_LINES])
+    code, _, err = run("imagenet", "--root", root)
+    assert code == 0 and "ImageNetV2" in err and os.path.join("ILSVRC", "test") in err
 
 
 def test_imagenet_per_synset_val(tmp_path, run):
@@ -264,6 +301,9 @@ def test_imagenet_per_synset_val(tmp_path, run):
     code, out, err = run("imagenet", "--root", root)
     assert code == 0, err
     assert read(os.path.join(root, "val.txt")) == VAL_LINES and "val/<synset>/ folders" in out
+    # wsolevaluation's ids whatever our val/ layout
+    ids = read(os.path.join(root, "wsol_metadata", "ILSVRC", "test", "image_ids.txt"))
+    assert ids == ["val/" + line.split()[0] for line in VAL_LINES]
     assert read_imagenet_list(root, "val.txt", "val")[2].boxes == [[3.0, 4.0, 25.0, 26.0]]
 
 
@@ -274,8 +314,8 @@ def test_imagenet_existing_val_list_kept(tmp_path, run):
     code, out, err = run("imagenet", "--root", root)
     assert code == 0, err
     assert read(os.path.join(root, "val.txt")) == mine and "kept existing" in out
-    ids = read(os.path.join(root, "wsol_metadata", "ILSVRC", "val", "image_ids.txt"))
-    assert ids == [m.split()[0] for m in mine]
+    ids = read(os.path.join(root, "wsol_metadata", "ILSVRC", "test", "image_ids.txt"))
+    assert ids == ["val/" + m.split()[0] for m in mine]
     assert run("imagenet", "--root", root, "--force")[0] == 0
     assert read(os.path.join(root, "val.txt")) == VAL_LINES
 

@@ -357,3 +357,83 @@ def test_openimages_pxap_with_ignore_regions(tmp_path):
                 "--dataset_name", "OpenImages", "--mask_root", str(tmp_path / "masks")])
     assert res["pxap"] == pytest.approx(100 * (2500 / 2600 + 100 / 2700))
     assert res["localization"] == res["pxap"] and "maxboxacc" not in res
+
+
+# ------------------------------------------------------------------------------------------- their ILSVRC files
+# The first lines of wsolevaluation's published metadata/ILSVRC/test/ (the ILSVRC2012 val set; their files end
+# without a newline). val_2's first box is clipped to its 500-pixel width (499).
+ILSVRC_TEST = {
+    "image_ids.txt": ["val/ILSVRC2012_val_00000001.JPEG", "val/ILSVRC2012_val_00000002.JPEG",
+                      "val/ILSVRC2012_val_00000003.JPEG"],
+    "class_labels.txt": ["val/ILSVRC2012_val_00000001.JPEG,65", "val/ILSVRC2012_val_00000002.JPEG,970",
+                         "val/ILSVRC2012_val_00000003.JPEG,230"],
+    "image_sizes.txt": ["val/ILSVRC2012_val_00000001.JPEG,500,375", "val/ILSVRC2012_val_00000002.JPEG,500,375",
+                        "val/ILSVRC2012_val_00000003.JPEG,500,375"],
+    "localization.txt": ["val/ILSVRC2012_val_00000001.JPEG,111,108,441,193",
+                         "val/ILSVRC2012_val_00000002.JPEG,45,49,499,162",
+                         "val/ILSVRC2012_val_00000002.JPEG,2,69,437,207",
+                         "val/ILSVRC2012_val_00000003.JPEG,38,19,385,373"],
+}
+
+
+def write_ilsvrc_as_published(root: Path, split: str = "test", files: dict = ILSVRC_TEST) -> Path:
+    folder = root / "metadata" / "ILSVRC" / split
+    folder.mkdir(parents=True)
+    for name, lines in files.items():
+        (folder / name).write_text("\n".join(lines))
+    return root / "metadata"
+
+
+def test_ilsvrc_metadata_as_published_finds_maps_under_val(tmp_path):
+    meta = write_ilsvrc_as_published(tmp_path)
+    maps = tmp_path / "scoremaps"
+    (maps / "val").mkdir(parents=True)
+    # in the 224 frame (x * 224 / 500, y * 224 / 375, truncated): val_1's GT is [49,64,197,115], val_2's
+    # [20,29,223,96] and [0,41,195,123], val_3's [17,11,172,222]. The maps' rectangles give exactly the first two
+    # (box = one past the last pixel, clipped to 223); val_3's [180,0,223,11] misses: 2 of 3 at every δ.
+    for n, rect in ((1, (49, 64, 196, 114, 1.0)), (2, (20, 29, 222, 95, 1.0)), (3, (180, 0, 223, 10, 1.0))):
+        np.save(maps / "val" / f"ILSVRC2012_val_{n:08d}.JPEG.npy", rect_map(rect))
+    common = ["--scoremap_root", str(maps), "--metadata_root", str(meta), "--dataset_name", "ILSVRC"]
+    res = main(common + ["--split", "test"])
+    assert res["count"] == 3 and res["maxboxacc"] == {"30": 200 / 3, "50": 200 / 3, "70": 200 / 3}
+    assert read_metadata(str(meta), "ILSVRC", "test")["boxes"]["val/ILSVRC2012_val_00000002.JPEG"] == [
+        (45.0, 49.0, 499.0, 162.0), (2.0, 69.0, 437.0, 207.0)]
+
+    # their ILSVRC "val" is ImageNetV2: asking for it here says where the ILSVRC2012 val set is
+    p = run_cli(*common, "--split", "val")
+    assert p.returncode == 2 and "ImageNetV2" in p.stderr and "--split test" in p.stderr
+    assert "Traceback" not in p.stderr
+
+    # maps saved under the bare file name are not taken for another image's, and the message says why
+    os.replace(maps / "val" / "ILSVRC2012_val_00000001.JPEG.npy", maps / "ILSVRC2012_val_00000001.JPEG.npy")
+    with pytest.raises(UserError, match=r"val/ILSVRC2012_val_00000001\.JPEG\.npy.*full image id"):
+        main(common)
+
+
+def test_ilsvrc_val_split_is_imagenetv2(tmp_path, capsys):
+    # their metadata/ILSVRC/val/ lines (ImageNetV2, ids val2/<class>/<n>.jpeg) score as given, with a note;
+    # a val folder holding ILSVRC2012 ids is a mix-up and is refused
+    v2 = {"image_ids.txt": ["val2/0/0.jpeg"], "image_sizes.txt": ["val2/0/0.jpeg,500,375"],
+          "localization.txt": ["val2/0/0.jpeg,156,163,318,230"]}
+    meta = write_ilsvrc_as_published(tmp_path, "val", v2)
+    maps = tmp_path / "scoremaps" / "val2" / "0"
+    maps.mkdir(parents=True)
+    np.save(maps / "0.jpeg.npy", np.zeros((224, 224)))
+    common = ["--scoremap_root", str(tmp_path / "scoremaps"), "--metadata_root", str(meta),
+              "--dataset_name", "ILSVRC", "--split", "val"]
+    assert main(common)["count"] == 1
+    assert "ImageNetV2" in capsys.readouterr().err
+    other = tmp_path / "other"
+    meta = write_ilsvrc_as_published(other, "val", {k: [line.replace("val2/0/0.jpeg", "ILSVRC2012_val_00000001.JPEG")
+                                                        for line in v] for k, v in v2.items()})
+    with pytest.raises(UserError, match="ImageNetV2.*ILSVRC2012_val_00000001.JPEG"):
+        main(["--scoremap_root", str(tmp_path / "scoremaps"), "--metadata_root", str(meta),
+              "--dataset_name", "ILSVRC", "--split", "val"])
+
+
+def test_wsol_image_ids():
+    from utils.wsol_eval import wsol_image_id
+    assert wsol_image_id("imagenet", "ILSVRC2012_val_00000001.JPEG") == "val/ILSVRC2012_val_00000001.JPEG"
+    assert wsol_image_id("imagenet", "n01440764/ILSVRC2012_val_00000001.JPEG") == "val/ILSVRC2012_val_00000001.JPEG"
+    cub = "001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg"
+    assert wsol_image_id("cub", cub) == cub

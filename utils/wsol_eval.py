@@ -9,6 +9,9 @@ threshold t in `arange(0, 1, interval)` the map is quantised to uint8, binarised
 `>`), and the bounding boxes of its contours are scored against the GT boxes; MaxBoxAcc at IoU threshold
 δ is the accuracy at the best t. PxAP is the area under the pixel precision-recall curve.
 
+Image ids, and so score-map names, are wsolevaluation's: CUB `<class>/<file>.jpg`; ILSVRC2012 val
+`val/ILSVRC2012_val_XXXXXXXX.JPEG`, in their split `test` (their ILSVRC `val` is ImageNetV2).
+
     python -m utils.wsol_eval --scoremap_root out/scoremaps --metadata_root metadata --dataset_name CUB \\
         --split test --cam_curve_interval 0.001 --multi_contour_eval true --json out/wsol.json
 """
@@ -297,13 +300,49 @@ class PxAPEvaluator:
 
 
 # ----------------------------------------------------------------------------------------------- metadata
+# Where the project's val lists sit in wsolevaluation's `metadata/<dataset>/<split>/`. Their ILSVRC split `test`
+# is the official 50,000-image ILSVRC2012 val set (ids `val/ILSVRC2012_val_XXXXXXXX.JPEG`); their split `val` is
+# ImageNetV2 (ids `val2/<class>/<n>.jpeg`). CUB's split `test` is the official test set (ids `<class>/<file>.jpg`).
+WSOL_FOLDERS = {"cub": ("CUB", "test"), "imagenet": ("ILSVRC", "test")}
+IMAGENETV2_PREFIX = "val2/"
+
+
+def wsol_image_id(dataset: str, list_name: str) -> str:
+    """wsolevaluation's image id of a project val-list name (dataset "cub" or "imagenet"): the key of their
+    metadata and the score-map file `<scoremap_root>/<image_id>.npy`.
+
+    CUB: the list name as it is (`001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg`).
+    ImageNet: `val/<file>.JPEG`, the image's path under their dataset root, whether our val/ is flat or holds
+    per-synset folders (their ids never name the synset).
+    """
+    if dataset == "imagenet":
+        return "val/" + os.path.basename(list_name)
+    return list_name
+
+
 def _metadata_folder(metadata_root: str, dataset_name: str, split: str) -> str:
     nested = os.path.join(metadata_root, dataset_name, split)
     for folder in (nested, metadata_root):  # `<root>/<dataset>/<split>/` or that folder itself
         if os.path.isfile(os.path.join(folder, "image_ids.txt")):
             return folder
+    if dataset_name == "ILSVRC" and split == "val":
+        raise UserError(_ILSVRC_VAL + f" ({os.path.join(nested, 'image_ids.txt')} not found)")
     raise UserError(f"metadata file not found: {os.path.join(nested, 'image_ids.txt')} "
                     f"(nor {os.path.join(metadata_root, 'image_ids.txt')})")
+
+
+_ILSVRC_VAL = ("ILSVRC split 'val' is ImageNetV2 in wsolevaluation (ids val2/...); the ILSVRC2012 validation "
+               "images (ids val/ILSVRC2012_val_XXXXXXXX.JPEG) are split 'test': use --split test "
+               "(dataset/prepare.py imagenet writes wsol_metadata/ILSVRC/test/)")
+
+
+def _check_ilsvrc_val(ids: list[str], folder: str) -> None:
+    """`--split val` on ILSVRC scores ImageNetV2, as in wsolevaluation; anything else there is a mix-up."""
+    other = [i for i in ids if not i.startswith(IMAGENETV2_PREFIX)]
+    if other:
+        raise UserError(_ILSVRC_VAL + f" ({folder} lists {other[0]})")
+    print("note: ILSVRC split 'val' = ImageNetV2 (wsolevaluation's metadata), not the ILSVRC2012 val set",
+          file=sys.stderr)
 
 
 def _rows(path: str, n_fields: int, required: bool = True) -> list[tuple[int, list[str]]]:
@@ -340,6 +379,8 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
     ids = [f[0] for _, f in _rows(path("image_ids.txt"), 1)]
     if not ids:
         raise UserError(f"{path('image_ids.txt')} lists no image")
+    if dataset_name == "ILSVRC" and split == "val":
+        _check_ilsvrc_val(ids, folder)
     meta: dict = {"folder": folder, "image_ids": ids, "class_labels": {}}
     for no, (iid, label) in _rows(path("class_labels.txt"), 2, required=False):  # not needed to score
         try:
@@ -388,7 +429,11 @@ def load_scoremap(scoremap_root: str, image_id: str) -> np.ndarray:
     if not os.path.isfile(path):
         alt = os.path.join(scoremap_root, os.path.splitext(image_id)[0] + ".npy")
         if not os.path.isfile(alt):
-            raise UserError(f"score map not found: {path}")
+            # maps saved by file name alone (as the project did before it followed wsolevaluation's ids)
+            flat = os.path.join(scoremap_root, os.path.basename(image_id) + ".npy")
+            hint = (f" ({flat} exists, but maps are found by their full image id: <scoremap_root>/<image_id>.npy)"
+                    if flat != path and os.path.isfile(flat) else "")
+            raise UserError(f"score map not found: {path}{hint}")
         path = alt
     try:
         scoremap = np.load(path, allow_pickle=False)  # never unpickle files from elsewhere
@@ -456,7 +501,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="OpenImages: root of the mask pngs named in localization.txt (also tried under "
                         "<mask_root>/OpenImages); CUB: the segmentations/ folder, to report PxAP as well")
     p.add_argument("--dataset_name", required=True, choices=DATASETS, help="which protocol: boxes or masks")
-    p.add_argument("--split", default="test", help="metadata split folder")
+    p.add_argument("--split", default="test",
+                   help="metadata split folder; the ILSVRC2012 val set is ILSVRC split test (their val is ImageNetV2)")
     p.add_argument("--cam_curve_interval", type=float, default=0.01,
                    help="step of the CAM thresholds arange(0, 1, step)")
     p.add_argument("--multi_contour_eval", type=str2bool, nargs="?", const=True, default=False,

@@ -3,9 +3,10 @@ the seg model: `test.py --protocol wsol`.
 
 Each image is normalised and resized to 224 x 224 (no crop); its score map is the sigmoid of the logits
 upsampled to 224 x 224 (bilinear, align_corners=True), min-max normalised per image (a constant map becomes
-zeros), saved as float32 `<savepath>/scoremaps/<image_id>.npy` (image_id = the list name, wsolevaluation's
-file name), so `python -m utils.wsol_eval` gives the same figures from the files. GT boxes are scaled to 224
-from the original pixels with int truncation. Figures, all from utils.wsol_eval's evaluators:
+zeros), saved as float32 `<savepath>/scoremaps/<image_id>.npy` under wsolevaluation's image ids (CUB: the list
+name; ImageNet: `val/<file>.JPEG`, utils.wsol_eval.wsol_image_id), so `python -m utils.wsol_eval`, or
+wsolevaluation itself, gives the same figures from the files, with their published metadata or ours. GT boxes
+are scaled to 224 from the original pixels with int truncation. Figures, all from utils.wsol_eval's evaluators:
 MaxBoxAcc (largest contour, IoU 50), MaxBoxAccV2 (all contours, mean over IoU 30/50/70) and, on CUB when
 `<datapath>/segmentations/` exists, PxAP. Every image of the list is evaluated, as wsolevaluation does.
 
@@ -31,8 +32,8 @@ from utils.engine import amp_dtype, autocast, channels_last_for, handle_bad, inf
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
-from utils.wsol_eval import (RESIZE_LENGTH, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds, cub_mask,
-                             iou_plus1, resize_box_224)
+from utils.wsol_eval import (RESIZE_LENGTH, WSOL_FOLDERS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds,
+                             cub_mask, iou_plus1, resize_box_224, wsol_image_id)
 
 V2_IOUS = (30, 50, 70)
 
@@ -144,7 +145,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
                     s = samples[index]
                     gt = np.array([resize_box_224(b, w, h) for b in s.boxes])
                     submit(scoremap, gt, args.cam_curve_interval, mask_root, s.name,
-                           os.path.join(root, s.name + ".npy") if root else None)
+                           os.path.join(root, wsol_image_id(args.dataset, s.name) + ".npy") if root else None)
                     if pictures is not None and pictures.wants(index):
                         pictures.add(index, s.name, batch["image"][j], scoremap, gt)
                 while len(pending) > 8 * max(1, args.post_workers) * args.batch_size:
@@ -172,6 +173,12 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
         _write_pictures(pictures, metrics["maxboxacc_best_threshold"], args.savepath)
     print(f"wrote {os.path.join(args.savepath, 'metrics.json')}"
           + (f" and {len(samples) - metrics['bad_images']} score maps to {root}" if root else ""))
+    if root:
+        name, split = WSOL_FOLDERS[args.dataset]
+        print(f"MaxBoxAccV2 from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
+              f"{os.path.join(args.datapath, 'wsol_metadata')} --dataset_name {name} --split {split} "
+              f"--cam_curve_interval {args.cam_curve_interval} --multi_contour_eval true "
+              f"(or wsolevaluation's metadata/ as published)")
     return metrics
 
 
