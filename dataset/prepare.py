@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from utils.data import BadImage, cub_image_dir, read_image, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-
 from utils.wsol_eval import wsol_image_id  # noqa: E402
+
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 WSOL_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
 
@@ -55,8 +55,6 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-def _write_lines(path: str, lines: Iterable[str]) -> None:
-    """Write via a temporary file and os.replace: an interrupted run leaves no half-written list."""
 def wsol_box(box: list, width: int, height: int) -> tuple:
     """An x0y0x1y1 box as wsolevaluation's metadata holds it: integers clipped to [0, width - 1] x [0, height - 1].
 
@@ -71,6 +69,8 @@ def wsol_box(box: list, width: int, height: int) -> tuple:
             min(max(x1, 0), width - 1), min(max(y1, 0), height - 1))
 
 
+def _write_lines(path: str, lines: Iterable[str]) -> None:
+    """Write via a temporary file and os.replace: an interrupted run leaves no half-written list."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(line + "\n" for line in lines)
@@ -484,12 +484,12 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
     if _may_write(meta, force, is_dir=True):
         _write_wsol_metadata(meta, [wsol_image_id("imagenet", v.name) for v in images], [v.label for v in images],
                              sizes, boxes)
-    print(f"ImageNet: {len(train)} train / {len(images)} val images, {len(synsets)} classes "
-          f"(val labels from {source})")
     old = os.path.join(root, "wsol_metadata", "ILSVRC", "val")
     if _exists(old, is_dir=True):  # what this script wrote before it followed wsolevaluation's split names
         print(f"note: {old}/ is not read by anything here: wsolevaluation's ILSVRC split 'val' is ImageNetV2, "
               f"the ILSVRC2012 val metadata is {meta}/", file=sys.stderr)
+    print(f"ImageNet: {len(train)} train / {len(images)} val images, {len(synsets)} classes "
+          f"(val labels from {source})")
 
 
 # ------------------------------------------------------------------------------------------- main
