@@ -20,7 +20,7 @@ def main(argv=None):
     cli.add_network_args(parser, train=True)
     # the authors' recipe: 32 epochs, batch 64, lr 0.02 for the head and 10x lower for the backbone;
     # snapshots from epoch 18 on (the second half of training)
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="train.txt", clsnum=200,
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="train.txt",
                         epoch=32, batch_size=64, lr=0.02, backbone_lr=0.002, snapshot_from=18, freeze_stem=False)
     return stage_cam.train(cli.parse(parser, __file__, argv))
 

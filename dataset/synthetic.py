@@ -8,6 +8,8 @@ read, so the very same loaders, list tools and evaluation run on them:
   `images.txt`, `image_class_labels.txt`, `train_test_split.txt`, `bounding_boxes.txt`
   (`<id> <x> <y> <width> <height>`, floats, x + width = rightmost object pixel + 1), `classes.txt`
   and `segmentations/<NNN.Class_Name>/<file>.png` (0 / 255 masks).
+* `make_folder(root, ...)` writes a user's own data as it often comes: class folders (nested, PNG and
+  JPEG), a `boxes.csv` of the objects and a folder of new unlabelled images (for `prepare.py folder`).
 * `make_imagenet(root, ...)` writes `train/<synset>/<synset>_<k>.JPEG`, `val/ILSVRC2012_val_%08d.JPEG`
   (flat, or under `val/<synset>/`), `box/ILSVRC2012_val_%08d.xml` (PASCAL-VOC XML, 0-based integer
   pixel coordinates, xmax/ymax = rightmost/bottom object pixel, inclusive) and `LOC_synset_mapping.txt`.
@@ -38,6 +40,7 @@ CMYK), a truncated JPEG and random bytes named `.jpg`.
 Command line (from any directory):
     python dataset/synthetic.py cub --root /tmp/CUB_200_2011 --classes 4 --train_per_class 60
     python dataset/synthetic.py imagenet --root /tmp/ILSVRC --val_layout synset
+    python dataset/synthetic.py folder --root /tmp/my-images      # data/<class>/..., boxes.csv, new/
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ _BASE_HUES = (4, 112, 62, 148, 26, 88, 168, 44, 128, 78)
 
 # Stream tags: each (seed, tag, index) triple gets its own generator, so e.g. adding training images
 # does not change the validation images.
-_TAG_CUB, _TAG_IN_TRAIN, _TAG_IN_VAL, _TAG_IN_ORDER, _TAG_MISC = 1, 2, 3, 4, 5
+_TAG_CUB, _TAG_IN_TRAIN, _TAG_IN_VAL, _TAG_IN_ORDER, _TAG_MISC, _TAG_FOLDER = 1, 2, 3, 4, 5, 6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -598,6 +601,47 @@ def make_imagenet(root: str, synsets: Sequence[str] = DEFAULT_SYNSETS, train_per
 
 
 # --------------------------------------------------------------------------------------------------
+# Your own images: class folders
+# --------------------------------------------------------------------------------------------------
+
+def make_folder(root: str, num_classes: int = 3, per_class: int = 40, new_images: int = 8, seed: int = 0,
+                min_size: int = 160, max_size: int = 260) -> dict:
+    """A user's own data as it often arrives, for `dataset/prepare.py folder` and `localize.py`:
+
+    * `root/data/<Class_Name>/<file>`: every other image a PNG, the rest JPEG; every third one in a
+      nested `batch2/` folder (the class is the top folder whatever the depth);
+    * `root/boxes.csv`: `relpath,xmin,ymin,xmax,ymax` per object, relpaths from `root/data`, pixel edges
+      (xmax = rightmost object pixel + 1), with a header row, as a spreadsheet export would have;
+    * `root/new/<file>.jpg`: `new_images` unlabelled scenes (objects of any class) to localise.
+    Returns {"data", "boxes", "new"} paths.
+    """
+    if num_classes < 1 or per_class < 1 or new_images < 0:
+        raise ValueError("need num_classes >= 1, per_class >= 1 and new_images >= 0")
+    _check_sizes(min_size, max_size)
+    names = [f.split(".", 1)[1] for f in cub_class_folders(num_classes)]
+    data, new = os.path.join(root, "data"), os.path.join(root, "new")
+    rows = ["relpath,xmin,ymin,xmax,ymax"]
+    for c, name in enumerate(names):
+        for k in range(per_class):
+            rng = _rng(seed, _TAG_FOLDER, c, k)
+            h, w = _image_size(rng, min_size, max_size)
+            img, (mask,) = render_scene(rng, h, w, [c])
+            rel = f"{name}/{'batch2/' if k % 3 == 2 else ''}{name.lower()}_{k + 1:03d}.{'png' if k % 2 else 'jpg'}"
+            os.makedirs(os.path.dirname(os.path.join(data, rel)), exist_ok=True)
+            (_write_png if k % 2 else _write_jpeg)(os.path.join(data, rel), img)
+            x0, y0, x1, y1 = mask_box(mask)
+            rows.append(f"{rel},{x0},{y0},{x1 + 1},{y1 + 1}")
+    os.makedirs(new, exist_ok=True)
+    for k in range(new_images):
+        rng = _rng(seed, _TAG_FOLDER, 1 << 20, k)
+        h, w = _image_size(rng, min_size, max_size)
+        img, _ = render_scene(rng, h, w, [int(rng.integers(0, num_classes))])
+        _write_jpeg(os.path.join(new, f"photo_{k + 1:03d}.jpg"), img)
+    _write_lines(os.path.join(root, "boxes.csv"), rows)
+    return {"data": data, "boxes": os.path.join(root, "boxes.csv"), "new": new}
+
+
+# --------------------------------------------------------------------------------------------------
 # Bad inputs for the loaders' error paths
 # --------------------------------------------------------------------------------------------------
 
@@ -672,7 +716,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     inet.add_argument("--val_per_class", type=int, default=10, help="validation images per synset")
     inet.add_argument("--val_layout", choices=("flat", "synset"), default="flat",
                       help="val/<file> (official) or val/<synset>/<file>")
-    for sp in (cub, inet):
+    fold = sub.add_parser("folder", help="your own images: class folders, boxes.csv and new images to localise",
+                          formatter_class=fmt)
+    fold.add_argument("--root", required=True, help="folder to create data/<class>/, boxes.csv and new/ in")
+    fold.add_argument("--classes", type=int, default=3, help="number of class folders")
+    fold.add_argument("--per_class", type=int, default=40, help="images per class folder")
+    fold.add_argument("--new_images", type=int, default=8, help="unlabelled images in new/")
+    for sp in (cub, inet, fold):
         sp.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same files)")
         sp.add_argument("--min_size", type=int, default=160, help="smallest image side, px")
         sp.add_argument("--max_size", type=int, default=260, help="largest image side, px")
@@ -686,6 +736,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   f"{a.classes * a.train_per_class} train + {a.classes * a.val_per_class} test images"
                   f"{', with segmentations' if not a.no_segmentations else ''} "
                   f"({time.time() - t0:.1f} s)")
+        elif a.dataset == "folder":
+            paths = make_folder(a.root, a.classes, a.per_class, a.new_images, a.seed, a.min_size, a.max_size)
+            print(f"wrote {a.classes} class folders of {a.per_class} images to {paths['data']}, their boxes to "
+                  f"{paths['boxes']} and {a.new_images} new images to {paths['new']} ({time.time() - t0:.1f} s)")
         else:
             root = make_imagenet(a.root, a.synsets, a.train_per_class, a.val_per_class, a.seed, a.val_layout,
                                  a.min_size, a.max_size)

@@ -5,6 +5,12 @@ A list line becomes a `Sample`: the list's relative name (the key of every artef
 top1top5.npy), the image path, the 0-based label and the ground-truth boxes in original pixels
 (`x0 y0 x1 y1`, floats, as written in the list / XML). CUB lists carry one box per image; ImageNet
 val boxes come from `box/<file>.xml` (only the boxes of the image's own class are kept).
+
+CUB-layout lists also serve class-folder data sets (`dataset/prepare.py folder`): there the box field
+holds any number of boxes, 4 numbers each (`cat/a.jpg,0,1 2 30 40 50 2 90 40`), or none
+(`cat/a.jpg,0`: no ground truth; training and mask generation need none, evaluation refuses such a
+list). Such a data set is its own image folder: its root holds `classes.txt` and the class folders,
+and the lists' relpaths start there, as CUB's start in `images/`.
 """
 from __future__ import annotations
 
@@ -19,6 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
+
+
+# image files OpenCV decodes (GIF: its first frame): what class folders and localize.py's folders may hold
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 @dataclass
@@ -83,31 +93,79 @@ def check_datapath(datapath: str) -> None:
                         f"dataset/CUB_200_2011 unpacked from the official archive.")
 
 
+def is_folder_dataset(datapath: str) -> bool:
+    """A class-folder data set prepared by `dataset/prepare.py folder`: classes.txt, and no CUB images.txt."""
+    return (os.path.isfile(os.path.join(datapath, "classes.txt"))
+            and not os.path.isfile(os.path.join(datapath, "images.txt")))
+
+
 def cub_image_dir(datapath: str) -> str:
+    """Where a CUB-layout list's relpaths start: images/ (image/), or a class-folder data set's root."""
     for sub in ("images", "image"):  # the original repo renamed the folder to image/
         if os.path.isdir(os.path.join(datapath, sub)):
             return os.path.join(datapath, sub)
-    raise UserError(f"no images/ folder in {datapath}: is it the unpacked CUB_200_2011 folder?")
+    if is_folder_dataset(datapath):
+        return datapath
+    raise UserError(f"no images/ folder in {datapath}: is it the unpacked CUB_200_2011 folder (or a folder of "
+                    f"class folders? then run: python dataset/prepare.py folder --root {datapath})")
 
 
-def read_cub_list(datapath: str, listname: str) -> list:
-    """CUB list: `relpath,label,xmin ymin xmax ymax` per line (label 0-based)."""
+def read_class_names(datapath: str) -> list:
+    """Class names in label order from `<datapath>/classes.txt` (`id name` lines, CUB's and
+    `dataset/prepare.py folder`'s format)."""
+    path = os.path.join(datapath, "classes.txt")
+    if not os.path.isfile(path):
+        raise UserError(f"no {path} to take the classes from: pass --clsnum, or write it with "
+                        f"python dataset/prepare.py folder --root {datapath}")
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    names = [line.split(None, 1)[1] if len(line.split(None, 1)) == 2 else "" for line in lines]
+    if not names or not all(names):
+        raise UserError(f"{path}: expected 'id name' lines (one per class), got {lines[:1] or 'nothing'}")
+    return names
+
+
+def count_classes(datapath: str) -> int:
+    """The number of classes of a CUB-layout data set: the lines of its classes.txt."""
+    return len(read_class_names(datapath))
+
+
+def _parse_boxes(text: str) -> list:
+    """'x0 y0 x1 y1 [x0 y0 x1 y1 ...]' (or nothing) -> [[x0, y0, x1, y1], ...]. Raises ValueError."""
+    values = [float(v) for v in text.split()]
+    if len(values) % 4:
+        raise ValueError(f"{len(values)} box numbers, not a multiple of 4")
+    return [values[i:i + 4] for i in range(0, len(values), 4)]
+
+
+def read_cub_list(datapath: str, listname: str, require_boxes: bool = False) -> list:
+    """CUB-layout list: `relpath,label,xmin ymin xmax ymax` per line (label 0-based); the box field may
+    hold more boxes (4 numbers each) or be left out (`relpath,label`). `require_boxes`: every image
+    must have one (evaluation), else one error line says what to do."""
     check_datapath(datapath)
     path, root = _list_path(datapath, listname), cub_image_dir(datapath)
     samples = []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                name, label, box = line.strip().split(",")
-                box = [float(v) for v in box.split()]
-                assert len(box) == 4
-                samples.append(Sample(name, os.path.join(root, name), int(label), [box]))
-            except (ValueError, AssertionError):
-                raise UserError(f"{path}:{n}: expected 'relpath,label,xmin ymin xmax ymax', got {line.strip()!r}")
+                fields = line.strip().split(",")
+                if len(fields) not in (2, 3):
+                    raise ValueError(f"{len(fields)} comma-separated fields")
+                name, label = fields[0], int(fields[1])
+                boxes = _parse_boxes(fields[2] if len(fields) == 3 else "")
+                samples.append(Sample(name, os.path.join(root, name), label, boxes))
+            except ValueError:
+                raise UserError(f"{path}:{n}: expected 'relpath,label,xmin ymin xmax ymax' (more boxes: 4 more "
+                                f"numbers each; none: 'relpath,label'), got {line.strip()!r}") from None
     if not samples:
         raise UserError(f"{path} is empty")
+    unboxed = [s.name for s in samples if not s.boxes]
+    if require_boxes and unboxed:
+        raise UserError(f"{path}: {len(unboxed)} of {len(samples)} images have no ground-truth box (e.g. "
+                        f"{unboxed[0]}): evaluation needs boxes; give them with python dataset/prepare.py folder "
+                        f"--boxes boxes.csv --force, or box new images with localize.py")
     return samples
 
 
@@ -175,7 +233,7 @@ def read_imagenet_list(datapath: str, listname: str, split: str, with_boxes: boo
 
 def read_list(dataset: str, datapath: str, listname: str, with_boxes: bool = True) -> list:
     if dataset == "cub":
-        return read_cub_list(datapath, listname)
+        return read_cub_list(datapath, listname, require_boxes=with_boxes)
     split = "train" if os.path.basename(listname).startswith("train") else "val"
     return read_imagenet_list(datapath, listname, split, with_boxes)
 

@@ -1,0 +1,27 @@
+"""CUB-200-2011 (or your own class folders), seg stage: boxes and masks for any images, no list needed.
+
+    python localize.py --snapshot out/model-2.pth photos/ more/bird.jpg          # -> out/localize/boxes.csv
+    python localize.py --snapshot out/model-2.pth photos/ --masks --vis --json   # + masks/, vis/, boxes.json
+    python localize.py --snapshot out/model-2.pth photos/ --classifier ../cub200-cls/out/model-20.pth
+    torchrun --nproc_per_node 4 localize.py --snapshot out/model-2.pth photos/
+
+Each whole image is resized to --size x --size (no crop); the mask is p > 0.2 (SPOL's CUB threshold) at the
+original resolution; boxes are x0 y0 x1 y1 in original pixels (pixel edges). See utils/localize.py.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from utils import localize  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+
+
+def main(argv=None):
+    parser = localize.get_args_parser(__doc__)
+    # the SPOL protocol's CUB threshold; the class names of a --classifier come from the data set's classes.txt
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", threshold=0.2)
+    return localize.localize(localize.parse(parser, __file__, argv))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,27 @@
+"""ImageNet-1K, seg stage: boxes and masks for any images, no list needed.
+
+    python localize.py --snapshot out/model-6000.pth photos/ more/dog.jpg        # -> out/localize/boxes.csv
+    python localize.py --snapshot out/model-6000.pth photos/ --masks --vis --json  # + masks/, vis/, boxes.json
+    python localize.py --snapshot out/model-6000.pth photos/ --classifier ../resource/efficientnet-b7-dcc49843.pth
+    torchrun --nproc_per_node 4 localize.py --snapshot out/model-6000.pth photos/
+
+Each whole image is resized to --size x --size (no crop); the mask is p > 0.8 (SPOL's ImageNet threshold) at
+the original resolution; boxes are x0 y0 x1 y1 in original pixels (pixel edges). See utils/localize.py.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from utils import localize  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+
+
+def main(argv=None):
+    parser = localize.get_args_parser(__doc__)
+    # the SPOL protocol's ImageNet threshold; a --classifier's classes are the synsets in their order (synsets.txt)
+    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", threshold=0.8)
+    return localize.localize(localize.parse(parser, __file__, argv))
+
+
+if __name__ == "__main__":
+    run_main(main)
