@@ -44,15 +44,16 @@ def best_iou(box: Optional[list], gt_boxes) -> float:
 def localisation_metrics(records: list, threshold: float = 0.5) -> dict:
     """SPOL figures (percent) from per-image records.
 
-    Each record: {"name", "label", "iou", "empty", "top1", "top5"} (top1/top5 None when unknown).
-    An empty prediction is a failed localisation and stays in the denominator. Besides the image-level
+    Each record: {"name", "label", "iou", "empty", "top1", "top5", optional "bad"} (top1/top5 None when
+    unknown). An empty prediction is a failed localisation and stays in the denominator; "empty" counts the
+    images whose predicted mask was empty, not the unreadable ("bad") ones, which are counted apart. Besides the image-level
     accuracies, the mean of per-class accuracies (as PSOL and BAS report) is given.
     """
     if not records:
         raise ValueError("no images were evaluated")
     correct = np.array([r["iou"] > threshold for r in records])
     labels = np.array([r["label"] for r in records])
-    out = {"count": len(records), "empty": int(sum(r["empty"] for r in records)),
+    out = {"count": len(records), "empty": int(sum(r["empty"] and not r.get("bad") for r in records)),
            "gt_known_loc": 100.0 * correct.mean()}
     columns = {"gt_known_loc": correct}
     if all(r.get("top1") is not None for r in records):

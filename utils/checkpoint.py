@@ -41,11 +41,13 @@ def strip_prefixes(state: dict) -> dict:
 def torch_load(path: str) -> object:
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty (0 bytes): an interrupted copy or save? Copy or write it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}"
-                        f" (truncated or not a PyTorch weights file?)") from None
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot read checkpoint {path}: {reason} (truncated or not a PyTorch weights file?)") from None
 
 
 def read_state_dict(path: str) -> dict:
@@ -59,6 +61,10 @@ def read_state_dict(path: str) -> dict:
         raise UserError(f"{path} holds no state dict (expected a dict of tensors)")
     state = OrderedDict((k, v.float() if v.dtype in (torch.float16, torch.bfloat16) else v)
                         for k, v in strip_prefixes(obj).items())
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # a diverged run's weights: every map would be NaN, every mask empty
+        raise UserError(f"{path} has non-finite (NaN/inf) values in {len(broken)} tensors, e.g. {broken[0]}: "
+                        f"the run that wrote it diverged; use an earlier snapshot, or train again with a lower --lr")
     metadata = getattr(obj, "_metadata", None)
     if isinstance(metadata, dict):  # module versions, and the MFF-Net switches (network/mffnet.py)
         # its keys are module names ("" = the root, "module" = a DDP wrapper's root): strip them alike
@@ -107,11 +113,18 @@ def save_atomic(obj: object, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: readable like any other output instead
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def find_snapshot(folder: str, released: str) -> tuple:

@@ -163,6 +163,9 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.N
     if args.mode != parser.get_default("mode"):
         parser.error(f"--mode {args.mode} does not fit {os.path.basename(script)}: "
                      f"train.py trains, test.py evaluates")
+    problem = flag_problem(vars(args))
+    if problem:
+        parser.error(problem)
     here = os.path.dirname(os.path.abspath(script))
     for name in PATH_ARGS:
         value = getattr(args, name, None)
@@ -181,6 +184,32 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.N
     if getattr(args, "count_classes", False) and args.clsnum is None:  # CUB layout, own class folders included
         args.clsnum = count_classes(args.datapath)
     return args
+
+
+# the smallest value each numeric flag may take
+_AT_LEAST = {"epoch": 1, "batch_size": 1, "clsnum": 1, "size": 1, "crop": 0, "num_workers": 0, "post_workers": 0,
+             "vis": 0, "print_freq": 1, "save_every": 0, "snapshot_every": 0, "max_steps": 0, "snapshot_from": 1}
+
+
+def flag_problem(flags: dict) -> Optional[str]:
+    """What is wrong with the parsed flags, in one line, or None. Checked before any work starts."""
+    for name, low in _AT_LEAST.items():
+        value = flags.get(name)
+        if value is not None and value < low:
+            return f"--{name} {value}: must be at least {low}"
+    for name in ("lr", "backbone_lr"):
+        value = flags.get(name)
+        if value is not None and not (value > 0 and value < float("inf")):
+            return f"--{name} {value}: must be a positive number"
+    if flags.get("crop") and flags.get("size") and flags["crop"] > flags["size"]:
+        return f"--crop {flags['crop']} is larger than --size {flags['size']}: the crop is cut from the resized image"
+    threshold = flags.get("threshold")
+    if threshold is not None and not 0 <= threshold <= 1:
+        return f"--threshold {threshold}: a foreground probability threshold lies in [0, 1]"
+    interval = flags.get("cam_curve_interval")
+    if interval is not None and not 0 < interval < 1:
+        return f"--cam_curve_interval {interval}: must lie in (0, 1)"
+    return None
 
 
 def _say(message: str) -> None:

@@ -52,7 +52,7 @@ def read_image(path: str) -> np.ndarray:
         raise BadImage(f"{path}: cannot open ({type(e).__name__})") from None
     if data.size == 0:
         raise BadImage(f"{path}: empty file")
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
+    if data[:2].tobytes() == b"\xff\xd8" and jpeg_ends(data) is False:
         # a JPEG cut short decodes "successfully" with a grey bottom; its end-of-image marker is missing
         raise BadImage(f"{path}: truncated JPEG (no end-of-image marker)")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
@@ -61,6 +61,41 @@ def read_image(path: str) -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise BadImage(f"{path}: zero-size image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_ends(data: np.ndarray) -> Optional[bool]:
+    """Does a JPEG's marker structure reach its end-of-image marker? Walks the segments from SOI (skipping
+    each by its length, so markers inside EXIF thumbnails do not count) and the entropy-coded data after
+    every SOS (progressive files have several) to the next real marker. Bytes after EOI are allowed, as
+    decoders allow them. None where the structure is not one this walk knows (the decoder decides)."""
+    n = len(data)
+    ffs = np.flatnonzero(data[:-1] == 0xFF)
+    follow = data[ffs + 1]
+    # real markers in entropy-coded data: 0xFF not followed by a stuffed 0x00, a restart marker or a fill byte
+    markers = ffs[(follow != 0x00) & (follow != 0xFF) & ((follow < 0xD0) | (follow > 0xD7))]
+    i = 2
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = int(data[i + 1])
+        if marker == 0xFF:          # fill byte before a marker
+            i += 1
+        elif marker == 0xD9:        # EOI
+            return True
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+        elif i + 3 >= n:
+            return False
+        else:
+            end = i + 2 + (int(data[i + 2]) << 8 | int(data[i + 3]))
+            if marker != 0xDA:      # a segment: skip its payload
+                i = end
+                continue
+            k = np.searchsorted(markers, end)  # SOS: the scan's data runs to the next real marker
+            if k == len(markers):
+                return False
+            i = int(markers[k])
+    return False
 
 
 def mask_name(name: str) -> str:
@@ -117,7 +152,7 @@ def read_class_names(datapath: str) -> list:
     if not os.path.isfile(path):
         raise UserError(f"no {path} to take the classes from: pass --clsnum, or write it with "
                         f"python dataset/prepare.py folder --root {datapath}")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         lines = [line.strip() for line in f if line.strip()]
     names = [line.split(None, 1)[1] if len(line.split(None, 1)) == 2 else "" for line in lines]
     if not names or not all(names):
@@ -145,7 +180,7 @@ def read_cub_list(datapath: str, listname: str, require_boxes: bool = False) -> 
     check_datapath(datapath)
     path, root = _list_path(datapath, listname), cub_image_dir(datapath)
     samples = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -174,7 +209,7 @@ def read_synsets(datapath: str) -> list:
     for fname in ("synsets.txt", "LOC_synset_mapping.txt"):
         p = os.path.join(datapath, fname)
         if os.path.isfile(p):
-            with open(p) as f:
+            with open(p, encoding="utf-8-sig") as f:
                 return [line.split()[0] for line in f if line.strip()]
     train = os.path.join(datapath, "train")
     if os.path.isdir(train):
@@ -206,7 +241,7 @@ def read_imagenet_list(datapath: str, listname: str, split: str, with_boxes: boo
     synsets = read_synsets(datapath) if split == "val" else None
     folder = os.path.join(datapath, split)
     samples = []
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -215,6 +250,9 @@ def read_imagenet_list(datapath: str, listname: str, split: str, with_boxes: boo
                 label = int(label)
             except ValueError:
                 raise UserError(f"{path}:{n}: expected 'relpath label', got {line.strip()!r}") from None
+            if synsets is not None and not 0 <= label < len(synsets):
+                raise UserError(f"{path}:{n}: label {label} of {name} is outside 0..{len(synsets) - 1} (the "
+                                f"{len(synsets)} synsets of {datapath}): fix the list")
             image = os.path.join(folder, name)
             boxes = []
             if split == "val":
@@ -232,10 +270,15 @@ def read_imagenet_list(datapath: str, listname: str, split: str, with_boxes: boo
 
 
 def read_list(dataset: str, datapath: str, listname: str, with_boxes: bool = True) -> list:
-    if dataset == "cub":
-        return read_cub_list(datapath, listname, require_boxes=with_boxes)
-    split = "train" if os.path.basename(listname).startswith("train") else "val"
-    return read_imagenet_list(datapath, listname, split, with_boxes)
+    """The samples of a list file (UTF-8, a leading byte-order mark ignored)."""
+    try:
+        if dataset == "cub":
+            return read_cub_list(datapath, listname, require_boxes=with_boxes)
+        split = "train" if os.path.basename(listname).startswith("train") else "val"
+        return read_imagenet_list(datapath, listname, split, with_boxes)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{_list_path(datapath, listname)} (or the class list beside it) is not UTF-8 text "
+                        f"(byte {e.start}: {e.object[e.start:e.start + 4]!r}): save it as UTF-8") from None
 
 
 # --------------------------------------------------------------------------------------- datasets

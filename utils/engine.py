@@ -199,10 +199,10 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     start_epoch, start_batch, step, resumed = 0, 0, 0, False
     if args.resume:
-        state = _load_state(args.resume)
+        state = _load_state(args.resume, os.path.join(args.savepath, "checkpoint.pth"))
         if state is not None:
             resumed = True
-            raw.load_state_dict(state["model"])
+            _resume_model(raw, state, args.resume, vars(args))
             optimizer.load_state_dict(state["optimizer"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
@@ -216,7 +216,8 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
     data = loader(dataset, sampler, args, d)
     bad_log = os.path.join(args.savepath, "skipped.txt") if d.main else None
-    last_snapshot, skipped, finite = None, 0, torch.ones((), dtype=torch.bool, device=d.device)
+    last_snapshot, skipped, dropped, finite = None, 0, [], torch.ones((), dtype=torch.bool, device=d.device)
+    first_step = step
 
     def save_state(epoch: int, batch: int) -> None:
         # a finite loss can still be followed by an update that blew the weights up: check both
@@ -253,6 +254,11 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
                 if d.enabled:
                     raise UserError("a batch lost all (or all but one) of its images to bad files under "
                                     "torchrun; fix or remove them from the list")
+                # BatchNorm cannot train on one image: the good one left goes too, named and counted
+                good = [dataset.samples[i].name for i in batch["index"].tolist()] if "image" in batch else []
+                dropped += good
+                if good and d.main:
+                    print(f"dropped with its batch (the rest were bad files): {', '.join(good)}", flush=True)
                 continue
             batch["image"] = to_device(batch["image"], d, channels_last)
             for k in ("label", "mask"):
@@ -288,24 +294,48 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             last_snapshot = snapshot(epoch + 1)
         if on_epoch_end is not None:
             on_epoch_end(unwrap(model), epoch + 1, log)
+    if step == first_step and args.epoch > start_epoch:
+        raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
+                        f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
     if args.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
         last_snapshot = snapshot(step)
     if last_snapshot is None:
         last_snapshot = snapshot(step if args.snapshot_every else min(args.epoch, epoch + 1))
     if skipped and d.main:
         print(f"{skipped} bad files were skipped (listed in {bad_log})")
+    if dropped and d.main:
+        print(f"{len(dropped)} good images were dropped with batches that bad files left with fewer than 2 images")
     log.close()
     return last_snapshot
 
 
-def _load_state(path: str) -> Optional[dict]:
+def _load_state(path: str, own: str) -> Optional[dict]:
+    """The training state to resume from; None when `path` is this run's own checkpoint (`own`, what a bare
+    --resume names) and it does not exist yet. Any other missing file is an error, never a fresh start."""
     if not os.path.isfile(path):
-        if os.path.basename(path) == "checkpoint.pth":
+        if os.path.abspath(path) == os.path.abspath(own):
             print(f"--resume: no {path} yet, starting from the beginning")
             return None
-        raise UserError(f"--resume: {path} not found")
+        raise UserError(f"--resume: {path} not found (a bare --resume continues from {own})")
     state = torch_load(path)
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "batch", "step"} <= set(state):
         raise UserError(f"--resume: {path} is not a training-state file (a model-*.pth snapshot holds only "
                         f"weights; resume from <savepath>/checkpoint.pth)")
     return state
+
+
+# flags that change the model's shape: a checkpoint written with other values cannot be resumed
+_SHAPE_FLAGS = ("clsnum", "backbone", "arch", "fusion", "levels", "mca")
+
+
+def _resume_model(model: nn.Module, state: dict, path: str, args: dict) -> None:
+    """Load the checkpoint's model, or say which flags differ from the run that wrote it."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        saved = state.get("args") or {}
+        differ = [f"--{k} {saved[k]} there, {args[k]} here" for k in _SHAPE_FLAGS
+                  if k in saved and k in args and saved[k] != args[k]]
+        raise UserError(f"--resume: {path} holds another model than this run builds"
+                        f"{' (' + '; '.join(differ) + ')' if differ else ''}: resume with the flags it was "
+                        f"written with, or start anew without --resume") from None

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from network.classifier import (build_classifier, imagenet_weights_file, load_imagenet_weights,  # noqa: F401
                                 param_groups, resolve_imagenet_weights)
-from utils import distributed
+from utils import distributed, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
 from utils.engine import (amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches, place_model,
@@ -31,6 +31,14 @@ def pretrained_path(arch: str, pretrained: str) -> str:
     return resolve_imagenet_weights(arch, imagenet_weights_file(arch) if pretrained == "auto" else pretrained)
 
 
+def _checked_list(args, d) -> list:
+    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
+                                   skip=args.on_bad_image == "skip", main=d.main)
+    validate.check_writable(args.savepath, "--savepath")
+    return samples
+
+
 def cls_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(model(batch["image"]).float(), batch["label"])
 
@@ -38,7 +46,7 @@ def cls_loss(model, batch) -> torch.Tensor:
 @distributed.entry
 def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = _checked_list(args, d)
     model = build_classifier(args.arch, args.clsnum)
     if args.pretrained:
         load_imagenet_weights(model, args.arch, pretrained_path(args.arch, args.pretrained))
@@ -62,7 +70,7 @@ def test(args, d) -> dict:
         args.snapshot = pretrained_path(args.arch, "auto")
         if d.main:
             print(f"--snapshot not given: using {args.snapshot} ({args.arch}'s ImageNet weights)")
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = _checked_list(args, d)
     model = build_classifier(args.arch, args.clsnum)
     load_weights(model, args.snapshot)
     model = place_model(model.eval(), args, d, train=False)
@@ -74,8 +82,8 @@ def test(args, d) -> dict:
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
                                                   args, d), d.main, desc="classify"):
+            handle_bad(batch, args.on_bad_image, None, d)
             for name, _ in batch["bad"]:
-                handle_bad({"bad": batch["bad"][:1]}, args.on_bad_image, None, d)
                 rows[name] = (False, False)  # an unreadable image is a wrong classification, counted
             if "image" not in batch:
                 continue

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
-from utils import cli, distributed, wsol_protocol
+from utils import cli, distributed, validate, wsol_protocol
 from utils.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
@@ -47,6 +47,9 @@ def train(args, d) -> str:
         raise UserError(f"pseudo-mask folder not found: {args.maskpath}\n  Make the masks first: "
                         f"python ../{args.dataset_prefix}-cam/test.py --snapshot <cam model>, or pass --maskpath")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), masks=True,
+                                   skip=args.on_bad_image == "skip", main=d.main)
+    validate.check_writable(args.savepath, "--savepath")
     model = build_mffnet(1, args.backbone, args.pretrained, seg=True, **cli.architecture(args))
     if args.snapshot:
         load_weights(model, args.snapshot)
@@ -77,6 +80,12 @@ def evaluate(args, d) -> dict:
     if args.vis < 0:
         raise UserError(f"--vis takes a number of images >= 0, got {args.vis}")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=True)
+    list_path, skip = validate.list_file(args.datapath, args.list), args.on_bad_image == "skip"
+    samples = validate.check_names(samples, list_path, skip=skip, main=d.main)
+    samples, bad_boxes = validate.check_boxes(samples, list_path, validate.box_source(args.dataset, args.datapath,
+                                                                                      list_path),
+                                              skip=skip, main=d.main, workers=max(1, args.num_workers))
+    validate.check_writable(args.savepath, "--savepath")
     if args.protocol == "wsol":
         _wsol_notes(args, samples, d)
         return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples)
@@ -133,6 +142,7 @@ def evaluate(args, d) -> dict:
     records.sort(key=lambda r: order[r["name"]])
     metrics = localisation_metrics(records)
     metrics.update(threshold=args.threshold, bad_images=sum(r["bad"] for r in records), excluded=excluded,
+                   unscorable_boxes=bad_boxes,
                    snapshot=args.snapshot, list=args.list)
     os.makedirs(args.savepath, exist_ok=True)
     write_json(os.path.join(args.savepath, "metrics.json"), metrics)
@@ -179,6 +189,8 @@ def print_metrics(m: dict) -> None:
           f"unreadable (counted as failures): {m.get('bad_images', 0)}")
     if m.get("excluded"):
         print(f"left out as in the original (wrong label): {', '.join(m['excluded'])}")
+    if m.get("unscorable_boxes"):
+        print(f"left out (--on-bad-image skip): {len(m['unscorable_boxes'])} images whose box cannot be scored")
     rows = [("GT-known Loc", "gt_known_loc")]
     if "top1_loc" in m:
         rows = [("Top-1 Loc", "top1_loc"), ("Top-5 Loc", "top5_loc"), ("GT-known Loc", "gt_known_loc"),

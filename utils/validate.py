@@ -1,0 +1,164 @@
+"""Checks every stage runs before any work: a list whose labels, names or boxes are wrong, or an output
+folder that cannot be written, stops the run at once with one line naming the file, the line and what
+to do; nothing is found wrong hours later, and no figure is computed over the wrong set of images.
+
+What is always an error (the list or the flags must be fixed): a label outside the model's classes, a
+name that leaves its folder (absolute, or with `..`), two names that would share one pseudo-mask file, an
+output folder that cannot be written. What is an error by default and, with `--on-bad-image skip`, a
+counted and named skip: a name listed twice (each image is then used once) and a ground-truth box that
+cannot be scored (NaN, inverted, empty, or entirely outside its image: the image leaves the evaluation).
+What is only said: images with an EXIF orientation tag (decoded rotated, as the authors' `cv2.imread`
+does, while their boxes stay in the stored frame).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+from utils.data import mask_name
+from utils.errors import UserError
+
+
+def _line_finder(list_path: str) -> Callable[[str], str]:
+    """name -> 'list:line' of its first line in the list file (read only when a message needs it)."""
+    lines = {}
+
+    def where(name: str, nth: int = 1) -> str:
+        if not lines:
+            with open(list_path, encoding="utf-8-sig", errors="replace") as f:
+                for n, line in enumerate(f, 1):
+                    text = line.strip()
+                    key = text.split(",")[0] if "," in text else (text.split() or [""])[0]
+                    lines.setdefault(key, []).append(n)
+        found = lines.get(name, [])
+        return f"{list_path}:{found[nth - 1]}" if len(found) >= nth else list_path
+    return where
+
+
+def _say(message: str, main: bool) -> None:
+    if main:
+        print(message, flush=True)
+
+
+def check_names(samples: list, list_path: str, num_classes: Optional[int] = None, masks: bool = False,
+                skip: bool = False, main: bool = True) -> list:
+    """Names and labels of a list (see the module doc). Returns the samples to use: the list itself, or,
+    with `skip`, without the repeats of a name listed twice."""
+    where = _line_finder(list_path)
+    for s in samples:
+        parts = s.name.replace("\\", "/").split("/")
+        if os.path.isabs(s.name) or ".." in parts:
+            raise UserError(f"{where(s.name)}: {s.name!r} leaves its folder (an absolute path or '..'): list paths "
+                            f"relative to the data set's image folder")
+        if num_classes is not None and not 0 <= s.label < num_classes:
+            raise UserError(f"{where(s.name)}: label {s.label} of {s.name} is outside 0..{num_classes - 1} "
+                            f"(--clsnum {num_classes}): check --clsnum, or the list's labels (0-based)")
+    seen, repeats = {}, []
+    for i, s in enumerate(samples):
+        if s.name in seen:
+            repeats.append(i)
+        else:
+            seen[s.name] = i
+    if repeats:
+        first = samples[repeats[0]].name
+        if not skip:
+            raise UserError(f"{where(first, 2)}: {first} is listed again (first at {where(first)}); {len(repeats)} "
+                            f"lines repeat a name: remove them, or pass --on-bad-image skip to use each image once")
+        _say(f"skipped {len(repeats)} repeated list lines (each image is used once), e.g. {first}", main)
+        drop = set(repeats)
+        samples = [s for i, s in enumerate(samples) if i not in drop]
+    if masks:
+        owners = {}
+        for s in samples:
+            other = owners.setdefault(mask_name(s.name), s.name)
+            if other != s.name:
+                raise UserError(f"{where(s.name)}: {s.name} and {other} ({where(other)}) would share the pseudo "
+                                f"mask {mask_name(s.name)}: rename one of the two images")
+    return samples
+
+
+def _box_problem(box: list, width: Optional[int] = None, height: Optional[int] = None) -> Optional[str]:
+    """Why a ground-truth box (x0 y0 x1 y1, original pixels) cannot be scored; None if it can."""
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        return "is not 4 finite numbers"
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return "is inverted or empty (xmax <= xmin or ymax <= ymin)"
+    if width is not None and (min(x1, width - 1) <= max(x0, 0) or min(y1, height - 1) <= max(y0, 0)):
+        return f"lies outside the {width} x {height} image"
+    return None
+
+
+def check_boxes(samples: list, list_path: str, box_source: Callable[[str], str], skip: bool = False,
+                main: bool = True, workers: int = 8) -> tuple:
+    """Ground-truth boxes of an evaluation list, against their image's size (read from the file header).
+    Returns (samples to evaluate, names left out). `box_source(name)` says where a box comes from (the list
+    line, or an ImageNet XML). Images whose header cannot be read are left to the loader's --on-bad-image."""
+    headers = read_headers([s.path for s in samples], workers)
+    bad, rotated = [], []
+    for s, header in zip(samples, headers):
+        width, height, orientation = header if header is not None else (None, None, 1)
+        if orientation not in (None, 1):
+            rotated.append(s.name)
+        for box in s.boxes:
+            problem = _box_problem(box, width, height)
+            if problem is not None:
+                if not skip:
+                    raise UserError(f"{box_source(s.name)}: the ground-truth box {box} of {s.name} {problem}: fix it, "
+                                    f"or pass --on-bad-image skip to leave such images out of the evaluation")
+                bad.append(s.name)
+                break
+    if rotated:
+        _say(f"warning: {len(rotated)} images carry an EXIF orientation tag (e.g. {rotated[0]}); they are decoded "
+             f"rotated, as the authors' cv2.imread does, while their boxes are in the stored frame, so their "
+             f"localisation may be scored against a turned box", main)
+    if bad:
+        _say(f"left out of the evaluation: {len(bad)} images whose ground-truth box cannot be scored, e.g. "
+             f"{', '.join(bad[:3])}", main)
+        out = set(bad)
+        samples = [s for s in samples if s.name not in out]
+        if not samples:
+            raise UserError(f"{list_path}: no image has a box that can be scored")
+    return samples, bad
+
+
+def read_headers(paths: list, workers: int = 8) -> list:
+    """(width, height, EXIF orientation or None) of each image from its header (no decoding), or None
+    where the file cannot be opened as an image (the loader reports it)."""
+    from PIL import Image
+
+    def header(path: str):
+        try:
+            with Image.open(path) as im:
+                orientation = im.getexif().get(0x0112) if im.format in ("JPEG", "TIFF", "WEBP", "PNG") else None
+                return im.size[0], im.size[1], orientation
+        except Exception:  # unreadable here: the loader names it and applies --on-bad-image
+            return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(header, paths, chunksize=64))
+
+
+def check_writable(folder: str, flag: str) -> None:
+    """Create `folder` if needed and make sure a file can be written there, before any work is done."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({e.strerror or type(e).__name__}): pass a writable {flag}") from None
+
+
+def list_file(datapath: str, listname: str) -> str:
+    return listname if os.path.isabs(listname) else os.path.join(datapath, listname)
+
+
+def box_source(dataset: str, datapath: str, list_path: str) -> Callable[[str], str]:
+    """Where an image's ground-truth boxes come from, for messages: its list line (CUB layout) or its
+    PASCAL-VOC file (ImageNet's box/<file>.xml)."""
+    if dataset == "imagenet":
+        return lambda name: os.path.join(datapath, "box", os.path.splitext(os.path.basename(name))[0] + ".xml")
+    return _line_finder(list_path)
