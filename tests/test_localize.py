@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -22,9 +23,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from dataset.synthetic import make_folder, write_corrupt_file
 from utils.distributed import Dist
+from utils.errors import run_main
 from utils.localize import find_images, localize_images, mask_boxes, output_names, probability_map
 
 SMALL = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "64"]  # localize.py's too
@@ -129,7 +131,8 @@ def own(tmp_path_factory):
     paths = make_folder(str(base), num_classes=3, per_class=6, new_images=3, seed=2, min_size=64, max_size=96)
     data, out = paths["data"], base / "out"
     prep = run_script("dataset/prepare.py", "folder", "--root", data, "--val-fraction", "0.2")
-    run_script("cub200-cam/train.py", "--datapath", data, "--savepath", out / "cam", *SMALL, *TRAIN)  # K from classes.txt
+    # no --clsnum anywhere: the stages count the lines of classes.txt
+    run_script("cub200-cam/train.py", "--datapath", data, "--savepath", out / "cam", *SMALL, *TRAIN)
     run_script("cub200-cam/test.py", "--datapath", data, "--snapshot", out / "cam" / "model-1.pth",
                "--maskpath", out / "masks", "--post_workers", 0, *SMALL, *CROP)
     run_script("cub200-seg/train.py", "--datapath", data, "--maskpath", out / "masks", "--savepath", out / "seg",
@@ -137,8 +140,9 @@ def own(tmp_path_factory):
     run_script("cub200-cls/train.py", "--datapath", data, "--arch", "resnet18", "--savepath", out / "cls",
                *SMALL, *TRAIN)
     loc = run_script("cub200-seg/localize.py", "--snapshot", out / "seg" / "model-1.pth", paths["new"],
-                     "--savepath", out / "seg", "--masks", "--vis", "--json", "--classifier", out / "cls" / "model-1.pth",
-                     "--classifier_arch", "resnet18", "--classifier_size", 64, "--datapath", data, *SMALL)
+                     "--savepath", out / "seg", "--masks", "--vis", "--json", "--classifier",
+                     out / "cls" / "model-1.pth", "--classifier_arch", "resnet18", "--classifier_size", 64,
+                     "--datapath", data, *SMALL)
     return dict(paths, out=out, prepare=prep.stdout, localize=loc.stdout)
 
 
@@ -199,12 +203,34 @@ def test_localize_all_boxes_threshold_and_torchrun_equal_one_process(own, tmp_pa
     assert all(0.3 < s <= 1 for s in scores)
 
 
-def test_evaluation_needs_boxes_then_works_with_them(own, tmp_path):
+def _script(path: str):
+    """A stage script's main(argv), imported, for cases that need no second process."""
+    spec = importlib.util.spec_from_file_location(path.replace("/", "_").replace(".py", ""), os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture
+def call(capsys):
+    """A script's main in this process: (exit code, stdout, stderr) as its command line gives them."""
+    def run(path: str, *args) -> tuple:
+        code = 0
+        try:
+            run_main(lambda: _script(path)([str(a) for a in args]))
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+def test_evaluation_needs_boxes_then_works_with_them(own, tmp_path, call):
     snap = own["out"] / "seg" / "model-1.pth"
-    p = run_script("cub200-seg/test.py", "--datapath", own["data"], "--snapshot", snap, "--savepath", tmp_path,
-                   *CROP, *SMALL, check=False)
-    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert "have no ground-truth box" in p.stderr and "evaluation needs boxes" in p.stderr
+    code, _, err = call("cub200-seg/test.py", "--datapath", own["data"], "--snapshot", snap, "--savepath", tmp_path,
+                        *CROP, *SMALL)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "have no ground-truth box" in err and "evaluation needs boxes" in err
     data = tmp_path / "data"
     shutil.copytree(own["data"], data)
     val = open(data / "val.txt").read()
@@ -218,20 +244,26 @@ def test_evaluation_needs_boxes_then_works_with_them(own, tmp_path):
     assert m["count"] == 3 and 0 <= m["gt_known_loc"] <= 100
 
 
-def test_localize_bad_inputs_give_one_clear_line(own, tmp_path):
+def test_localize_bad_inputs_give_one_clear_line(own, tmp_path, call):
     snap = own["out"] / "seg" / "model-1.pth"
+    cls = own["out"] / "cls" / "model-1.pth"
     bad = write_corrupt_file(str(tmp_path / "broken.jpg"))
-    p = run_script("cub200-seg/localize.py", "--snapshot", snap, bad, "--savepath", tmp_path, *SMALL, check=False)
-    assert p.returncode == 2 and bad in p.stderr and "Traceback" not in p.stderr
-    p = run_script("cub200-seg/localize.py", "--snapshot", snap, bad, own["new"], "--savepath", tmp_path,
-                   "--on-bad-image", "skip", *SMALL)
-    assert "1 unreadable skipped" in p.stdout and len(_rows(tmp_path / "localize" / "boxes.csv")) == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = call("cub200-seg/localize.py", "--snapshot", snap, bad, "--savepath", tmp_path, *SMALL)
+    assert code == 2 and bad in err and "--on-bad-image skip" in err
+    code, out, _ = call("cub200-seg/localize.py", "--snapshot", snap, bad, own["new"], "--savepath", tmp_path,
+                        "--on-bad-image", "skip", *SMALL)
+    assert code == 0 and "1 unreadable skipped" in out and len(_rows(tmp_path / "localize" / "boxes.csv")) == 3
     for args, message in (([tmp_path / "nothing"], "not found"),
+                          ([empty], "no image"),
                           ([own["new"], "--threshold", 1.5], "--threshold is a probability"),
-                          ([own["new"], "--classifier", own["out"] / "cls" / "model-1.pth", "--classifier_arch",
-                            "resnet18", "--datapath", tmp_path], "--classifier needs its number of classes"),
-                          ([own["new"], "--classifier", own["out"] / "cls" / "model-1.pth", "--classifier_arch",
-                            "resnet34", "--datapath", own["data"]], "pass the --classifier_arch it was trained with")):
-        p = run_script("cub200-seg/localize.py", "--snapshot", snap, *args, "--savepath", tmp_path, *SMALL,
-                       check=False)
-        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+                          ([own["new"], "--classifier_arch", "resnet18"], "--classifier_arch is for --classifier"),
+                          ([own["new"], "--classifier", cls, "--classifier_arch", "resnet18", "--datapath", tmp_path],
+                           "--classifier needs its number of classes"),
+                          ([own["new"], "--classifier", cls, "--classifier_arch", "resnet18", "--datapath", own["data"],
+                            "--clsnum", 5], "--clsnum 5, but"),
+                          ([own["new"], "--classifier", cls, "--classifier_arch", "resnet34", "--datapath",
+                            own["data"]], "pass the --classifier_arch it was trained with")):
+        code, _, err = call("cub200-seg/localize.py", "--snapshot", snap, *args, "--savepath", tmp_path, *SMALL)
+        assert code == 2 and message in err and len(err.strip().splitlines()) <= 2, (args, err)
