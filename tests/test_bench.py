@@ -1,15 +1,19 @@
 """`python -m utils.bench`: a tiny CPU run writes the JSON it promises; bad sizes are refused; the
-inference loops' throughput clock leaves the first batch out."""
+inference loops' throughput clock leaves the first batch out, and their pool results are taken as they finish."""
 import json
 import math
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 
 from conftest import ROOT
-from utils.engine import HostCopy, Throughput
+from utils import png
+from utils.engine import HostCopy, Pending, Throughput
 
 STAGES = ("data_loading", "cam_forward", "pseudo_masks", "seg_forward", "seg_eval", "cam_train_step",
           "seg_train_step")
@@ -40,11 +44,19 @@ def test_tiny_cpu_run_writes_every_figure(tmp_path):
         assert positive(r["stages"][name]["peak_memory_mb"]), name
     assert positive(r["stages"]["pseudo_masks"]["ratio_to_cam_forward"])
     assert positive(r["stages"]["seg_eval"]["ratio_to_seg_forward"])
-    post = r["stages"]["postprocess"]
-    assert post["ms_per_image"] == r["postprocess_ms_per_image"] and positive(post["png_encode_ms_per_image"])
+    cpu = r["stages"]["cpu_per_mask"]
+    steps = ("decode_ms", "transform_ms", "postprocess_ms", "png_encode_ms")
+    assert all(positive(cpu[k]) for k in steps + ("opencv_png_ms", "png_kb_per_mask", "opencv_png_kb_per_mask"))
+    assert math.isclose(cpu["cpu_ms_per_mask"], sum(cpu[k] for k in steps))    # the four shares, one run
+    assert r["cpu_ms_per_mask"] == cpu["cpu_ms_per_mask"] and r["postprocess_ms_per_image"] == cpu["postprocess_ms"]
+    assert r["png_encode_ms"] == cpu["png_encode_ms"] and r["opencv_png_ms"] == cpu["opencv_png_ms"]
+    assert math.isclose(r["node16_masks_per_s"], 16e3 / r["cpu_ms_per_mask"])
+    assert math.isclose(cpu["cpu_ratio_to_opencv_png"], cpu["cpu_ms_per_mask"] / cpu["opencv_png_ms"])
+    assert r["png_writer"] == png.describe(png.resolve("auto")) and cpu["images"] == 8
     assert r["stages"]["pseudo_masks"]["images"] == 8 and r["stages"]["seg_eval"]["images"] == 8
-    for name in STAGES + ("postprocess",):
+    for name in STAGES + ("cpu_per_mask", "OpenCV's PNG writer", "16-core node"):
         assert name in p.stdout  # the table
+
 
 
 def test_help_and_too_few_images():
@@ -62,6 +74,24 @@ def test_throughput_leaves_the_first_batch_out():
     rate.handed_on(3)
     rate.stop()
     assert rate.images == 7 and rate.seconds > 0 and rate.images_per_s == 7 / rate.seconds
+
+
+def test_pending_takes_results_as_they_finish():
+    release = threading.Event()
+    taken = []
+    with ThreadPoolExecutor(4) as pool:
+        pending = Pending(taken.append)
+        pending.add(pool.submit(lambda: release.wait(30) and "slow"))   # submitted first, finishes last
+        for k in range(3):
+            pending.add(pool.submit(lambda k=k: k))
+        pending.settle(1)                       # returns with the slow task still running
+        assert sorted(taken) == [0, 1, 2] and len(pending.futures) == 1
+        release.set()
+        pending.settle(0)
+        assert taken[-1] == "slow" and not pending.futures
+        pending.add(pool.submit(lambda: 1 / 0))
+        with pytest.raises(ZeroDivisionError):  # a task's error reaches the loop
+            pending.settle(0)
 
 
 def test_host_copy_on_the_cpu_is_the_tensor():

@@ -73,6 +73,19 @@ def test_cam_test_skips_masks_that_exist(cub, pipeline):
     assert "16 masks already" in again.stdout and "0 to write" in again.stdout
 
 
+def test_cam_test_png_writers_give_the_same_masks(cub, pipeline, tmp_path):
+    """--png_writer opencv (the writer before fpng) and the default read back as the same arrays."""
+    out = run_script("cub200-cam/test.py", "--datapath", cub, "--clsnum", 4, "--snapshot",
+                     pipeline["cam"] / "model-2.pth", "--maskpath", tmp_path, "--png_writer", "opencv",
+                     "--post_workers", "0", *SMALL)
+    import cv2
+    assert "PNG writer: opencv" in out.stdout
+    default = sorted(p.relative_to(pipeline["cam"] / "masks") for p in (pipeline["cam"] / "masks").rglob("*.png"))
+    assert len(default) == 16 and default == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png"))
+    for rel in default:
+        assert np.array_equal(cv2.imread(str(pipeline["cam"] / "masks" / rel)), cv2.imread(str(tmp_path / rel)))
+
+
 def test_seg_test_reports_and_writes_metrics_and_boxes(cub, pipeline):
     seg = pipeline["seg"]
     m = json.load(open(seg / "metrics.json"))

@@ -11,8 +11,14 @@ What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed
                   post-processing and PNG writes in the --post_workers pool
   seg_forward     the bare batched forward of the seg model (224 x 224 centre crop, as evaluation)
   seg_eval        evaluation end to end, through `stage_seg.evaluate` itself (largest contour, IoU)
-  postprocess     CAM -> uint8 pseudo mask (`make_pseudo_mask`) on one core, ms per image, on the
-                  ground-truth CAMs of the cam_forward images; PNG encoding separately
+  cpu_per_mask    the CPU work of one pseudo mask on one core, ms per image, on the list's images and
+                  the ground-truth CAMs of cam_forward: JPEG decode (`read_image`), normalise + resize
+                  (the stage's transform), post-processing (`make_pseudo_mask`) and PNG encoding by the
+                  stage's writer; their sum `cpu_ms_per_mask`, and the masks/s that the cores of a
+                  16-core node reach when this is the bound (a GPU node: the forward is cheap there).
+                  Beside them, in the same run and on the same masks, OpenCV's PNG writer at its
+                  defaults (`opencv_png_ms`, zlib level 1: the stage's writer before fpng): machines
+                  differ by up to 2x in speed, so the targets are ratios to it
   cam_train_step  forward + backward + SGD step of the CUB cam model (dual head) at 224
   seg_train_step  the same for the seg model and its loss
 The end-to-end figures count the images after the first batch (loader start-up and the first batch
@@ -54,8 +60,8 @@ from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet  # noqa: E402
 from network.resnet import BACKBONES  # noqa: E402
-from utils import cli, stage_cam, stage_seg  # noqa: E402
-from utils.data import ImageSet, collate, read_list  # noqa: E402
+from utils import cli, png, stage_cam, stage_seg  # noqa: E402
+from utils.data import ImageSet, collate, read_image, read_list  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
@@ -92,6 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers")
     p.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="pseudo-mask post-processing processes")
+    p.add_argument("--png_writer", choices=png.WRITERS, default="auto", help="the mask stage's PNG encoder")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision; auto: bf16 on CUDA, off on the CPU")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -197,7 +204,8 @@ def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Nam
     if kind == "cam":
         cli.add_mask_args(p)
         p.set_defaults(dataset="cub", list="train.txt", clsnum=CLASSES)
-        extra = ["--maskpath", os.path.join(out, "masks"), "--post_workers", str(a.post_workers), "--overwrite"]
+        extra = ["--maskpath", os.path.join(out, "masks"), "--post_workers", str(a.post_workers), "--overwrite",
+                 "--png_writer", a.png_writer]
     else:
         cli.add_eval_args(p)
         p.set_defaults(dataset="cub", list="val.txt", threshold=0.2)
@@ -257,26 +265,45 @@ def training(model: torch.nn.Module, loss_fn: Callable, batch: dict, a) -> float
     return a.train_steps * len(batch["image"]) / t.seconds
 
 
-def postprocess_ms(cams: list, sizes: list, repeats: int = 5) -> tuple:
-    """Median over `repeats` passes of (make_pseudo_mask ms per image, PNG encoding ms per image), one core."""
+def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int = 5) -> dict:
+    """ms per image on one core of each step of a pseudo mask, the median of `repeats` rounds.
+
+    Each round times every step in turn over all the images (each up to 8 times), so a drift in the
+    machine's speed reaches them alike; the time is this process's CPU time (one OpenCV thread, as in
+    the loader and pool workers), which other load on a shared machine inflates less than wall time.
+    `cams[i]` is the CAM of `paths[i]`, whose image is `sizes[i]` = (width, height).
+    """
     threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # as in the pool's workers
+    cv2.setNumThreads(1)
+    transform = resize_transform(SIZE)
+    passes = max(1, math.ceil(min(256, 8 * len(paths)) / len(paths)))  # >= 256 calls a step, or 8 per image
+    times = {k: [] for k in ("decode_ms", "transform_ms", "postprocess_ms", "png_encode_ms", "opencv_png_ms")}
+
+    def timed(key: str, fn: Callable, items: list) -> list:
+        t0 = time.process_time()
+        for _ in range(passes):
+            out = [fn(*item) for item in items]
+        times[key].append((time.process_time() - t0) / (passes * len(items)) * 1e3)
+        return out
+
     try:
-        passes = max(1, math.ceil(256 / len(cams)))  # >= 256 calls per repeat: a stable median
-        post, png = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(passes):
-                masks = [make_pseudo_mask(c, w, h) for c, (w, h) in zip(cams, sizes)]
-            t1 = time.perf_counter()
-            for m in masks:
-                cv2.imencode(".png", m)
-            t2 = time.perf_counter()
-            post.append((t1 - t0) / (passes * len(cams)) * 1e3)
-            png.append((t2 - t1) / len(cams) * 1e3)
-        return float(np.median(post)), float(np.median(png))
+            images = timed("decode_ms", read_image, [(p,) for p in paths])
+            timed("transform_ms", transform, [(im,) for im in images])
+            del images
+            masks = timed("postprocess_ms", lambda c, wh: make_pseudo_mask(c, *wh, rgb=True), list(zip(cams, sizes)))
+            timed("png_encode_ms", png.encode_rgb, [(m, writer) for m in masks])
+            timed("opencv_png_ms", png.encode_opencv, [(cv2.cvtColor(m, cv2.COLOR_RGB2BGR),) for m in masks])
     finally:
         cv2.setNumThreads(threads)
+    r = {k: float(np.median(v)) for k, v in times.items()}
+    r["cpu_ms_per_mask"] = r["decode_ms"] + r["transform_ms"] + r["postprocess_ms"] + r["png_encode_ms"]
+    r.update(png_writer=png.describe(writer), images=len(paths), node16_masks_per_s=16e3 / r["cpu_ms_per_mask"],
+             png_ratio_to_opencv=r["png_encode_ms"] / r["opencv_png_ms"],
+             cpu_ratio_to_opencv_png=r["cpu_ms_per_mask"] / r["opencv_png_ms"],
+             png_kb_per_mask=float(np.mean([len(png.encode_rgb(m, writer)) for m in masks])) / 1e3,
+             opencv_png_kb_per_mask=float(np.mean([png.encode_opencv(m[..., ::-1].copy()).size for m in masks])) / 1e3)
+    return r
 
 
 class Stages(dict):
@@ -376,9 +403,10 @@ def run(a) -> dict:
         images, labels, sizes = measure_inputs(a, root, stages)
         cams = measure_masks(a, work, images, labels, stages)       # bare forward, then the stage: close in time
         crops = measure_eval(a, work, images, stages)
-        post, png = postprocess_ms(list(cams), sizes)
-        stages["postprocess"] = {"ms_per_image": post, "png_encode_ms_per_image": png,
-                                 "images_per_s_per_core": 1e3 / post, "images": len(cams)}
+        n = min(len(cams), UNIQUE)  # further images are links to these files: the same work
+        samples = read_list("cub", root, "train.txt", with_boxes=False)[:n]  # the loader's order: cams[i] is theirs
+        cpu = cpu_per_mask([s.path for s in samples], list(cams[:n]), sizes[:n], png.resolve(a.png_writer))
+        stages["cpu_per_mask"] = dict(cpu, images_per_s_per_core=1e3 / cpu["cpu_ms_per_mask"])
         measure_training(a, crops[0], labels[0], stages)
     finally:
         if not a.workdir:
@@ -388,7 +416,9 @@ def run(a) -> dict:
         "batch_size": a.batch_size, "images": a.images, "num_workers": a.num_workers,
         "post_workers": a.post_workers, "amp": str(a.dtype).replace("torch.", "") if a.dtype else "off",
         "channels_last": a.cl, "compile": a.compile, "torch": torch.__version__, "opencv": cv2.__version__,
-        "postprocess_ms_per_image": stages["postprocess"]["ms_per_image"], "stages": dict(stages),
+        "postprocess_ms_per_image": cpu["postprocess_ms"], "cpu_ms_per_mask": cpu["cpu_ms_per_mask"],
+        "png_encode_ms": cpu["png_encode_ms"], "opencv_png_ms": cpu["opencv_png_ms"], "png_writer": cpu["png_writer"],
+        "node16_masks_per_s": cpu["node16_masks_per_s"], "stages": dict(stages),
     }
 
 
@@ -407,9 +437,15 @@ def table(r: dict) -> str:
              "cam_train_step": "dual head, 224", "seg_train_step": "224"}
     for name, note in notes.items():
         lines.append(f"{name:16s} {s[name]['images_per_s']:10.2f} {s[name]['peak_memory_mb']:9.0f}  {note}")
-    p = s["postprocess"]
-    lines.append(f"{'postprocess':16s} {p['images_per_s_per_core']:10.1f} {'':9s}  {p['ms_per_image']:.2f} ms per "
-                 f"image per core (CAM -> uint8 mask); PNG encoding {p['png_encode_ms_per_image']:.2f} ms more")
+    c = s["cpu_per_mask"]
+    lines.append(f"{'cpu_per_mask':16s} {c['images_per_s_per_core']:10.1f} {'':9s}  {c['cpu_ms_per_mask']:.2f} ms per "
+                 f"image per core = decode {c['decode_ms']:.2f} + normalise/resize {c['transform_ms']:.2f} + "
+                 f"post-processing {c['postprocess_ms']:.2f} + PNG {c['png_encode_ms']:.2f} ({c['png_writer']})")
+    lines.append(f"{'':16s} {'':10s} {'':9s}  yardstick, OpenCV's PNG writer: {c['opencv_png_ms']:.2f} ms; PNG "
+                 f"{c['png_ratio_to_opencv']:.2f} x it, CPU per mask {c['cpu_ratio_to_opencv_png']:.2f} x it; "
+                 f"{c['png_kb_per_mask']:.0f} KB per mask ({c['opencv_png_kb_per_mask']:.0f} KB by OpenCV)")
+    lines.append(f"{'':16s} {c['node16_masks_per_s']:10.0f} {'':9s}  masks/s of a 16-core node where this CPU work "
+                 f"is the bound (a GPU node)")
     return "\n".join(lines)
 
 

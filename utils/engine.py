@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Callable, Optional
 
 import torch
@@ -166,6 +167,31 @@ class Throughput:
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.images and self.seconds > 0 else float("nan")
+
+
+class Pending:
+    """Tasks of a process pool whose results are taken as they finish, not in submission order (a slow
+    task then holds back none of the others' results, nor the loop that waits for room).
+
+    `take(result)` receives each result; a task's exception is raised from `settle`.
+    """
+
+    def __init__(self, take: Callable = lambda result: None):
+        self.futures, self.take = set(), take
+
+    def add(self, future: Future) -> None:
+        self.futures.add(future)
+
+    def settle(self, limit: int) -> None:
+        """Take every finished result, then wait for more until at most `limit` tasks are pending."""
+        while self.futures:
+            done = {f for f in self.futures if f.done()}
+            for f in done:
+                self.take(f.result())
+            self.futures -= done
+            if len(self.futures) <= limit:
+                return
+            wait(self.futures, return_when=FIRST_COMPLETED)
 
 
 def handle_bad(batch: dict, policy: str, log_file: Optional[str], d: Dist) -> int:

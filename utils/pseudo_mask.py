@@ -27,6 +27,7 @@ MIN_AREA = 20       # smaller contours get no Gaussian
 SHRINK = 10.0       # the fitted (co)variances are divided by this: sharp priors
 _G_FLOOR = 1e-3 / 255.0
 _HALF_WIDTH = math.sqrt(2.0 * -math.log(_G_FLOOR))  # in standard deviations
+_COORDS = np.arange(SIZE, dtype=np.float64)  # pixel coordinates: slices of it replace per-region aranges
 
 
 class _Buffers(threading.local):
@@ -86,8 +87,8 @@ def _add_gaussian(prior: np.ndarray, scratch: np.ndarray, ux: float, uy: float, 
     y0, y1 = max(0, math.floor(uy - ry)), min(SIZE - 1, math.ceil(uy + ry))
     if x0 > x1 or y0 > y1:
         return
-    dx = np.arange(x0, x1 + 1, dtype=np.float64)[None, :] - ux            # 1 x nx
-    dy = np.arange(y0, y1 + 1, dtype=np.float64)[:, None] - uy            # ny x 1
+    dx = _COORDS[x0:x1 + 1] - ux                                          # nx (broadcasts as 1 x nx)
+    dy = (_COORDS[y0:y1 + 1] - uy)[:, None]                               # ny x 1
     q = scratch[:dx.size * dy.size].reshape(dy.size, dx.size)             # ny x nx, contiguous
     np.multiply(2.0 * dx, dy, out=q)
     q *= vxy
@@ -105,7 +106,7 @@ def gaussian_prior(cam256: np.ndarray, out: Optional[np.ndarray] = None) -> np.n
 
     Returns `out` (float64 or float32, 256 x 256), or a new float64 array when none is given.
     """
-    inside = ((cam256 >= LOW) & (cam256 <= HIGH)).view(np.uint8)   # w > 0 exactly here (LOW > 0)
+    inside = cv2.inRange(cam256, LOW, HIGH)   # 255 where LOW <= cam <= HIGH (w > 0 exactly there: LOW > 0)
     if out is None:
         prior = np.zeros((SIZE, SIZE), dtype=np.float64)
     else:
@@ -120,27 +121,29 @@ def gaussian_prior(cam256: np.ndarray, out: Optional[np.ndarray] = None) -> np.n
         region = np.zeros((bh, bw), dtype=np.uint8)
         cv2.drawContours(region, [contour], -1, 1, thickness=-1, offset=(-x, -y))
         region &= inside[y:y + bh, x:x + bw]
-        rw = cam256[y:y + bh, x:x + bw] * region.astype(np.float64)  # R * w: the CAM where both, else 0
-        total = rw.sum()
+        p = np.multiply(cam256[y:y + bh, x:x + bw], region, dtype=np.float64)  # R * w: the CAM where both, else 0
+        total = np.add.reduce(p, None)  # = p.sum(), without the method's Python layer (as below)
         if total <= 0:
             continue
-        p = rw / total
-        px, py = p.sum(0), p.sum(1)  # marginals over columns (x) and rows (y)
-        xs = np.arange(x, x + bw, dtype=np.float64)
-        ys = np.arange(y, y + bh, dtype=np.float64)
+        p /= total
+        px, py = np.add.reduce(p, 0), np.add.reduce(p, 1)  # marginals over columns (x) and rows (y)
+        xs, ys = _COORDS[x:x + bw], _COORDS[y:y + bh]
         ux, uy = px @ xs, py @ ys
-        sx, sy = px @ (xs - ux) ** 2, py @ (ys - uy) ** 2
-        sxy = (ys - uy) @ p @ (xs - ux)
+        dxs, dys = xs - ux, ys - uy
+        sx, sy = px @ dxs ** 2, py @ dys ** 2
+        sxy = dys @ p @ dxs
         _add_gaussian(prior, scratch, ux, uy, sx / SHRINK, sy / SHRINK, sxy / SHRINK)
     return prior
 
 
-def make_pseudo_mask(cam: np.ndarray, width: int, height: int, gaussian: bool = True) -> np.ndarray:
+def make_pseudo_mask(cam: np.ndarray, width: int, height: int, gaussian: bool = True,
+                     rgb: bool = False) -> np.ndarray:
     """H x W x 3 uint8 pseudo mask from a CAM of any size (the GT class's map, values >= 0).
     `gaussian=False` leaves the prior out (channel 1 = 0: the seg target is then the CAM alone).
 
     Write it with `cv2.imwrite(path, mask)`: `cv2.imread` then gives channel 0 = CAM,
-    channel 1 = Gaussian prior, channel 2 = 0, as the original code's PNGs.
+    channel 1 = Gaussian prior, channel 2 = 0, as the original code's PNGs. `rgb=True` gives the same
+    mask in the PNG file's channel order (0, prior, CAM), for `utils.png.encode_rgb`, at the same cost.
     """
     width, height = int(width), int(height)
     b = _BUFFERS
@@ -157,6 +160,7 @@ def make_pseudo_mask(cam: np.ndarray, width: int, height: int, gaussian: bool = 
     fused = cv2.resize(b.fused, (width, height), dst=fused, interpolation=cv2.INTER_LINEAR)
     np.copyto(two, fused, casting="unsafe")  # truncation, as the original's astype(uint8)
     # H x W x 2 -> H x W x 3 with channel 2 = 0: each pixel's two bytes zero-extended to a little-endian
-    # uint32 (bytes B, G, 0, 0), then BGRA -> BGR; ~20x faster than assigning into out[..., :2]
+    # uint32 (bytes B, G, 0, 0), then BGRA -> BGR (or RGB); ~20x faster than assigning into out[..., :2]
     np.copyto(four, two.view("<u2")[..., 0])
-    return cv2.cvtColor(four.view(np.uint8).reshape(height, width, 4), cv2.COLOR_BGRA2BGR)
+    order = cv2.COLOR_BGRA2RGB if rgb else cv2.COLOR_BGRA2BGR
+    return cv2.cvtColor(four.view(np.uint8).reshape(height, width, 4), order)

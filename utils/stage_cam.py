@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Optional
 
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
-from utils import cli, distributed
+from utils import cli, distributed, png
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
-from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad, host_lag,
-                          inference_batches, place_model, to_device)
+from utils.engine import (HostCopy, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
+                          host_lag, inference_batches, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.pseudo_mask import make_pseudo_mask
@@ -97,23 +97,24 @@ def _start_pool(workers: int) -> tuple:
     return pool, [pool.submit(int) for _ in range(workers)]  # the executor starts a worker per task while none is idle
 
 
-def write_mask(cam: np.ndarray, width: int, height: int, path: str, gaussian: bool = True) -> None:
+def write_mask(cam: np.ndarray, width: int, height: int, path: str, gaussian: bool = True,
+               writer: str = "auto") -> None:
     """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask);
-    `gaussian=False`: no prior (channel 1 stays 0)."""
-    ok, png = cv2.imencode(".png", make_pseudo_mask(cam, width, height, gaussian))
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
+    `gaussian=False`: no prior (channel 1 stays 0); `writer`: the PNG encoder (`utils.png`: the same
+    pixels from either)."""
+    data = png.encode_rgb(make_pseudo_mask(cam, width, height, gaussian, rgb=True), writer)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    png.tofile(tmp)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 
-def write_masks(items: list) -> None:
-    """`write_mask` of each (cam, width, height, path): one pool task per chunk of a batch keeps the
+def write_masks(items: list, writer: str = "auto") -> None:
+    """`write_mask` of each (cam, width, height, path, ...): one pool task per chunk of a batch keeps the
     pool's per-task cost (futures, pickling, pipes: in the main process, under its GIL) small."""
     for item in items:
-        write_mask(*item)
+        write_mask(*item, writer=writer)
 
 
 @distributed.entry
@@ -124,12 +125,13 @@ def make_masks(args, d) -> dict:
     out = args.maskpath
     todo = [i for i, s in enumerate(samples)
             if args.overwrite or not os.path.isfile(os.path.join(out, mask_name(s.name)))]
+    writer = png.resolve(args.png_writer)
     if d.main:
         print(f"{len(samples)} images in {args.list}; {len(samples) - len(todo)} masks already in {out}, "
-              f"{len(todo)} to write")
+              f"{len(todo)} to write (PNG writer: {png.describe(writer)})")
     pool, ready = _start_pool(args.post_workers)
     try:
-        written, bad, rate = _run_masks(args, d, samples, todo[d.rank::d.world], pool, ready)
+        written, bad, rate = _run_masks(args, d, samples, todo[d.rank::d.world], pool, ready, writer)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -145,9 +147,10 @@ def make_masks(args, d) -> dict:
             "images_per_s": rate.images_per_s, "seconds": rate.seconds}
 
 
-def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExecutor], ready: list) -> tuple:
-    """Batched CAMs of the samples `mine` -> PNGs, post-processed in `pool` (or here if None) once the
-    `ready` futures are done. Returns (written, bad, Throughput)."""
+def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExecutor], ready: list,
+               writer: str) -> tuple:
+    """Batched CAMs of the samples `mine` -> PNGs (by `writer`), post-processed in `pool` (or here if None)
+    once the `ready` futures are done. Returns (written, bad, Throughput)."""
     model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
     model = place_model(model.eval(), args, d, train=False)
     channels_last = channels_last_for(args, d.device)
@@ -156,20 +159,8 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
     out = args.maskpath
     chunk = math.ceil(args.batch_size / max(1, args.post_workers))   # one task per worker and batch
     backlog = 8 * math.ceil(args.batch_size / chunk)                  # tasks: ~8 batches queued at most
-    pending, written, bad, rate = set(), 0, 0, Throughput()
+    pending, written, bad, rate = Pending(), 0, 0, Throughput()
     wait(ready)
-
-    def settle(limit: int) -> None:
-        """Collect finished tasks (a worker's error is raised here) until at most `limit` are left."""
-        nonlocal pending
-        while pending:
-            done = {f for f in pending if f.done()}
-            for f in done:
-                f.result()
-            pending -= done
-            if len(pending) <= limit:
-                return
-            wait(pending, return_when=FIRST_COMPLETED)
 
     def hand_on(cams: HostCopy, indices: list, sizes: list) -> None:
         nonlocal written
@@ -178,11 +169,11 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
         rate.handed_on(len(items))
         written += len(items)
         if pool is None:
-            write_masks(items)
+            write_masks(items, writer)
             return
         for k in range(0, len(items), chunk):
-            pending.add(pool.submit(write_masks, items[k:k + chunk]))
-        settle(backlog)  # a fast GPU must not outrun the pool forever
+            pending.add(pool.submit(write_masks, items[k:k + chunk], writer))
+        pending.settle(backlog)  # a fast GPU must not outrun the pool forever
 
     with torch.inference_mode():
         queued = deque()  # batches whose CAMs are on their way to the host (CUDA: while the next runs)
@@ -199,6 +190,6 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
                 hand_on(*queued.popleft())
         while queued:
             hand_on(*queued.popleft())
-        settle(0)
+        pending.settle(0)
     rate.stop()
     return written, bad, rate

@@ -15,7 +15,6 @@ under torchrun each rank scores its shard and the evaluators' counts are merged 
 """
 from __future__ import annotations
 
-import collections
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from utils import distributed
 from utils.data import ImageSet
-from utils.engine import amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, to_device
+from utils.engine import Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, to_device
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
@@ -117,13 +116,13 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
     pool = None
     if args.post_workers > 0:
         pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("forkserver"), initializer=_init_worker)
-    pending, bad = collections.deque(), 0  # in submission order; scores add up in any order
+    pending, bad = Pending(scores.add), 0  # scores are integer counts: they add up in any order
 
     def submit(*job) -> None:
         if pool is None:
             scores.add(score_image(*job))
         else:
-            pending.append(pool.submit(score_image, *job))
+            pending.add(pool.submit(score_image, *job))
 
     try:
         with torch.inference_mode():
@@ -148,10 +147,8 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
                            os.path.join(root, wsol_image_id(args.dataset, s.name) + ".npy") if root else None)
                     if pictures is not None and pictures.wants(index):
                         pictures.add(index, s.name, batch["image"][j], scoremap, gt)
-                while len(pending) > 8 * max(1, args.post_workers) * args.batch_size:
-                    scores.add(pending.popleft().result())
-            for f in pending:
-                scores.add(f.result())
+                pending.settle(8 * max(1, args.post_workers) * args.batch_size)  # the device must not outrun the pool
+            pending.settle(0)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,86 @@
+"""The fast transforms (Normalize as a table look-up, OpenCV called directly for resize + centre crop)
+give bit for bit the tensors of the plain albumentations pipeline: A.Compose([A.Normalize, ...ops])."""
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+from utils.transforms import (MEAN, STD, Pipeline, eval_transform, normalise, resize_transform,
+                              train_transform)
+
+SIZES = [(1, 1), (1, 9), (7, 1), (2, 3), (256, 256), (224, 224), (300, 200), (375, 500), (333, 517), (640, 481)]
+
+
+def reference(ops: list, image: np.ndarray, mask=None, seed: int = 0):
+    """The albumentations pipeline written out (what the transforms were before the fast paths)."""
+    compose = A.Compose([A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)] + ops)
+    compose.set_random_seed(seed)
+    out = compose(image=image, mask=mask) if mask is not None else compose(image=image)
+    image_t = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+    if mask is None:
+        return image_t, None
+    fore, gaus = out["mask"][..., 0], out["mask"][..., 1]
+    target = (fore > 0.25) | (gaus > 0.25)
+    return image_t, torch.from_numpy(np.stack([target, target | (fore < 0.01)]).astype(np.float32))
+
+
+def images():
+    """Noise (every value, every neighbour) and smooth photographs-like gradients, at awkward sizes."""
+    rng = np.random.default_rng(3)
+    for k, (h, w) in enumerate(SIZES):
+        if k % 2:
+            yield rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        else:
+            yy, xx = np.mgrid[0:h, 0:w]
+            smooth = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+            yield smooth.astype(np.uint8)
+
+
+def test_normalise_is_albumentations_normalize():
+    norm = A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
+    every = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)          # each value in each channel
+    every = np.concatenate([every, np.roll(every, 1, axis=2), np.roll(every, 2, axis=2)])
+    for image in [every, *images()]:
+        got, want = normalise(image), norm(image=image)["image"]
+        assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+    floats = np.random.default_rng(0).uniform(0, 255, (5, 6, 3)).astype(np.float32)  # not a table's job
+    assert np.array_equal(normalise(floats), norm(image=floats)["image"])
+
+
+@pytest.mark.parametrize("size", [256, 224, 37])
+def test_resize_transform_is_the_albumentations_pipeline(size):
+    for image in images():
+        got, _ = resize_transform(size)(image)
+        want, _ = reference([A.Resize(size, size)], image)
+        assert got.shape == (3, size, size) and got.is_contiguous() and torch.equal(got, want), image.shape
+
+
+@pytest.mark.parametrize("size,crop", [(256, 224), (255, 224), (64, 63), (32, 32)])
+def test_eval_transform_is_the_albumentations_pipeline(size, crop):
+    for image in images():
+        got, _ = eval_transform(size, crop)(image)
+        want, _ = reference([A.Resize(size, size), A.CenterCrop(crop, crop)], image)
+        assert got.shape == (3, crop, crop) and torch.equal(got, want), image.shape
+
+
+def test_with_a_mask_every_pipeline_is_the_albumentations_one():
+    rng = np.random.default_rng(5)
+    for seed, image in enumerate(images()):
+        h, w = image.shape[:2]
+        mask = (rng.integers(0, 256, (h, w, 3)) / 255.0).astype(np.float32)
+        cases = [(train_transform(256, 224), [A.Resize(256, 256), A.RandomCrop(224, 224), A.HorizontalFlip(p=0.5)]),
+                 (resize_transform(256), [A.Resize(256, 256)]),
+                 (eval_transform(256, 224), [A.Resize(256, 256), A.CenterCrop(224, 224)])]
+        for transform, ops in cases:
+            got, got_mask = transform(image, mask, seed)
+            want, want_mask = reference(ops, image, mask, seed)
+            assert torch.equal(got, want) and torch.equal(got_mask, want_mask), (image.shape, ops)
+
+
+def test_random_pipelines_follow_the_seed_as_before():
+    image = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    ops = lambda: [A.Resize(256, 256), A.RandomCrop(224, 224), A.HorizontalFlip(p=0.5)]  # noqa: E731
+    outputs = [Pipeline(ops())(image, None, seed)[0] for seed in range(6)]
+    for seed, got in enumerate(outputs):
+        assert torch.equal(got, reference(ops(), image, None, seed)[0])
+    assert len({o.sum().item() for o in outputs}) > 1  # the seeds do pick different crops
