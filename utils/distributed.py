@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -239,26 +238,3 @@ class _GlobalBatchNorm(torch.autograd.Function):
                       * scale.view(shape)).to(ctx.dtype)
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
-
-def init_pool_worker() -> None:
-    """Initializer of the post-processing pools' worker processes.
-
-    One core per worker (the pool is the parallelism). Ctrl-C is the parent's to handle: it stops the pool,
-    so a worker ignores SIGINT instead of printing its own KeyboardInterrupt trace. And a worker dies with
-    its parent: if the job is killed (SIGKILL, OOM killer), Linux sends the worker SIGKILL rather than
-    leaving a few hundred MB behind.
-    """
-    import signal
-
-    import cv2
-    cv2.setNumThreads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)

@@ -245,11 +245,16 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     last_snapshot, skipped, dropped, finite = None, 0, [], torch.ones((), dtype=torch.bool, device=d.device)
     first_step = step
 
-    def save_state(epoch: int, batch: int) -> None:
-        # a finite loss can still be followed by an update that blew the weights up: check both
-        if not bool(finite) or not all(bool(torch.isfinite(p).all()) for p in raw.parameters()):
+    def check_finite() -> None:
+        # a finite loss can still be followed by an update that blew the weights up, and BatchNorm's running
+        # statistics (buffers) can overflow while the loss, on batch statistics, looks fine: check all three
+        if not bool(finite) or not all(bool(torch.isfinite(t).all()) for t in raw.state_dict().values()
+                                       if t.is_floating_point()):
             raise UserError(f"non-finite loss or weights before step {step}: stopped; the last good state is "
                             f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
+
+    def save_state(epoch: int, batch: int) -> None:
+        check_finite()
         if d.main:
             save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "batch": batch,
@@ -258,6 +263,7 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
 
     def snapshot(tag: int) -> str:
         path = os.path.join(args.savepath, f"model-{tag}.pth")
+        check_finite()
         if d.main:
             save_atomic(raw.state_dict(), path)
         return path
@@ -312,6 +318,9 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             if args.max_steps and step >= args.max_steps:
                 done = True
                 break
+        if step == first_step:  # before any file is written: a snapshot of untrained weights helps no one
+            raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
+                            f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
         if done:
             save_state(epoch, batch_idx)
             break
@@ -320,9 +329,6 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             last_snapshot = snapshot(epoch + 1)
         if on_epoch_end is not None:
             on_epoch_end(unwrap(model), epoch + 1, log)
-    if step == first_step and args.epoch > start_epoch:
-        raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
-                        f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
     if args.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
         last_snapshot = snapshot(step)
     if last_snapshot is None:

@@ -18,13 +18,12 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
-from utils import cli, distributed, png
+from utils import cli, distributed, png, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
 from utils.engine import (HostCopy, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
@@ -34,6 +33,7 @@ from utils.log import maybe_tqdm
 from utils.pseudo_mask import make_pseudo_mask
 from utils.transforms import resize_transform, train_transform
 from utils.vis import pseudo_mask_pictures, tensorboard_hook
+from utils.workers import init_pool_worker
 
 
 def dual_head_loss(model, batch) -> torch.Tensor:
@@ -55,6 +55,9 @@ def single_head_loss(model, batch) -> torch.Tensor:
 def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
+                                   skip=args.on_bad_image == "skip", main=d.main)
+    validate.check_writable(args.savepath, "--savepath")
     dual = args.dataset == "cub"
     model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual, **cli.architecture(args))
     if args.snapshot:
@@ -84,16 +87,13 @@ def _gt_class_cam(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
 
 
 # ------------------------------------------------------------------------------------ pseudo masks
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
-
-
 def _start_pool(workers: int) -> tuple:
     """(pool or None, futures done once its workers are up). Started before the model is built, the
     workers import their modules meanwhile, not during the first batches on the cores the forward needs."""
     if workers <= 0:
         return None, []
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"), initializer=_init_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                               initializer=init_pool_worker, initargs=(os.getpid(),))
     return pool, [pool.submit(int) for _ in range(workers)]  # the executor starts a worker per task while none is idle
 
 
@@ -122,6 +122,9 @@ def make_masks(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the cam model to take the CAMs from (e.g. out/model-32.pth)")
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum, masks=True,
+                                   skip=args.on_bad_image == "skip", main=d.main)
+    validate.check_writable(args.maskpath, "--maskpath")
     out = args.maskpath
     todo = [i for i, s in enumerate(samples)
             if args.overwrite or not os.path.isfile(os.path.join(out, mask_name(s.name)))]
@@ -164,8 +167,10 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
 
     def hand_on(cams: HostCopy, indices: list, sizes: list) -> None:
         nonlocal written
+        cams = cams.get()
+        validate.check_finite_maps(torch.isfinite(cams).flatten(1).all(1), indices, samples, args.snapshot)
         items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)), args.prior == "gaussian")
-                 for cam, i, (h, w) in zip(cams.get().numpy(), indices, sizes)]
+                 for cam, i, (h, w) in zip(cams.numpy(), indices, sizes)]
         rate.handed_on(len(items))
         written += len(items)
         if pool is None:

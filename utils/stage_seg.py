@@ -105,7 +105,7 @@ def evaluate(args, d) -> dict:
 
     def hand_on(masks: HostCopy, finite: HostCopy, batch: dict, prob: torch.Tensor) -> None:
         masks = masks.get().numpy()                                                    # B x crop x crop uint8
-        check_finite_maps(finite.get(), batch["index"].tolist(), samples, args.snapshot)
+        validate.check_finite_maps(finite.get(), batch["index"].tolist(), samples, args.snapshot)
         rate.handed_on(len(masks))
         for j, (mask, index, (h, w)) in enumerate(zip(masks, batch["index"].tolist(), batch["size"].tolist())):
             s = samples[index]
@@ -161,14 +161,6 @@ def evaluate(args, d) -> dict:
         paths = pictures.write(os.path.join(args.savepath, "vis"), decide, f"p > {args.threshold:g}")
         print(f"wrote {len(paths)} pictures to {os.path.join(args.savepath, 'vis')}")
     return dict(metrics, images_per_s=rate.images_per_s, seconds=rate.seconds)  # speed: not in metrics.json
-
-
-def check_finite_maps(finite: torch.Tensor, indices: list, samples: list, snapshot: str) -> None:
-    """Stop at the first image whose maps are NaN/inf: its mask would be silently empty (or full)."""
-    if not bool(finite.all()):
-        name = samples[indices[int((~finite).nonzero()[0])]].name
-        raise UserError(f"the model {snapshot} gives non-finite (NaN/inf) maps for {name}: its weights are broken "
-                        f"(a diverged training run?); use another snapshot")
 
 
 def _eval_model(args, d):

@@ -162,3 +162,11 @@ def box_source(dataset: str, datapath: str, list_path: str) -> Callable[[str], s
     if dataset == "imagenet":
         return lambda name: os.path.join(datapath, "box", os.path.splitext(os.path.basename(name))[0] + ".xml")
     return _line_finder(list_path)
+
+
+def check_finite_maps(finite: "torch.Tensor", indices: list, samples: list, snapshot: str) -> None:
+    """Stop at the first image whose maps are NaN/inf: its mask would be silently empty (or full)."""
+    if not bool(finite.all()):
+        name = samples[indices[int((~finite).nonzero()[0])]].name
+        raise UserError(f"the model {snapshot} gives non-finite (NaN/inf) maps for {name}: its weights are broken "
+                        f"(a diverged training run?); use another snapshot")

@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -528,9 +528,12 @@ def _progress(items: Iterable, total: int):
 _JOB: dict = {}  # what `_score_image` needs; set once per process (inherited or via the pool initializer)
 
 
-def _set_job(job: dict) -> None:
+def _set_job(job: dict, parent: Optional[int] = None) -> None:
     _JOB.clear()
     _JOB.update(job)
+    if parent is not None:  # a pool worker: it must not outlive a killed evaluation
+        from utils.workers import die_with_parent
+        die_with_parent(parent)
 
 
 def _score_image(image_id: str) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
@@ -571,7 +574,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if workers > 1:
         import multiprocessing as mp
         # per-image results are integer counts, so their arrival order cannot change a figure
-        pool = mp.Pool(workers, initializer=_set_job, initargs=(job,))
+        pool = mp.Pool(workers, initializer=_set_job, initargs=(job, os.getpid()))
         results = pool.imap_unordered(_score_image, ids, chunksize=8)
     else:
         pool = None

@@ -20,17 +20,17 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import distributed
+from utils import distributed, validate
 from utils.data import ImageSet
 from utils.engine import Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, to_device
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
+from utils.workers import init_pool_worker
 from utils.wsol_eval import (RESIZE_LENGTH, WSOL_FOLDERS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds,
                              cub_mask, iou_plus1, resize_box_224, wsol_image_id)
 
@@ -98,10 +98,6 @@ def score_image(scoremap: np.ndarray, gt: np.ndarray, interval: float, mask_root
     return best_v1, best_v2, hists
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
-
-
 def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -> dict:
     """Score every image of `samples` with the eval-mode, placed `model`; rank 0 returns the figures."""
     mask_root = os.path.join(args.datapath, "segmentations") if args.dataset == "cub" else None
@@ -115,7 +111,8 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
     pictures = EvalPictures(args.vis, args.maskpath, RESIZE_LENGTH) if args.vis else None
     pool = None
     if args.post_workers > 0:
-        pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("forkserver"), initializer=_init_worker)
+        pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("spawn"),
+                               initializer=init_pool_worker, initargs=(os.getpid(),))
     pending, bad = Pending(scores.add), 0  # scores are integer counts: they add up in any order
 
     def submit(*job) -> None:
@@ -138,6 +135,8 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
                     continue
                 with autocast(d.device, dtype):
                     logits = model(to_device(batch["image"], d, channels_last))             # B x 1 x h x w
+                validate.check_finite_maps(torch.isfinite(logits).flatten(1).all(1).cpu(), batch["index"].tolist(),
+                                           samples, args.snapshot)
                 maps = scoremaps(logits)                                                    # B x 224 x 224
                 for j, (scoremap, index, (h, w)) in enumerate(zip(maps, batch["index"].tolist(),
                                                                   batch["size"].tolist())):
