@@ -14,11 +14,14 @@ What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed
   cpu_per_mask    the CPU work of one pseudo mask on one core, ms per image, on the list's images and
                   the ground-truth CAMs of cam_forward: JPEG decode (`read_image`), normalise + resize
                   (the stage's transform), post-processing (`make_pseudo_mask`) and PNG encoding by the
-                  stage's writer; their sum `cpu_ms_per_mask`, and the masks/s that the cores of a
-                  16-core node reach when this is the bound (a GPU node: the forward is cheap there).
-                  Beside them, in the same run and on the same masks, OpenCV's PNG writer at its
-                  defaults (`opencv_png_ms`, zlib level 1: the stage's writer before fpng): machines
-                  differ by up to 2x in speed, so the targets are ratios to it
+                  stage's writer; their sum `cpu_ms_per_mask`. Beside them, in the same run and on the
+                  same masks, OpenCV's PNG writer at its defaults (`opencv_png_ms`, zlib level 1: the
+                  stage's writer before fpng): machines differ by up to 2x in speed, so the targets are
+                  ratios to it. Then the hand-off of the transformed images from the loader workers to
+                  the main process (shared memory, per image: the workers' and the main process's CPU),
+                  and the masks/s that the cores of a 16-core node reach when this CPU work is the bound
+                  (a GPU node, whose forward is cheap): 16 / (cpu_ms_per_mask + hand-off), at most
+                  1 / the main process's share (one core)
   cam_train_step  forward + backward + SGD step of the CUB cam model (dual head) at 224
   seg_train_step  the same for the seg model and its loss
 The end-to-end figures count the images after the first batch (loader start-up and the first batch
@@ -229,6 +232,44 @@ def loader(samples: list, a) -> DataLoader:
                       prefetch_factor=4 if workers > 0 else None)
 
 
+class _Transformed(torch.utils.data.Dataset):
+    """`n` copies of one transformed item: a loader over it does nothing but hand items on."""
+
+    def __init__(self, item: dict, n: int):
+        self.item, self.n = item, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        return dict(self.item, index=index)
+
+
+def handoff_ms(item: dict, a, n: int = 512) -> tuple:
+    """CPU ms per image, (loader workers, main process), of handing transformed images on as the mask
+    stage's loader does: collate into shared memory, pass the batch, map it (and pin it on CUDA).
+
+    Two loaders, of `workers` batches and of `n` images more; the difference leaves out the workers'
+    start-up. The workers' CPU time is the kernel's account of the finished children.
+    """
+    workers = max(1, a.num_workers)
+
+    def cpu(images: int) -> tuple:
+        batches = [list(range(i, min(i + a.batch_size, images))) for i in range(0, images, a.batch_size)]
+        kids, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        for _ in DataLoader(_Transformed(item, images), batch_sampler=batches, num_workers=workers,
+                            collate_fn=collate, pin_memory=a.device.type == "cuda", prefetch_factor=4):
+            pass  # the exhausted iterator joins its workers: their time is in RUSAGE_CHILDREN
+        kids2, me2 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        return (kids2.ru_utime + kids2.ru_stime - kids.ru_utime - kids.ru_stime,
+                me2.ru_utime + me2.ru_stime - me.ru_utime - me.ru_stime)
+
+    base = workers * a.batch_size
+    with one_thread():
+        (k0, m0), (k1, m1) = cpu(base), cpu(base + n)
+    return max(0.0, k1 - k0) / n * 1e3, max(0.0, m1 - m0) / n * 1e3
+
+
 # -------------------------------------------------------------------------------------- measurements
 def prepare_model(model: torch.nn.Module, a) -> torch.nn.Module:
     model = model.to(a.device, memory_format=torch.channels_last if a.cl else torch.preserve_format)
@@ -265,16 +306,28 @@ def training(model: torch.nn.Module, loss_fn: Callable, batch: dict, a) -> float
     return a.train_steps * len(batch["image"]) / t.seconds
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One OpenCV and one torch thread, as in the loader and pool workers (and no idle torch threads
+    spinning on this process's CPU clock)."""
+    threads = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads[0])
+        torch.set_num_threads(threads[1])
+
+
 def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int = 5) -> dict:
     """ms per image on one core of each step of a pseudo mask, the median of `repeats` rounds.
 
     Each round times every step in turn over all the images (each up to 8 times), so a drift in the
-    machine's speed reaches them alike; the time is this process's CPU time (one OpenCV thread, as in
-    the loader and pool workers), which other load on a shared machine inflates less than wall time.
+    machine's speed reaches them alike; the time is this process's CPU time (under `one_thread`),
+    which other load on a shared machine inflates less than wall time.
     `cams[i]` is the CAM of `paths[i]`, whose image is `sizes[i]` = (width, height).
     """
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
     transform = resize_transform(SIZE)
     passes = max(1, math.ceil(min(256, 8 * len(paths)) / len(paths)))  # >= 256 calls a step, or 8 per image
     times = {k: [] for k in ("decode_ms", "transform_ms", "postprocess_ms", "png_encode_ms", "opencv_png_ms")}
@@ -286,7 +339,7 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
         times[key].append((time.process_time() - t0) / (passes * len(items)) * 1e3)
         return out
 
-    try:
+    with one_thread():
         for _ in range(repeats):
             images = timed("decode_ms", read_image, [(p,) for p in paths])
             timed("transform_ms", transform, [(im,) for im in images])
@@ -294,11 +347,9 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
             masks = timed("postprocess_ms", lambda c, wh: make_pseudo_mask(c, *wh, rgb=True), list(zip(cams, sizes)))
             timed("png_encode_ms", png.encode_rgb, [(m, writer) for m in masks])
             timed("opencv_png_ms", png.encode_opencv, [(cv2.cvtColor(m, cv2.COLOR_RGB2BGR),) for m in masks])
-    finally:
-        cv2.setNumThreads(threads)
     r = {k: float(np.median(v)) for k, v in times.items()}
     r["cpu_ms_per_mask"] = r["decode_ms"] + r["transform_ms"] + r["postprocess_ms"] + r["png_encode_ms"]
-    r.update(png_writer=png.describe(writer), images=len(paths), node16_masks_per_s=16e3 / r["cpu_ms_per_mask"],
+    r.update(png_writer=png.describe(writer), images=len(paths),
              png_ratio_to_opencv=r["png_encode_ms"] / r["opencv_png_ms"],
              cpu_ratio_to_opencv_png=r["cpu_ms_per_mask"] / r["opencv_png_ms"],
              png_kb_per_mask=float(np.mean([len(png.encode_rgb(m, writer)) for m in masks])) / 1e3,
@@ -406,6 +457,10 @@ def run(a) -> dict:
         n = min(len(cams), UNIQUE)  # further images are links to these files: the same work
         samples = read_list("cub", root, "train.txt", with_boxes=False)[:n]  # the loader's order: cams[i] is theirs
         cpu = cpu_per_mask([s.path for s in samples], list(cams[:n]), sizes[:n], png.resolve(a.png_writer))
+        cpu["handoff_workers_ms"], cpu["handoff_main_ms"] = handoff_ms(ImageSet(samples, resize_transform(SIZE))[0], a)
+        # all the CPU work per mask found here, over 16 cores; the main process's share is also a serial bound
+        total = cpu["cpu_ms_per_mask"] + cpu["handoff_workers_ms"] + cpu["handoff_main_ms"]
+        cpu["node16_masks_per_s"] = min(16e3 / total, 1e3 / max(cpu["handoff_main_ms"], 1e-9))
         stages["cpu_per_mask"] = dict(cpu, images_per_s_per_core=1e3 / cpu["cpu_ms_per_mask"])
         measure_training(a, crops[0], labels[0], stages)
     finally:
@@ -444,8 +499,10 @@ def table(r: dict) -> str:
     lines.append(f"{'':16s} {'':10s} {'':9s}  yardstick, OpenCV's PNG writer: {c['opencv_png_ms']:.2f} ms; PNG "
                  f"{c['png_ratio_to_opencv']:.2f} x it, CPU per mask {c['cpu_ratio_to_opencv_png']:.2f} x it; "
                  f"{c['png_kb_per_mask']:.0f} KB per mask ({c['opencv_png_kb_per_mask']:.0f} KB by OpenCV)")
-    lines.append(f"{'':16s} {c['node16_masks_per_s']:10.0f} {'':9s}  masks/s of a 16-core node where this CPU work "
-                 f"is the bound (a GPU node)")
+    lines.append(f"{'':16s} {'':10s} {'':9s}  hand-off from the loader workers: {c['handoff_workers_ms']:.2f} ms "
+                 f"(workers) + {c['handoff_main_ms']:.2f} ms (main process) more")
+    lines.append(f"{'':16s} {c['node16_masks_per_s']:10.0f} {'':9s}  masks/s of a 16-core node where the CPU work is "
+                 f"the bound (a GPU node): 16 / all the above, at most 1 / the main process's share")
     return "\n".join(lines)
 
 
