@@ -1,5 +1,6 @@
 """CUB-200-2011 (or your own class folders), seg stage: boxes and masks for any images, no list needed.
 
+    python localize.py photos/          # out/model-8(.pth), else the last out/model-N
     python localize.py --snapshot out/model-2.pth photos/ more/bird.jpg          # -> out/localize/boxes.csv
     python localize.py --snapshot out/model-2.pth photos/ --masks --vis --json   # + masks/, vis/, boxes.json
     python localize.py --snapshot out/model-2.pth photos/ --classifier ../cub200-cls/out/model-20.pth
@@ -19,7 +20,8 @@ from utils.errors import run_main  # noqa: E402
 def main(argv=None):
     parser = localize.get_args_parser(__doc__)
     # the SPOL protocol's CUB threshold; the class names of a --classifier come from the data set's classes.txt
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", threshold=0.2)
+    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", threshold=0.2,
+                        released="model-8")  # without --snapshot: out/model-8, else the last out/model-N
     return localize.localize(localize.parse(parser, __file__, argv))
 
 

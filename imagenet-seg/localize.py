@@ -1,5 +1,6 @@
 """ImageNet-1K, seg stage: boxes and masks for any images, no list needed.
 
+    python localize.py photos/          # out/model-6000(.pth), else the last out/model-N
     python localize.py --snapshot out/model-6000.pth photos/ more/dog.jpg        # -> out/localize/boxes.csv
     python localize.py --snapshot out/model-6000.pth photos/ --masks --vis --json  # + masks/, vis/, boxes.json
     python localize.py --snapshot out/model-6000.pth photos/ --classifier ../resource/efficientnet-b7-dcc49843.pth
@@ -19,7 +20,8 @@ from utils.errors import run_main  # noqa: E402
 def main(argv=None):
     parser = localize.get_args_parser(__doc__)
     # the SPOL protocol's ImageNet threshold; a --classifier's classes are the synsets in their order (synsets.txt)
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", threshold=0.8)
+    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", threshold=0.8,
+                        released="model-6000")  # without --snapshot: out/model-6000, else the last out/model-N
     return localize.localize(localize.parse(parser, __file__, argv))
 
 

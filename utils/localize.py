@@ -45,7 +45,7 @@ from utils.engine import amp_dtype, autocast, channels_last_for, handle_bad, inf
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import cls_test_transform, resize_transform
-from utils.vis import PANEL, RED, WHITE, caption, grid, write_png
+from utils.vis import PANEL, RED, WHITE, grid
 
 GRID = 16        # images in vis/grid.jpg
 GRID_COLUMNS = 4
@@ -147,21 +147,28 @@ def mask_boxes(mask: np.ndarray, prob: np.ndarray, all_boxes: bool = False) -> l
 
 
 # ---------------------------------------------------------------------------------------- pictures
-def draw(image: np.ndarray, mask: np.ndarray, boxes: list, label: str) -> np.ndarray:
-    """The RGB image with the mask outline (white), the boxes (red) and `label` in the top-left corner."""
-    out = image.copy()
-    h, w = out.shape[:2]
-    thick = max(1, round(max(h, w) / 300))
+def _thickness(image: np.ndarray) -> int:
+    return max(1, round(max(image.shape[:2]) / 300))
+
+
+def draw(image: np.ndarray, mask: np.ndarray, boxes: list) -> np.ndarray:
+    """The RGB image with the mask outline (white) and the boxes (red), lines thick enough to see."""
+    out, thick = image.copy(), _thickness(image)
     contours = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
                                 cv2.CHAIN_APPROX_SIMPLE)[-2]
     cv2.drawContours(out, contours, -1, WHITE, thick)
     for x0, y0, x1, y1 in boxes:  # edges -> the rectangle through the outermost pixels
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), RED, thick)
-    scale = max(0.4, max(h, w) / 700)
-    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    cv2.rectangle(out, (0, 0), (tw + 6, th + base + 6), (0, 0, 0), -1)
-    cv2.putText(out, label, (3, th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, WHITE, thick, cv2.LINE_AA)
     return out
+
+
+def label_corner(image: np.ndarray, label: str) -> np.ndarray:
+    """`label` in white on black in the top-left corner (in place), scaled with the image."""
+    thick, scale = _thickness(image), max(0.4, max(image.shape[:2]) / 700)
+    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    cv2.rectangle(image, (0, 0), (tw + 6, th + base + 6), (0, 0, 0), -1)
+    cv2.putText(image, label, (3, th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, WHITE, thick, cv2.LINE_AA)
+    return image
 
 
 def letterbox(image: np.ndarray) -> np.ndarray:
@@ -253,13 +260,26 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
                 if args.masks:
                     write_mask_png(os.path.join(outdir, "masks", names[index]), mask)
                 if args.vis:
-                    label = _label(rec, classes)
-                    picture = draw(read_image(paths[index]), mask, [b for b, _ in boxes], label)
-                    write_jpeg(os.path.join(outdir, "vis", os.path.splitext(names[index])[0] + ".jpg"), picture)
-                    if index < GRID:
-                        rec["panel"] = caption(letterbox(picture), _short(names[index]))
+                    picture, label = draw(read_image(paths[index]), mask, [b for b, _ in boxes]), _label(rec, classes)
+                    if index < GRID:  # before the corner label, which the panel's caption replaces
+                        first, *rest = label.split("  ")
+                        rec["panel"] = _caption_lines(letterbox(picture), [f"{_short(names[index])}  {first}", *rest])
+                    write_jpeg(os.path.join(outdir, "vis", os.path.splitext(names[index])[0] + ".jpg"),
+                               label_corner(picture, label))
                 records.append(rec)
     return records
+
+
+def _caption_lines(panel: np.ndarray, lines: list) -> np.ndarray:
+    """White text on black strips in the panel's top-left corner, one line each (in place), as
+    utils.vis.caption draws one: a long class name gets a line of its own."""
+    font, y = cv2.FONT_HERSHEY_SIMPLEX, 0
+    for line in lines:
+        (w, h), base = cv2.getTextSize(line, font, 0.4, 1)
+        cv2.rectangle(panel, (0, y), (w + 6, y + h + base + 4), (0, 0, 0), -1)
+        cv2.putText(panel, line, (3, y + h + 2), font, 0.4, WHITE, 1, cv2.LINE_AA)
+        y += h + base + 4
+    return panel
 
 
 def _label(rec: dict, classes: Optional[list]) -> str:
@@ -269,7 +289,7 @@ def _label(rec: dict, classes: Optional[list]) -> str:
     return "  ".join(parts)
 
 
-def _short(name: str, n: int = 30) -> str:
+def _short(name: str, n: int = 24) -> str:
     name = os.path.splitext(name)[0]
     return name if len(name) <= n else "..." + name[-(n - 3):]
 
@@ -365,7 +385,8 @@ def get_args_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter)
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     m = p.add_argument_group("model")
-    m.add_argument("--snapshot", required=True, help="the seg stage's model (e.g. out/model-2.pth)")
+    m.add_argument("--snapshot", help="the seg stage's model (e.g. out/model-2.pth); not given: as test.py, the "
+                                      "authors' released name in --savepath, else the last model-<N> there")
     m.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
                    help="the ResNet the seg model was trained with")
     m.add_argument("--size", type=int, default=256, help="each whole image is resized to size x size (no crop)")
