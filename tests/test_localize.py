@@ -278,3 +278,14 @@ def test_localize_zero_flag_snapshot_and_imagenet_defaults(own, tmp_path, call):
                           "--savepath", tmp_path, "--json", *SMALL)
     assert code == 0, err
     assert json.load(open(tmp_path / "localize" / "boxes.json"))["threshold"] == 0.8   # SPOL's ImageNet threshold
+
+
+def test_localize_rebuilds_an_ablation_snapshot(own, tmp_path, call):
+    """A seg snapshot of another network (issue 11's switches, recorded in the state dict) loads as itself."""
+    from network import MFFNet
+    torch.manual_seed(0)
+    torch.save(MFFNet(1, "resnet18", seg=True, fusion="concat", levels=2).state_dict(), tmp_path / "concat.pth")
+    code, out, err = call("cub200-seg/localize.py", own["new"], "--snapshot", tmp_path / "concat.pth",
+                          "--savepath", tmp_path, *SMALL)
+    assert code == 0, err
+    assert len(_rows(tmp_path / "localize" / "boxes.csv")) >= 3

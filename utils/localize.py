@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from network import build_mffnet
+from network import load_mffnet
 from network.resnet import BACKBONES
 from utils import cli, distributed
 from utils.checkpoint import load_weights
@@ -334,8 +334,7 @@ def localize(args, d) -> dict:
     paths = find_images(args.images)
     names = output_names(paths)
     classes = class_names(args.dataset, args.datapath, args.classifier_clsnum) if args.classifier else None
-    model = build_mffnet(1, args.backbone, seg=True)
-    load_weights(model, args.snapshot)
+    model = load_mffnet(args.snapshot, 1, args.backbone, seg=True)  # the network the snapshot records (ablations)
     model = place_model(model.eval(), args, d, train=False)
     classifier = None
     if args.classifier:
