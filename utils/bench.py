@@ -323,37 +323,51 @@ def one_thread():
 def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int = 5) -> dict:
     """ms per image on one core of each step of a pseudo mask, the median of `repeats` rounds.
 
-    Each round times every step in turn over all the images (each up to 8 times), so a drift in the
-    machine's speed reaches them alike; the time is this process's CPU time (under `one_thread`),
-    which other load on a shared machine inflates less than wall time.
-    `cams[i]` is the CAM of `paths[i]`, whose image is `sizes[i]` = (width, height).
+    Each image goes through the steps as in the workers: decode then transform (a loader worker),
+    post-process then encode (a pool worker), its arrays freed before the next image (keeping them
+    would add page faults the workers do not pay); OpenCV's writer encodes the same masks in a loop of
+    its own. Each step is timed on its own with this process's CPU clock (under `one_thread`), which
+    other load on a shared machine inflates less than wall time, and every round passes over all the
+    images (each up to 8 times) in each loop, so a drift in the machine's speed reaches every step
+    alike. `cams[i]` is the CAM of `paths[i]`, whose image is `sizes[i]` = (width, height).
     """
     transform = resize_transform(SIZE)
     passes = max(1, math.ceil(min(256, 8 * len(paths)) / len(paths)))  # >= 256 calls a step, or 8 per image
-    times = {k: [] for k in ("decode_ms", "transform_ms", "postprocess_ms", "png_encode_ms", "opencv_png_ms")}
-
-    def timed(key: str, fn: Callable, items: list) -> list:
-        t0 = time.process_time()
-        for _ in range(passes):
-            out = [fn(*item) for item in items]
-        times[key].append((time.process_time() - t0) / (passes * len(items)) * 1e3)
-        return out
-
+    steps = ("decode_ms", "transform_ms", "postprocess_ms", "png_encode_ms", "opencv_png_ms")
+    times = {k: [] for k in steps}
+    clock = time.process_time
     with one_thread():
+        bgr = [make_pseudo_mask(cam, w, h) for cam, (w, h) in zip(cams, sizes)]  # the same masks, OpenCV's order
         for _ in range(repeats):
-            images = timed("decode_ms", read_image, [(p,) for p in paths])
-            timed("transform_ms", transform, [(im,) for im in images])
-            del images
-            masks = timed("postprocess_ms", lambda c, wh: make_pseudo_mask(c, *wh, rgb=True), list(zip(cams, sizes)))
-            timed("png_encode_ms", png.encode_rgb, [(m, writer) for m in masks])
-            timed("opencv_png_ms", png.encode_opencv, [(cv2.cvtColor(m, cv2.COLOR_RGB2BGR),) for m in masks])
+            spent = dict.fromkeys(steps, 0.0)
+            for _ in range(passes):
+                for path in paths:
+                    t0 = clock()
+                    image = read_image(path)
+                    t1 = clock()
+                    transform(image)
+                    spent["decode_ms"] += t1 - t0
+                    spent["transform_ms"] += clock() - t1
+                for cam, (width, height) in zip(cams, sizes):
+                    t0 = clock()
+                    mask = make_pseudo_mask(cam, width, height, rgb=True)
+                    t1 = clock()
+                    png.encode_rgb(mask, writer)
+                    spent["postprocess_ms"] += t1 - t0
+                    spent["png_encode_ms"] += clock() - t1
+                for mask in bgr:
+                    t0 = clock()
+                    png.encode_opencv(mask)
+                    spent["opencv_png_ms"] += clock() - t0
+            for key in steps:
+                times[key].append(spent[key] / (passes * len(paths)) * 1e3)
     r = {k: float(np.median(v)) for k, v in times.items()}
     r["cpu_ms_per_mask"] = r["decode_ms"] + r["transform_ms"] + r["postprocess_ms"] + r["png_encode_ms"]
     r.update(png_writer=png.describe(writer), images=len(paths),
              png_ratio_to_opencv=r["png_encode_ms"] / r["opencv_png_ms"],
              cpu_ratio_to_opencv_png=r["cpu_ms_per_mask"] / r["opencv_png_ms"],
-             png_kb_per_mask=float(np.mean([len(png.encode_rgb(m, writer)) for m in masks])) / 1e3,
-             opencv_png_kb_per_mask=float(np.mean([png.encode_opencv(m[..., ::-1].copy()).size for m in masks])) / 1e3)
+             png_kb_per_mask=float(np.mean([len(png.encode_rgb(m[..., ::-1].copy(), writer)) for m in bgr])) / 1e3,
+             opencv_png_kb_per_mask=float(np.mean([png.encode_opencv(m).size for m in bgr])) / 1e3)
     return r
 
 

@@ -153,8 +153,8 @@ def make_pseudo_mask(cam: np.ndarray, width: int, height: int, gaussian: bool = 
     else:
         prior = b.prior
         prior.fill(0)
-    np.multiply(cam256, 255.0, out=b.fused[..., 0])
-    np.multiply(prior, 255.0, out=b.fused[..., 1])
+    cv2.merge((cam256, prior), dst=b.fused)
+    b.fused *= 255.0  # float32 products, as cam * 255 and prior * 255
     # 2 channels, not 3: OpenCV's 2-channel bilinear kernel rounds differently from its 1/3/4-channel ones
     fused, two, four = b.resized(height, width)
     fused = cv2.resize(b.fused, (width, height), dst=fused, interpolation=cv2.INTER_LINEAR)
