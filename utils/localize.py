@@ -212,7 +212,7 @@ def class_names(dataset: str, datapath: str, clsnum: Optional[int]) -> list:
 
 def build_classifier_model(arch: str, snapshot: str, num_classes: int) -> nn.Module:
     """The cls stage's classifier, loaded as its test.py loads it."""
-    from utils.stage_cls import build_classifier  # imported here: the seg-only path needs no classifier code
+    from network.classifier import build_classifier  # imported here: the seg-only path needs no classifier code
     model = build_classifier(arch, num_classes)
     try:
         load_weights(model, snapshot)

@@ -13,8 +13,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from network.classifier import (build_classifier, imagenet_weights_file, load_imagenet_weights,  # noqa: F401
-                                param_groups, resolve_imagenet_weights)
+from network.classifier import (build_classifier, imagenet_weights_file, load_imagenet_weights, param_groups,
+                                resolve_imagenet_weights)
 from utils import distributed, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
