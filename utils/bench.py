@@ -325,8 +325,9 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
 
     Each image goes through the steps as in the workers: decode then transform (a loader worker),
     post-process then encode (a pool worker), its arrays freed before the next image (keeping them
-    would add page faults the workers do not pay); OpenCV's writer encodes the same masks in a loop of
-    its own. Each step is timed on its own with this process's CPU clock (under `one_thread`), which
+    would add page faults the workers do not pay); in a loop of its own, each mask is made again (in
+    OpenCV's channel order) and encoded by OpenCV's writer, as the stage's workers did before fpng.
+    Each step is timed on its own with this process's CPU clock (under `one_thread`), which
     other load on a shared machine inflates less than wall time, and every round passes over all the
     images (each up to 8 times) in each loop, so a drift in the machine's speed reaches every step
     alike. `cams[i]` is the CAM of `paths[i]`, whose image is `sizes[i]` = (width, height).
@@ -337,7 +338,6 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
     times = {k: [] for k in steps}
     clock = time.process_time
     with one_thread():
-        bgr = [make_pseudo_mask(cam, w, h) for cam, (w, h) in zip(cams, sizes)]  # the same masks, OpenCV's order
         for _ in range(repeats):
             spent = dict.fromkeys(steps, 0.0)
             for _ in range(passes):
@@ -355,7 +355,8 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
                     png.encode_rgb(mask, writer)
                     spent["postprocess_ms"] += t1 - t0
                     spent["png_encode_ms"] += clock() - t1
-                for mask in bgr:
+                for cam, (width, height) in zip(cams, sizes):
+                    mask = make_pseudo_mask(cam, width, height)
                     t0 = clock()
                     png.encode_opencv(mask)
                     spent["opencv_png_ms"] += clock() - t0
@@ -363,6 +364,7 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
                 times[key].append(spent[key] / (passes * len(paths)) * 1e3)
     r = {k: float(np.median(v)) for k, v in times.items()}
     r["cpu_ms_per_mask"] = r["decode_ms"] + r["transform_ms"] + r["postprocess_ms"] + r["png_encode_ms"]
+    bgr = [make_pseudo_mask(cam, w, h) for cam, (w, h) in zip(cams, sizes)]
     r.update(png_writer=png.describe(writer), images=len(paths),
              png_ratio_to_opencv=r["png_encode_ms"] / r["opencv_png_ms"],
              cpu_ratio_to_opencv_png=r["cpu_ms_per_mask"] / r["opencv_png_ms"],
