@@ -16,7 +16,7 @@ from dataset.synthetic import make_cub
 from network import MFFNet, build_mffnet, load_mffnet
 from network.mffnet import SPOL, recorded_architecture
 from conftest import ROOT
-from utils.ablation import DEFAULT_GRID, Setting, parse_grid, plot
+from utils.ablation import DEFAULT_GRID, Setting, baselines, parse_grid, plot
 from utils.ablation import main as ablation
 from utils.cam_loc import ious_at, normalised_cams
 from utils.checkpoint import load_weights, save_atomic
@@ -201,9 +201,18 @@ def test_plot_draws_every_setting_of_the_default_grid(tmp_path):
     rng = np.random.default_rng(0)
     rows = [dict(name=s.name, cam_gt_known=float(rng.uniform(40, 90)), final_gt_known=float(rng.uniform(40, 90)))
             for s in parse_grid("default")]
-    plot(str(tmp_path / "figure1b.png"), rows, "test")
+    plot(str(tmp_path / "figure1b.png"), rows, "test", {"whole_crop": 50.0, "centre_box": 20.0})
     image = cv2.imread(str(tmp_path / "figure1b.png"))
     assert image is not None and image.shape[0] > 300 and image.shape[1] > 800
+
+
+def test_boxes_that_ignore_the_image(tmp_path):
+    # two 100 x 100 images evaluated at size 100, crop 100: one object fills the image, one its central half
+    os.makedirs(tmp_path / "images" / "001.A")
+    for name in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(tmp_path / "images" / "001.A" / name), np.zeros((100, 100, 3), np.uint8))
+    (tmp_path / "val.txt").write_text("001.A/a.jpg,0,0 0 99 99\n001.A/b.jpg,0,25 25 75 75\n")
+    assert baselines(str(tmp_path), 100, 100) == {"whole_crop": 50.0, "centre_box": 50.0}
 
 
 TINY = ["--backbone", "resnet18", "--pretrained", "none", "--size", "64", "--crop", "56", "--cam_epochs", "1",
@@ -231,7 +240,9 @@ def runner(*argv) -> str:
 
 def test_runner_runs_the_stage_scripts_and_writes_table_json_and_figure(grid):
     out, name = grid["out"], "fuse2-add-no-mca-no-prior"
-    rows = json.load(open(out / "ablation.json"))["rows"]
+    record = json.load(open(out / "ablation.json"))
+    rows = record["rows"]
+    assert set(record["fixed_boxes"]) == {"whole_crop", "centre_box"}
     assert [r["name"] for r in rows] == [name] and rows[0]["count"] == 6
     for key in ("cam_gt_known", "final_gt_known", "maxboxacc_v2"):
         assert 0 <= rows[0][key] <= 100

@@ -32,10 +32,12 @@ import os
 import platform
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `python utils/ablation.py` as well as `python -m utils.ablation`
@@ -107,12 +109,8 @@ class Runner:
 
     def __init__(self, a: argparse.Namespace, clsnum: int):
         self.a, self.clsnum = a, clsnum
-        common = ["--datapath", a.datapath, "--backbone", a.backbone, "--device", a.device,
-                  "--num_workers", a.num_workers, "--seed", a.seed, "--amp", a.amp]
-        if a.size is not None:
-            common += ["--size", a.size]
-        if a.crop is not None:
-            common += ["--crop", a.crop]
+        common = ["--datapath", a.datapath, "--backbone", a.backbone, "--device", a.device, "--size", a.size,
+                  "--crop", a.crop, "--num_workers", a.num_workers, "--seed", a.seed, "--amp", a.amp]
         self.common = [str(x) for x in common]
         train = [] if a.pretrained is None else ["--pretrained", a.pretrained]
         for flag, value in (("--lr", a.lr), ("--backbone_lr", a.backbone_lr)):
@@ -153,7 +151,8 @@ class Runner:
         ]
 
     def run(self, folder: str, steps: list, label: str) -> dict:
-        """Run the steps whose output is missing; returns {step: seconds} (times of earlier runs kept)."""
+        """Run the steps whose output is missing; returns ({step: wall seconds}, {step: CPU seconds}), the
+        times of steps finished by an earlier run included."""
         os.makedirs(folder, exist_ok=True)
         record, cpu_record = os.path.join(folder, "steps.json"), os.path.join(folder, "steps_cpu.json")
         times = json.load(open(record)) if os.path.isfile(record) else {}
@@ -207,7 +206,27 @@ def collect(a: argparse.Namespace, s: Setting, cam_times: tuple, seg_times: tupl
             "cpu_seconds": round(sum(cam_times[1].values()) + sum(seg_times[1].values()), 1)}
 
 
-def write_table(path: str, rows: list, config: dict, conditions: dict) -> None:
+def baselines(datapath: str, size: int, crop: int) -> dict:
+    """GT-known Loc (%) of boxes that ignore the image, in the seg stage's evaluation frame: the whole crop,
+    and its central half (in width and height). A setting at the first has localised nothing."""
+    from utils.boxes import best_iou
+    from utils.data import read_cub_list
+    from utils.transforms import boxes_to_eval_frame
+    from utils.validate import read_headers
+
+    samples = read_cub_list(datapath, "val.txt")
+    fixed = {"whole_crop": [0, 0, crop, crop], "centre_box": [crop / 4, crop / 4, 3 * crop / 4, 3 * crop / 4]}
+    hits = dict.fromkeys(fixed, 0)
+    for s, header in zip(samples, read_headers([s.path for s in samples])):
+        if header is None:  # unreadable: a miss, as in the evaluation
+            continue
+        gt = boxes_to_eval_frame(s.boxes, header[0], header[1], size, crop)
+        for key, box in fixed.items():
+            hits[key] += best_iou(box, gt) > 0.5
+    return {key: 100.0 * n / len(samples) for key, n in hits.items()}
+
+
+def write_table(path: str, rows: list, config: dict, runs: list, fixed: dict) -> None:
     lines = [f"# Ablation on {config['datapath']}", "",
              f"{config['backbone']}, pretrained: {config['pretrained'] or 'none (from scratch)'}, "
              f"cam epochs {config['cam_epochs']}, seg epochs {config['seg_epochs']}, "
@@ -224,17 +243,20 @@ def write_table(path: str, rows: list, config: dict, conditions: dict) -> None:
               "largest contour, IoU > 0.5 (python -m utils.cam_loc). CAM best: the best over thresholds "
               "0.05..0.95. Final GT-known: cub200-seg/test.py (SPOL protocol). MaxBoxAccV2: cub200-seg/test.py "
               "--protocol wsol. Time: wall time of the setting's steps; CPU: the CPU time they used (user + "
-              "system, all processes), which other jobs on the machine do not inflate. A CAM model shared by "
+              "system, all processes; less affected than wall time by other jobs on the machine, though not "
+              "immune to them). A CAM model shared by "
               "settings that differ only in the prior counts in each.",
-              f"Conditions: {conditions['cpus']} CPUs, device {config['device']}, load average "
-              f"{conditions['load_start']} at the start, {conditions.get('load_end', '?')} at the end (1, 5, 15 min); "
-              f"this invocation {conditions.get('wall_seconds', 0):.0f} s wall, {conditions.get('cpu_seconds', 0):.0f} s "
-              f"CPU in all."]
+              f"Boxes that ignore the image score {fixed['whole_crop']:.2f} (the whole crop) and "
+              f"{fixed['centre_box']:.2f} (its central half): a setting at the first has localised nothing.",
+              f"Conditions: {runs[-1]['cpus']} CPUs, device {config['device']}; "
+              + "; ".join(f"run {k} (started {r['started']}): {r['wall_seconds']:.0f} s wall, {r['cpu_seconds']:.0f} s "
+                          f"CPU, load average {r['load_start']} at its start, {r['load_end']} at its end (1, 5, 15 min)"
+                          for k, r in enumerate(runs, 1)) + "."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def plot(path: str, rows: list, title: str) -> None:
+def plot(path: str, rows: list, title: str, fixed: Optional[dict] = None) -> None:
     """figure1b.png: GT-known Loc against the number of fused stages, one line per fusion; the CAM alone
     (the paper's Figure 1(b)) on the left, after the seg stage on the right; SPOL's ablations as markers."""
     import matplotlib
@@ -259,6 +281,8 @@ def plot(path: str, rows: list, title: str) -> None:
             if name in by_name and not (key == "cam_gt_known" and name == "spol-no-prior"):  # same CAM as spol
                 ax.plot([3], [by_name[name][key]], marker, color="black", markersize=8, linestyle="none",
                         fillstyle="none", label=label)
+        if fixed is not None:
+            ax.axhline(fixed["whole_crop"], color="grey", linestyle=":", label="box = whole crop (no localisation)")
         ax.set_xticks([1, 2, 3, 4], ["Fuse1", "Fuse2", "Fuse3", "Fuse4"])
         ax.set_xlim(0.7, 4.3)
         ax.set_title(subtitle)
@@ -324,8 +348,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe", "defaults: the paper's; None: the stage scripts' own default (the paper's)")
     g.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES), help="ResNet of both stages")
     g.add_argument("--pretrained", help="backbone weights, or 'none' to train from scratch")
-    g.add_argument("--size", type=int, help="images are resized to size x size")
-    g.add_argument("--crop", type=int, help="random (train) / centre (test) crop")
+    g.add_argument("--size", type=int, default=256, help="images are resized to size x size")
+    g.add_argument("--crop", type=int, default=224, help="random (train) / centre (test) crop")
     g.add_argument("--cam_epochs", type=int, default=32, help="cam stage epochs")
     g.add_argument("--seg_epochs", type=int, default=2, help="seg stage epochs")
     g.add_argument("--cam_batch_size", type=int, help="cam stage batch size")
@@ -361,6 +385,7 @@ def main(argv=None) -> dict:
     t0, cpu0 = time.time(), _children_cpu()
     conditions = {"cpus": os.cpu_count(), "load_start": [round(x, 2) for x in os.getloadavg()],
                   "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    state.setdefault("runs", []).append(conditions)  # every invocation's time and machine load, a resumed one too
     os.makedirs(a.out, exist_ok=True)
     json_path, md_path, png_path = (os.path.join(a.out, n) for n in ("ablation.json", "ablation.md", "figure1b.png"))
 
@@ -368,12 +393,14 @@ def main(argv=None) -> dict:
         rows = [state["settings"][s.name] for s in settings if s.name in state["settings"]]
         conditions.update(load_end=[round(x, 2) for x in os.getloadavg()], wall_seconds=round(time.time() - t0, 1),
                           cpu_seconds=round(_children_cpu() - cpu0, 1))
-        write_json(json_path, dict(state, conditions=conditions, rows=rows))
-        write_table(md_path, rows, config, conditions)
+        write_json(json_path, dict(state, rows=rows, fixed_boxes=fixed))
+        write_table(md_path, rows, config, state["runs"], fixed)
         if rows:
-            plot(png_path, rows, f"{os.path.basename(a.datapath)}: {a.backbone}, {rows[0]['count']} test images")
+            plot(png_path, rows, f"{os.path.basename(a.datapath)}: {a.backbone}, {rows[0]['count']} test images",
+                 fixed)
         return rows
 
+    fixed = baselines(a.datapath, a.size, a.crop)
     save()
     for k, s in enumerate(settings, 1):
         done = os.path.isfile(os.path.join(a.out, s.name, "result.json"))
@@ -395,4 +422,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    # a terminated runner takes the running step with it (subprocess.run kills its child on the way out)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_main(main)
