@@ -259,7 +259,10 @@ def write_table(path: str, rows: list, config: dict, runs: list, fixed: dict) ->
 def plot(path: str, rows: list, title: str, fixed: Optional[dict] = None) -> None:
     """figure1b.png: GT-known Loc against the number of fused stages, one line per fusion; the CAM alone
     (the paper's Figure 1(b)) on the left, after the seg stage on the right; SPOL's ablations as markers."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("figure1b.png needs matplotlib: pip install matplotlib (see requirements.txt)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
