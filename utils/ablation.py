@@ -150,7 +150,7 @@ class Runner:
              os.path.join(folder, "wsol", "metrics.json")),
         ]
 
-    def run(self, folder: str, steps: list, label: str) -> dict:
+    def run(self, folder: str, steps: list, label: str) -> tuple:
         """Run the steps whose output is missing; returns ({step: wall seconds}, {step: CPU seconds}), the
         times of steps finished by an earlier run included."""
         os.makedirs(folder, exist_ok=True)
@@ -186,8 +186,8 @@ class Runner:
 
 
 def _children_cpu() -> float:
-    """CPU seconds (user + system) used so far by finished child processes: a step's cost apart from
-    what else the machine runs, next to its wall time."""
+    """CPU seconds (user + system) used so far by finished child processes (and the processes they
+    waited for): a step's CPU cost, reported next to its wall time."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
