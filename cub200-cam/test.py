@@ -21,8 +21,9 @@ def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_network_args(parser, train=False)
     cli.add_mask_args(parser)
+    # masks come from the whole image resized (no crop); without --snapshot: out/model-32, as the original
     parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="train.txt",
-                        released="model-32")  # without --snapshot: out/model-32, as the original
+                        crop=0, released="model-32")
     return stage_cam.make_masks(cli.parse(parser, __file__, argv))
 
 

@@ -20,8 +20,9 @@ def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_network_args(parser, train=False)
     cli.add_mask_args(parser)
+    # masks come from the whole image resized (no crop); without --snapshot: out/model-6000, as the original
     parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000,
-                        released="model-6000")  # without --snapshot: out/model-6000, as the original
+                        crop=0, released="model-6000")
     return stage_cam.make_masks(cli.parse(parser, __file__, argv))
 
 

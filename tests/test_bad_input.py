@@ -219,8 +219,9 @@ def test_empty_weight_files_and_foreign_resumes(cub, base, tmp_path):
     clear_error(run_script("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", tmp_path / "no" / "checkpoint.pth",
                            check=False), "--resume:", "not found")
     run_script("cub200-cam/train.py", *common, "--clsnum", 3)
-    clear_error(run_script("cub200-cam/train.py", *common, "--clsnum", 2, "--resume", "--epoch", 2, check=False),
-                "holds another model than this run builds", "--clsnum 3 there, 2 here")
+    clear_error(run_script("cub200-cam/train.py", *common, "--clsnum", 3, "--backbone", "resnet34", "--resume",
+                           "--epoch", 2, check=False),
+                "holds another model than this run builds", "--backbone resnet18 there, resnet34 here")
 
 
 @pytest.mark.parametrize("flags,message", [

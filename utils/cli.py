@@ -201,7 +201,8 @@ def flag_problem(flags: dict) -> Optional[str]:
         value = flags.get(name)
         if value is not None and not (value > 0 and value < float("inf")):
             return f"--{name} {value}: must be a positive number"
-    if flags.get("crop") and flags.get("size") and flags["crop"] > flags["size"]:
+    crop_used = flags.get("protocol") != "wsol"  # the wsol protocol resizes to 224 and crops nothing
+    if crop_used and flags.get("crop") and flags.get("size") and flags["crop"] > flags["size"]:
         return f"--crop {flags['crop']} is larger than --size {flags['size']}: the crop is cut from the resized image"
     threshold = flags.get("threshold")
     if threshold is not None and not 0 <= threshold <= 1:
