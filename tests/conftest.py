@@ -1,7 +1,13 @@
-"""Shared fixtures: the repository root on sys.path, and a runner for the stage scripts."""
+"""Shared fixtures: the repository root on sys.path, and runners for the stage scripts: in a second process
+(`run_script`, as a user runs them), or in this one (`run_inprocess`, for the many short runs that check one
+input each: no interpreter and torch start-up per case)."""
+import contextlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
+import traceback
 
 import pytest
 
@@ -17,6 +23,35 @@ def run_script(*args, check=True, cwd=ROOT, timeout=600, env=None):
                        timeout=timeout, env=e)
     if check and p.returncode != 0:
         raise AssertionError(f"{args[0]} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def _script_main(path: str):
+    """A stage script's main(argv), imported from its file (a fresh module each time, like a new process)."""
+    path = path if os.path.isabs(path) else os.path.join(ROOT, path)
+    spec = importlib.util.spec_from_file_location("stage_script_" + str(abs(hash(path))), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def run_inprocess(*args, check=True):
+    """`run_script` in this process: the script's main under run_main, its output captured; an exception
+    that escapes run_main is printed as the traceback a user would see (exit status 1)."""
+    from utils.errors import run_main
+    script, argv = str(args[0]), [str(a) for a in args[1:]]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_main(lambda: _script_main(script)(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception:  # noqa: BLE001 - what a user would see as a raw traceback
+            traceback.print_exc()
+            code = 1
+    p = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} exited {code}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
 

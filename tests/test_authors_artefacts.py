@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_inprocess, run_script
 from dataset.synthetic import make_cub, make_imagenet
 from network import build_mffnet
 from utils.checkpoint import find_snapshot, load_weights
@@ -172,7 +172,7 @@ def test_cub_seg_test_with_no_flags_evaluates_the_authors_files(tmp_path):
     (top / "cub200-cls").mkdir()
     authors_seg_checkpoint(top / "cub200-seg" / "out" / "model-8")
     save_like_the_authors(top / "cub200-cls" / "top1top5", table)
-    p = run_script("test.py", "--datapath", data, *RUN, cwd=top / "cub200-seg")
+    p = run_inprocess(top / "cub200-seg" / "test.py", "--datapath", data, *RUN)
     assert f"using {top / 'cub200-seg' / 'out' / 'model-8'}" in p.stdout
     assert f"using {top / 'cub200-cls' / 'top1top5.npy'}" in p.stdout and "the authors'" in p.stdout
     m = json.load(open(top / "cub200-seg" / "out" / "metrics.json"))
@@ -183,7 +183,7 @@ def test_cub_seg_test_with_no_flags_evaluates_the_authors_files(tmp_path):
     (top / "cub200-cls" / "out").mkdir()
     run_script("-m", "utils.results", "convert", top / "cub200-cls" / "top1top5.npy",
                top / "cub200-cls" / "out" / "top1top5.npy")
-    p = run_script("test.py", "--datapath", data, *RUN, "--savepath", tmp_path / "again", cwd=top / "cub200-seg")
+    p = run_inprocess(top / "cub200-seg" / "test.py", "--datapath", data, *RUN, "--savepath", tmp_path / "again")
     assert f"using {top / 'cub200-cls' / 'out' / 'top1top5.npy'}" in p.stdout
     assert json.load(open(tmp_path / "again" / "metrics.json"))["top1_loc"] == pytest.approx(top1)
 
@@ -192,11 +192,11 @@ def test_zero_flag_test_says_what_is_missing(tmp_path):
     data = tmp_path / "CUB_200_2011"
     _known_localisation_cub(data)
     top = repo_copy(tmp_path, ["cub200-seg"])
-    p = run_script("test.py", "--datapath", data, *RUN, cwd=top / "cub200-seg", check=False)
+    p = run_inprocess(top / "cub200-seg" / "test.py", "--datapath", data, *RUN, check=False)
     assert p.returncode == 2 and "no --snapshot given and no model-8(.pth)" in p.stderr and "Traceback" not in p.stderr
     (top / "cub200-seg" / "out").mkdir()
     authors_seg_checkpoint(top / "cub200-seg" / "out" / "model-2.pth")
-    p = run_script("test.py", "--datapath", data, *RUN, cwd=top / "cub200-seg")
+    p = run_inprocess(top / "cub200-seg" / "test.py", "--datapath", data, *RUN)
     assert "model-2.pth (the last model-<N>" in p.stdout and "reporting GT-known Loc only" in p.stdout
     m = json.load(open(top / "cub200-seg" / "out" / "metrics.json"))
     assert "top1_loc" not in m and m["gt_known_loc"] == pytest.approx(100 * 5 / 9)
@@ -236,7 +236,7 @@ def test_imagenet_seg_test_with_no_flags_and_synset_folder_names(tmp_path):
     authors_seg_checkpoint(top / "imagenet-seg" / "out" / "model-6000", backbone="resnet18")
     save_like_the_authors(top / "imagenet-cls" / "top1top5", table)
     args = ["--datapath", data, "--backbone", "resnet18", "--threshold", "0.5", *RUN]
-    run_script("test.py", *args, cwd=top / "imagenet-seg")
+    run_inprocess(top / "imagenet-seg" / "test.py", *args)
     m = json.load(open(top / "imagenet-seg" / "out" / "metrics.json"))
     assert (m["top1_loc"], m["top5_loc"], m["gt_known_loc"]) == pytest.approx((top1, top5, gt))
 
@@ -249,7 +249,7 @@ def test_imagenet_seg_test_with_no_flags_and_synset_folder_names(tmp_path):
         os.replace(data / "val" / name, data / "val" / synsets[int(label)] / name)
         lines.append(f"{synsets[int(label)]}/{name} {label}")
     (data / "val_nested.txt").write_text("\n".join(lines) + "\n")
-    run_script("test.py", *args, "--list", "val_nested.txt", "--savepath", tmp_path / "nested", cwd=top / "imagenet-seg")
+    run_inprocess(top / "imagenet-seg" / "test.py", *args, "--list", "val_nested.txt", "--savepath", tmp_path / "nested")
     m = json.load(open(tmp_path / "nested" / "metrics.json"))
     assert (m["top1_loc"], m["top5_loc"], m["gt_known_loc"]) == pytest.approx((top1, top5, gt))
 
@@ -322,23 +322,23 @@ def test_efficientnet_b0_through_cub_cls_train_and_zero_flag_test(tmp_path):
     top = repo_copy(tmp_path, ["cub200-cls"])
     shutil.copy(os.path.join(ROOT, "cub200-cls", "train.py"), top / "cub200-cls" / "train.py")
     common = ["--datapath", data, "--clsnum", 3, "--arch", "efficientnet-b0", "--device", "cpu", "--num_workers", 0]
-    run_script("train.py", *common, "--pretrained", tmp_path / "imagenet.pth", "--epoch", 2, "--batch_size", 3,
-               "--size", 72, "--crop", 64, cwd=top / "cub200-cls")
+    run_inprocess(top / "cub200-cls" / "train.py", *common, "--pretrained", tmp_path / "imagenet.pth", "--epoch", 1,
+                  "--batch_size", 3, "--size", 72, "--crop", 64)
     out = top / "cub200-cls" / "out"
-    state = torch.load(out / "model-2.pth", weights_only=True)
+    state = torch.load(out / "model-1.pth", weights_only=True)
     assert state["_fc.weight"].shape == (3, 1280) and "_conv_stem.weight" in state
-    p = run_script("test.py", *common, "--size", 72, cwd=top / "cub200-cls")
-    assert f"using {out / 'model-2.pth'}" in p.stdout and "images: 6" in p.stdout
+    p = run_inprocess(top / "cub200-cls" / "test.py", *common, "--size", 72)
+    assert f"using {out / 'model-1.pth'}" in p.stdout and "images: 6" in p.stdout
     arr = np.load(out / "top1top5.npy", allow_pickle=False)
     assert len(arr) == 6 and arr["top5"].all()                      # 3 classes: top-5 always right
 
 
 def test_cls_stages_default_to_the_authors_recipe():
-    p = run_script("cub200-cls/train.py", "--help")
+    p = run_inprocess("cub200-cls/train.py", "--help")
     text = " ".join(p.stdout.split())
     for default in ("--arch ARCH classifier", "default: efficientnet-b7", "--lr LR learning rate of the head (default: 0.05)",
                     "(default: 0.005)", "--epoch EPOCH epochs (default: 20)", "(default: 685)", "(default: 600)"):
         assert default in text, default
-    p = run_script("imagenet-cls/test.py", "--help")
+    p = run_inprocess("imagenet-cls/test.py", "--help")
     text = " ".join(p.stdout.split())
     assert "default: efficientnet-b7" in text and "(default: 685)" in text

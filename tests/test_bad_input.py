@@ -16,7 +16,7 @@ import cv2
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_inprocess, run_script
 from dataset.synthetic import make_cub, make_imagenet, write_corrupt_file
 from network import build_mffnet
 
@@ -59,12 +59,12 @@ def edit_list(path, fn):
 
 
 def cam_masks(cub, base, tmp_path, *extra, check=False):
-    return run_script("cub200-cam/test.py", "--datapath", cub, "--clsnum", 3, "--snapshot", base / "cam.pth",
+    return run_inprocess("cub200-cam/test.py", "--datapath", cub, "--clsnum", 3, "--snapshot", base / "cam.pth",
                       "--maskpath", tmp_path / "masks", "--post_workers", 0, *RUN, *extra, check=check)
 
 
 def seg_eval(cub, base, tmp_path, *extra, check=False, snapshot=None):
-    return run_script("cub200-seg/test.py", "--datapath", cub, "--snapshot", snapshot or base / "seg.pth",
+    return run_inprocess("cub200-seg/test.py", "--datapath", cub, "--snapshot", snapshot or base / "seg.pth",
                       "--savepath", tmp_path / "eval", "--top1top5", "none", *RUN, *extra, check=check)
 
 
@@ -73,9 +73,9 @@ def seg_eval(cub, base, tmp_path, *extra, check=False, snapshot=None):
 def test_labels_outside_the_model_stop_every_stage(cub, base, tmp_path, label):
     edit_list(cub / "train.txt", lambda ls: [ls[0]] + [f"{ls[1].split(',')[0]},{label},{ls[1].split(',')[2]}"] + ls[2:])
     for p in (cam_masks(cub, base, tmp_path),
-              run_script("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t",
+              run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t",
                          *RUN, *TRAIN, check=False),
-              run_script("cub200-cls/train.py", "--datapath", cub, "--clsnum", 3, "--arch", "resnet18", "--savepath",
+              run_inprocess("cub200-cls/train.py", "--datapath", cub, "--clsnum", 3, "--arch", "resnet18", "--savepath",
                          tmp_path / "c", *RUN, *TRAIN, check=False)):
         clear_error(p, f"{cub / 'train.txt'}:2: label {label}", "outside 0..2 (--clsnum 3)")
     assert not (tmp_path / "masks").exists() or not any((tmp_path / "masks").rglob("*.png"))
@@ -88,7 +88,7 @@ def test_imagenet_val_label_outside_the_synsets(tmp_path):
     run_script("dataset/prepare.py", "imagenet", "--root", root)
     edit_list(root / "val.txt", lambda ls: [ls[0].split()[0] + " -1"] + ls[1:])
     torch.save(build_mffnet(1, "resnet18", seg=True).state_dict(), tmp_path / "seg.pth")
-    p = run_script("imagenet-seg/test.py", "--datapath", root, "--snapshot", tmp_path / "seg.pth", "--savepath",
+    p = run_inprocess("imagenet-seg/test.py", "--datapath", root, "--snapshot", tmp_path / "seg.pth", "--savepath",
                    tmp_path / "o", *RUN, check=False)
     clear_error(p, f"{root / 'val.txt'}:1: label -1", "outside 0..1")
 
@@ -144,7 +144,7 @@ def test_training_on_nothing_is_an_error_and_dropped_good_images_are_named(cub, 
     names = [line.split(",")[0] for line in (cub / "train.txt").read_text().splitlines()]
     for name in names:
         write_corrupt_file(str(cub / "images" / name))
-    p = run_script("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t",
+    p = run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t",
                    "--on-bad-image", "skip", *RUN, *TRAIN, check=False)
     clear_error(p, "no training step ran", "8 skipped")     # 9 images: two full batches of 4
     assert not list((tmp_path / "t").glob("model-*.pth"))
@@ -157,7 +157,7 @@ def test_a_batch_left_with_one_good_image_names_it(base, tmp_path):
     (cub / "train.txt").write_text("\n".join(lines) + "\n")
     for line in lines[:3]:
         write_corrupt_file(str(cub / "images" / line.split(",")[0]))
-    p = run_script("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t",
+    p = run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t",
                    "--on-bad-image", "skip", *RUN, *TRAIN, "--seed", "1", check=False)
     clear_error(p, "no training step ran")
     assert f"dropped with its batch (the rest were bad files): {lines[3].split(',')[0]}" in p.stdout
@@ -176,7 +176,7 @@ def test_non_finite_weights_or_maps_stop_the_run(cub, base, tmp_path):
     state = torch.load(base / "cam.pth", weights_only=True)
     state["linear.weight"].fill_(3e38)
     torch.save(state, tmp_path / "cam_huge.pth")
-    p = run_script("cub200-cam/test.py", "--datapath", cub, "--clsnum", 3, "--snapshot", tmp_path / "cam_huge.pth",
+    p = run_inprocess("cub200-cam/test.py", "--datapath", cub, "--clsnum", 3, "--snapshot", tmp_path / "cam_huge.pth",
                    "--maskpath", tmp_path / "masks", "--post_workers", 0, *RUN, check=False)
     clear_error(p, "gives non-finite (NaN/inf) maps")
 
@@ -199,7 +199,7 @@ def test_unwritable_outputs_stop_before_any_work(cub, base, tmp_path):
 def test_snapshots_and_checkpoints_are_readable_by_the_group(cub, tmp_path):
     old = os.umask(0o022)
     try:
-        run_script("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t", *RUN, *TRAIN)
+        run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t", *RUN, *TRAIN)
     finally:
         os.umask(old)
     for name in ("model-1.pth", "checkpoint.pth"):
@@ -212,14 +212,14 @@ def test_empty_weight_files_and_foreign_resumes(cub, base, tmp_path):
     empty.write_bytes(b"")
     clear_error(seg_eval(cub, base, tmp_path, snapshot=empty), f"{empty} is empty (0 bytes)")
     common = ["--datapath", cub, "--savepath", tmp_path / "t", *RUN, *TRAIN]
-    clear_error(run_script("cub200-cam/train.py", *common, "--clsnum", 3, "--pretrained", empty, check=False),
+    clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--pretrained", empty, check=False),
                 "is empty (0 bytes)")
-    clear_error(run_script("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", empty, check=False),
+    clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", empty, check=False),
                 "is empty (0 bytes)")
-    clear_error(run_script("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", tmp_path / "no" / "checkpoint.pth",
+    clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", tmp_path / "no" / "checkpoint.pth",
                            check=False), "--resume:", "not found")
-    run_script("cub200-cam/train.py", *common, "--clsnum", 3)
-    clear_error(run_script("cub200-cam/train.py", *common, "--clsnum", 3, "--backbone", "resnet34", "--resume",
+    run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3)
+    clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--backbone", "resnet34", "--resume",
                            "--epoch", 2, check=False),
                 "holds another model than this run builds", "--backbone resnet18 there, resnet34 here")
 
@@ -229,7 +229,7 @@ def test_empty_weight_files_and_foreign_resumes(cub, base, tmp_path):
     (["--clsnum", "0"], "--clsnum 0: must be at least 1"), (["--size", "32"], "--crop 40 is larger than --size 32"),
     (["--lr", "-1"], "--lr -1.0: must be a positive number")])
 def test_insane_flags_are_one_line(cub, tmp_path, flags, message):
-    p = run_script("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path, *RUN, *TRAIN,
+    p = run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path, *RUN, *TRAIN,
                    *flags, check=False)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
 
@@ -247,7 +247,7 @@ def test_each_bad_file_has_its_own_reason_and_is_not_an_empty_mask(cub, base, tm
     names = [line.split(",")[0] for line in (cub / "val.txt").read_text().splitlines()]
     write_corrupt_file(str(cub / "images" / names[0]))
     open(cub / "images" / names[1], "wb").close()
-    p = run_script("cub200-cls/test.py", "--datapath", cub, "--clsnum", 3, "--arch", "resnet18", "--snapshot",
+    p = run_inprocess("cub200-cls/test.py", "--datapath", cub, "--clsnum", 3, "--arch", "resnet18", "--snapshot",
                    _cls_weights(tmp_path), "--savepath", tmp_path / "c", "--on-bad-image", "skip", *RUN[2:], check=True)
     reasons = [line for line in p.stdout.splitlines() if line.startswith("skipped:")]
     assert len(reasons) == 2 and "not a readable image" in reasons[0] + reasons[1] and "empty file" in reasons[0] + reasons[1]
