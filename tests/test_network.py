@@ -41,9 +41,10 @@ def test_output_shapes_and_variants(backbone):
     assert deep.shape == fused.shape == (2, 5, 8, 12)
     seg = build_mffnet(1, backbone, seg=True).eval()
     with torch.no_grad():
-        seg.linear.bias.fill_(-1e3)             # every logit negative: a ReLU would turn them all into 0
+        seg.linear.weight.zero_()
+        seg.linear.bias.fill_(-2.5)             # every logit exactly -2.5: a ReLU would turn them all into 0
         logits = seg(x)
-    assert logits.shape == (2, 1, 8, 12) and logits.max() < 0               # no ReLU on the logits
+    assert logits.shape == (2, 1, 8, 12) and torch.all(logits == -2.5)      # no ReLU on the logits
 
 
 def test_head_initialisation():
