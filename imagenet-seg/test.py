@@ -9,7 +9,8 @@
     python test.py --snapshot out/model-6000.pth --vis 8                    # out/vis/*.png
 
 Prints the figures (image-level and mean per class) and writes out/metrics.json and out/boxes.csv.
-Images with an empty predicted mask count as failures (the original skipped them); ILSVRC2012_val_00033202.JPEG is left out as in the original.
+Images with an empty predicted mask count as failures (the original skipped them);
+ILSVRC2012_val_00033202.JPEG is left out as in the original.
 """
 import os
 import sys

@@ -113,7 +113,8 @@ def test_convert_writes_the_pickle_free_format(tmp_path):
 def test_list_names_are_matched_exactly_or_by_file_name():
     table = {"ILSVRC2012_val_00000001.JPEG": (True, True), "ILSVRC2012_val_00000002.JPEG": (False, True)}
     got = match_top1top5(table, ["n01440764/ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG"], "t.npy")
-    assert got == {"n01440764/ILSVRC2012_val_00000001.JPEG": (True, True), "ILSVRC2012_val_00000002.JPEG": (False, True)}
+    assert got == {"n01440764/ILSVRC2012_val_00000001.JPEG": (True, True),
+                   "ILSVRC2012_val_00000002.JPEG": (False, True)}
     with pytest.raises(UserError, match="no entry for 2 of the 3 evaluated images, e.g. x/a.JPEG, b.JPEG"):
         match_top1top5(table, ["x/a.JPEG", "b.JPEG", "ILSVRC2012_val_00000001.JPEG"], "t.npy")
 
@@ -217,7 +218,8 @@ def _known_localisation_imagenet(root) -> dict:
         other = synsets[(int(label) + 1) % 3]
         objects = "".join(
             f"<object><name>{s}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
-            f"<ymax>{b[3]}</ymax></bndbox></object>" for s, b in ((synsets[int(label)], own), (other, (0, 0, w - 1, h - 1))))
+            f"<ymax>{b[3]}</ymax></bndbox></object>"
+            for s, b in ((synsets[int(label)], own), (other, (0, 0, w - 1, h - 1))))
         xml = (f"<annotation><filename>{os.path.splitext(name)[0]}</filename><size><width>{w}</width>"
                f"<height>{h}</height><depth>3</depth></size>{objects}</annotation>")
         (root / "box" / (os.path.splitext(name)[0] + ".xml")).write_text(xml)
@@ -249,7 +251,8 @@ def test_imagenet_seg_test_with_no_flags_and_synset_folder_names(tmp_path):
         os.replace(data / "val" / name, data / "val" / synsets[int(label)] / name)
         lines.append(f"{synsets[int(label)]}/{name} {label}")
     (data / "val_nested.txt").write_text("\n".join(lines) + "\n")
-    run_inprocess(top / "imagenet-seg" / "test.py", *args, "--list", "val_nested.txt", "--savepath", tmp_path / "nested")
+    run_inprocess(top / "imagenet-seg" / "test.py", *args, "--list", "val_nested.txt",
+                  "--savepath", tmp_path / "nested")
     m = json.load(open(tmp_path / "nested" / "metrics.json"))
     assert (m["top1_loc"], m["top5_loc"], m["gt_known_loc"]) == pytest.approx((top1, top5, gt))
 
@@ -336,8 +339,9 @@ def test_efficientnet_b0_through_cub_cls_train_and_zero_flag_test(tmp_path):
 def test_cls_stages_default_to_the_authors_recipe():
     p = run_inprocess("cub200-cls/train.py", "--help")
     text = " ".join(p.stdout.split())
-    for default in ("--arch ARCH classifier", "default: efficientnet-b7", "--lr LR learning rate of the head (default: 0.05)",
-                    "(default: 0.005)", "--epoch EPOCH epochs (default: 20)", "(default: 685)", "(default: 600)"):
+    for default in ("--arch ARCH classifier", "default: efficientnet-b7",
+                    "--lr LR learning rate of the head (default: 0.05)", "(default: 0.005)",
+                    "--epoch EPOCH epochs (default: 20)", "(default: 685)", "(default: 600)"):
         assert default in text, default
     p = run_inprocess("imagenet-cls/test.py", "--help")
     text = " ".join(p.stdout.split())

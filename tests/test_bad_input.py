@@ -199,7 +199,8 @@ def test_unwritable_outputs_stop_before_any_work(cub, base, tmp_path):
 def test_snapshots_and_checkpoints_are_readable_by_the_group(cub, tmp_path):
     old = os.umask(0o022)
     try:
-        run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t", *RUN, *TRAIN)
+        run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", tmp_path / "t",
+                      *RUN, *TRAIN)
     finally:
         os.umask(old)
     for name in ("model-1.pth", "checkpoint.pth"):
@@ -216,8 +217,9 @@ def test_empty_weight_files_and_foreign_resumes(cub, base, tmp_path):
                 "is empty (0 bytes)")
     clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", empty, check=False),
                 "is empty (0 bytes)")
-    clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", tmp_path / "no" / "checkpoint.pth",
-                           check=False), "--resume:", "not found")
+    missing = tmp_path / "no" / "checkpoint.pth"
+    clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--resume", missing, check=False),
+                "--resume:", "not found")
     run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3)
     clear_error(run_inprocess("cub200-cam/train.py", *common, "--clsnum", 3, "--backbone", "resnet34", "--resume",
                            "--epoch", 2, check=False),
@@ -250,7 +252,8 @@ def test_each_bad_file_has_its_own_reason_and_is_not_an_empty_mask(cub, base, tm
     p = run_inprocess("cub200-cls/test.py", "--datapath", cub, "--clsnum", 3, "--arch", "resnet18", "--snapshot",
                    _cls_weights(tmp_path), "--savepath", tmp_path / "c", "--on-bad-image", "skip", *RUN[2:], check=True)
     reasons = [line for line in p.stdout.splitlines() if line.startswith("skipped:")]
-    assert len(reasons) == 2 and "not a readable image" in reasons[0] + reasons[1] and "empty file" in reasons[0] + reasons[1]
+    both = reasons[0] + reasons[1] if len(reasons) == 2 else ""
+    assert len(reasons) == 2 and "not a readable image" in both and "empty file" in both
     seg_eval(cub, base, tmp_path, "--on-bad-image", "skip", "--threshold", "0.0", check=True)
     m = json.load(open(tmp_path / "eval" / "metrics.json"))
     assert m["bad_images"] == 2 and m["empty"] == 0 and m["count"] == 6

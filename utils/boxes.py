@@ -46,8 +46,8 @@ def localisation_metrics(records: list, threshold: float = 0.5) -> dict:
 
     Each record: {"name", "label", "iou", "empty", "top1", "top5", optional "bad"} (top1/top5 None when
     unknown). An empty prediction is a failed localisation and stays in the denominator; "empty" counts the
-    images whose predicted mask was empty, not the unreadable ("bad") ones, which are counted apart. Besides the image-level
-    accuracies, the mean of per-class accuracies (as PSOL and BAS report) is given.
+    images whose predicted mask was empty, not the unreadable ("bad") ones, which are counted apart. Besides the
+    image-level accuracies, the mean of per-class accuracies (as PSOL and BAS report) is given.
     """
     if not records:
         raise ValueError("no images were evaluated")

@@ -103,7 +103,8 @@ def read_top1top5(path: str, allow_pickle: bool = False) -> dict:
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read the array ({str(e).splitlines()[0] if str(e) else 'truncated'})") from None
+        reason = str(e).splitlines()[0] if str(e) else "truncated"
+        raise UserError(f"{path}: cannot read the array ({reason})") from None
     if arr.dtype.names is None or not {"name", "top1", "top5"} <= set(arr.dtype.names):
         raise UserError(f"{path}: expected a structured array with fields name, top1, top5 "
                         f"(or the authors' dict), found dtype {arr.dtype}")

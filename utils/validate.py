@@ -16,10 +16,13 @@ import math
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from utils.data import mask_name
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _line_finder(list_path: str) -> Callable[[str], str]:
@@ -149,7 +152,8 @@ def check_writable(folder: str, flag: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to {folder} ({e.strerror or type(e).__name__}): pass a writable {flag}") from None
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"cannot write to {folder} ({reason}): pass a writable {flag}") from None
 
 
 def list_file(datapath: str, listname: str) -> str:
