@@ -31,6 +31,7 @@ def test_resnet_matches_torchvision_key_layout():
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
 def test_output_shapes_and_variants(backbone):
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 96)
     cam = build_mffnet(5, backbone).eval()
     with torch.no_grad():
