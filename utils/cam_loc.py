@@ -34,12 +34,12 @@ import torch.nn.functional as F  # noqa: E402
 from network import load_mffnet  # noqa: E402
 from utils import cli, distributed  # noqa: E402
 from utils.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
-from utils.data import ImageSet, read_list  # noqa: E402
+from utils.data import ImageSet  # noqa: E402
 from utils.engine import (amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
                           place_model, to_device)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.log import maybe_tqdm, write_json  # noqa: E402
-from utils.stage_seg import EXCLUDED  # noqa: E402
+from utils.stage_seg import EXCLUDED, eval_samples  # noqa: E402
 from utils.transforms import boxes_to_eval_frame, eval_transform  # noqa: E402
 
 CURVE = tuple(round(0.05 * k, 2) for k in range(1, 20))  # thresholds of the threshold-free view
@@ -64,7 +64,8 @@ def evaluate(args, d) -> dict:
         raise UserError("--snapshot is required: the cam stage's model (e.g. cub200-cam/out/model-32.pth)")
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold is a fraction of the map's maximum in (0, 1), got {args.threshold}")
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=True)
+    samples, bad_boxes = eval_samples(args.dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
+                                      main=d.main, workers=max(1, args.num_workers), num_classes=args.clsnum)
     samples = [s for s in samples if os.path.basename(s.name) not in EXCLUDED.get(args.dataset, [])]
     thresholds = sorted(set(CURVE) | {args.threshold})
     model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
@@ -92,7 +93,7 @@ def evaluate(args, d) -> dict:
     if not d.main:
         return {}
     metrics = summarise(samples, records, thresholds, args.threshold)
-    metrics.update(snapshot=args.snapshot, list=args.list, size=args.size, crop=args.crop)
+    metrics.update(snapshot=args.snapshot, list=args.list, size=args.size, crop=args.crop, unscorable_boxes=bad_boxes)
     savepath = args.savepath or os.path.dirname(os.path.abspath(args.snapshot))
     os.makedirs(savepath, exist_ok=True)
     write_json(os.path.join(savepath, "cam_loc.json"), metrics)

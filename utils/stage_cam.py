@@ -15,7 +15,6 @@ import math
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from typing import Optional
 
 import numpy as np
@@ -33,7 +32,7 @@ from utils.log import maybe_tqdm
 from utils.pseudo_mask import make_pseudo_mask
 from utils.transforms import resize_transform, train_transform
 from utils.vis import pseudo_mask_pictures, tensorboard_hook
-from utils.workers import init_pool_worker
+from utils.workers import post_pool
 
 
 def dual_head_loss(model, batch) -> torch.Tensor:
@@ -92,8 +91,7 @@ def _start_pool(workers: int) -> tuple:
     workers import their modules meanwhile, not during the first batches on the cores the forward needs."""
     if workers <= 0:
         return None, []
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                               initializer=init_pool_worker, initargs=(os.getpid(),))
+    pool = post_pool(workers)
     return pool, [pool.submit(int) for _ in range(workers)]  # the executor starts a worker per task while none is idle
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from typing import Optional
 
 import numpy as np
 import torch
@@ -73,18 +74,25 @@ def _predicted_mask(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
 
 
 # -------------------------------------------------------------------------------------- evaluation
+def eval_samples(dataset: str, datapath: str, listname: str, skip: bool, main: bool, workers: int,
+                 num_classes: Optional[int] = None) -> tuple:
+    """The evaluation list's samples with their boxes, checked (names, labels when `num_classes` is given,
+    boxes: utils/validate.py). Returns (samples to evaluate, names left out for unscorable boxes)."""
+    samples = read_list(dataset, datapath, listname, with_boxes=True)
+    list_path = validate.list_file(datapath, listname)
+    samples = validate.check_names(samples, list_path, num_classes, skip=skip, main=main)
+    return validate.check_boxes(samples, list_path, validate.box_source(dataset, datapath, list_path),
+                                skip=skip, main=main, workers=workers)
+
+
 @distributed.entry
 def evaluate(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the seg model to evaluate (e.g. out/model-2.pth)")
     if args.vis < 0:
         raise UserError(f"--vis takes a number of images >= 0, got {args.vis}")
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=True)
-    list_path, skip = validate.list_file(args.datapath, args.list), args.on_bad_image == "skip"
-    samples = validate.check_names(samples, list_path, skip=skip, main=d.main)
-    samples, bad_boxes = validate.check_boxes(samples, list_path, validate.box_source(args.dataset, args.datapath,
-                                                                                      list_path),
-                                              skip=skip, main=d.main, workers=max(1, args.num_workers))
+    samples, bad_boxes = eval_samples(args.dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
+                                      main=d.main, workers=max(1, args.num_workers))
     validate.check_writable(args.savepath, "--savepath")
     if args.protocol == "wsol":
         _wsol_notes(args, samples, d)

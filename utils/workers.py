@@ -6,6 +6,15 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+
+def post_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` post-processing processes that start with "spawn" (no forkserver left behind),
+    one OpenCV thread each, ignore Ctrl-C and die with this process (`init_pool_worker`)."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_pool_worker,
+                               initargs=(os.getpid(),))
 
 
 def init_pool_worker(parent: int) -> None:

@@ -16,8 +16,6 @@ under torchrun each rank scores its shard and the evaluators' counts are merged 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Optional
 
 import numpy as np
@@ -30,7 +28,7 @@ from utils.engine import Pending, amp_dtype, autocast, channels_last_for, handle
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
-from utils.workers import init_pool_worker
+from utils.workers import post_pool
 from utils.wsol_eval import (RESIZE_LENGTH, WSOL_FOLDERS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds,
                              cub_mask, iou_plus1, resize_box_224, wsol_image_id)
 
@@ -111,8 +109,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
     pictures = EvalPictures(args.vis, args.maskpath, RESIZE_LENGTH) if args.vis else None
     pool = None
     if args.post_workers > 0:
-        pool = ProcessPoolExecutor(args.post_workers, mp_context=get_context("spawn"),
-                               initializer=init_pool_worker, initargs=(os.getpid(),))
+        pool = post_pool(args.post_workers)
     pending, bad = Pending(scores.add), 0  # scores are integer counts: they add up in any order
 
     def submit(*job) -> None:
