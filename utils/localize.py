@@ -44,7 +44,7 @@ from utils.engine import amp_dtype, autocast, channels_last_for, handle_bad, inf
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import cls_test_transform, resize_transform
-from utils.vis import PANEL, RED, WHITE, grid
+from utils.vis import PANEL, RED, WHITE, caption, grid
 
 GRID = 16        # images in vis/grid.jpg
 GRID_COLUMNS = 4
@@ -261,24 +261,12 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
                 if args.vis:
                     picture, label = draw(read_image(paths[index]), mask, [b for b, _ in boxes]), _label(rec, classes)
                     if index < GRID:  # before the corner label, which the panel's caption replaces
-                        first, *rest = label.split("  ")
-                        rec["panel"] = _caption_lines(letterbox(picture), [f"{_short(names[index])}  {first}", *rest])
+                        text = f"{_short(names[index])}  " + label.replace("  ", "\n")  # class on a line of its own
+                        rec["panel"] = caption(letterbox(picture), text)
                     write_jpeg(os.path.join(outdir, "vis", os.path.splitext(names[index])[0] + ".jpg"),
                                label_corner(picture, label))
                 records.append(rec)
     return records
-
-
-def _caption_lines(panel: np.ndarray, lines: list) -> np.ndarray:
-    """White text on black strips in the panel's top-left corner, one line each (in place), as
-    utils.vis.caption draws one: a long class name gets a line of its own."""
-    font, y = cv2.FONT_HERSHEY_SIMPLEX, 0
-    for line in lines:
-        (w, h), base = cv2.getTextSize(line, font, 0.4, 1)
-        cv2.rectangle(panel, (0, y), (w + 6, y + h + base + 4), (0, 0, 0), -1)
-        cv2.putText(panel, line, (3, y + h + 2), font, 0.4, WHITE, 1, cv2.LINE_AA)
-        y += h + base + 4
-    return panel
 
 
 def _label(rec: dict, classes: Optional[list]) -> str:

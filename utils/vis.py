@@ -95,10 +95,13 @@ def blank_panel(text: str) -> np.ndarray:
 
 
 def caption(panel: np.ndarray, text: str) -> np.ndarray:
-    """White text on a black strip in the panel's top-left corner (in place)."""
-    (w, h), base = cv2.getTextSize(text, _FONT, 0.4, 1)
-    cv2.rectangle(panel, (0, 0), (w + 6, h + base + 4), (0, 0, 0), -1)
-    cv2.putText(panel, text, (3, h + 2), _FONT, 0.4, WHITE, 1, cv2.LINE_AA)
+    """White text on black strips in the panel's top-left corner (in place), a strip per line of `text`."""
+    y = 0
+    for line in text.split("\n"):
+        (w, h), base = cv2.getTextSize(line, _FONT, 0.4, 1)
+        cv2.rectangle(panel, (0, y), (w + 6, y + h + base + 4), (0, 0, 0), -1)
+        cv2.putText(panel, line, (3, y + h + 2), _FONT, 0.4, WHITE, 1, cv2.LINE_AA)
+        y += h + base + 4
     return panel
 
 
