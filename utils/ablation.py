@@ -44,6 +44,7 @@ if ROOT not in sys.path:  # `python utils/ablation.py` as well as `python -m uti
     sys.path.insert(0, ROOT)
 
 from network.resnet import BACKBONES  # noqa: E402
+from utils.data import count_classes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.log import write_json  # noqa: E402
 
@@ -305,12 +306,6 @@ def plot(path: str, rows: list, title: str, fixed: Optional[dict] = None) -> Non
 
 
 # ------------------------------------------------------------------------------------------- driver
-def count_classes(datapath: str) -> int:
-    """Classes of the CUB-layout list: the largest 0-based label of train.txt + 1."""
-    from utils.data import read_cub_list
-    return max(s.label for s in read_cub_list(datapath, "train.txt")) + 1
-
-
 def prepare_lists(datapath: str) -> None:
     if all(os.path.isfile(os.path.join(datapath, n)) for n in ("train.txt", "val.txt")):
         return
@@ -384,7 +379,7 @@ def main(argv=None) -> dict:
     config.update(device=a.device, grid=[s.name for s in settings])
     state = open_grid(a, config)
     prepare_lists(a.datapath)
-    runner = Runner(a, count_classes(a.datapath))
+    runner = Runner(a, count_classes(a.datapath))  # classes.txt, as the stage scripts count them
     t0, cpu0 = time.time(), _children_cpu()
     conditions = {"cpus": os.cpu_count(), "load_start": [round(x, 2) for x in os.getloadavg()],
                   "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
