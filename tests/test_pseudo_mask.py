@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from utils import pseudo_mask
 from utils.pseudo_mask import gaussian_prior, make_pseudo_mask, normalise_cam
 
 
@@ -92,3 +93,25 @@ def test_pseudo_mask_of_tiny_sizes(width, height):
     cam, _, _ = varied_cams()[0]
     assert np.abs(make_pseudo_mask(cam, width, height).astype(int)
                   - spec_pseudo_mask(cam, width, height).astype(int)).max() <= 2
+
+
+def test_narrow_gaussians_together_give_the_bits_of_one_by_one(monkeypatch):
+    """`_add_gaussians` evaluates the Gaussians of narrow boxes in one stacked array: the prior must be the
+    one of evaluating each alone (`_NARROW = 0`), bit for bit, float32 and float64."""
+    rng = np.random.default_rng(11)
+    cams = [cam for cam, _, _ in varied_cams()]
+    cams += [np.abs(rng.normal(size=(32, 32))).astype(np.float32) ** rng.uniform(0.5, 3) for _ in range(12)]
+    cams += [cv2.GaussianBlur(rng.random((32, 32)).astype(np.float32), (0, 0), s) for s in (0.4, 0.8, 1.5, 3)]
+    batches = []
+    real = pseudo_mask._add_narrow_gaussians
+    monkeypatch.setattr(pseudo_mask, "_add_narrow_gaussians", lambda prior, narrow: (batches.append(len(narrow)),
+                                                                                    real(prior, narrow)))
+    together = [(gaussian_prior(c), gaussian_prior(c, out=np.empty((256, 256), np.float32)))
+                for c in map(normalise_cam, cams)]
+    assert sum(n > 1 for n in batches) >= 10     # noisy maps have many small regions: batches of several
+    assert sum(p64.max() > 0 for p64, _ in together) >= len(cams) - 4
+    monkeypatch.setattr(pseudo_mask, "_NARROW", 0)
+    for cam, (p64, p32) in zip(map(normalise_cam, cams), together):
+        assert np.array_equal(gaussian_prior(cam).view(np.uint64), p64.view(np.uint64))
+        assert np.array_equal(gaussian_prior(cam, out=np.empty((256, 256), np.float32)).view(np.uint32),
+                              p32.view(np.uint32))

@@ -84,3 +84,37 @@ def test_random_pipelines_follow_the_seed_as_before():
     for seed, got in enumerate(outputs):
         assert torch.equal(got, reference(ops(), image, None, seed)[0])
     assert len({o.sum().item() for o in outputs}) > 1  # the seeds do pick different crops
+
+
+def test_read_image_is_the_bgr_decode_in_rgb_order(tmp_path):
+    """read_image may decode straight to RGB (newer OpenCV): the pixels of cv2's BGR decode + cvtColor, for
+    every kind of file a data set holds (colour, grayscale, CMYK and EXIF-rotated JPEGs, PNGs with alpha or
+    16 bits)."""
+    import cv2
+
+    from dataset.synthetic import write_cmyk_jpeg, write_grayscale_jpeg
+    from utils.data import read_image
+    rng = np.random.default_rng(5)
+    smooth = next(images())
+    paths = [write_grayscale_jpeg(str(tmp_path / "gray.jpg"), 40, 50, seed=1)]
+    for name, array in (("colour.jpg", smooth), ("alpha.png", rng.integers(0, 256, (30, 20, 4), dtype=np.uint8)),
+                        ("deep.png", rng.integers(0, 65536, (30, 20, 3), dtype=np.uint16)),
+                        ("noise.bmp", rng.integers(0, 256, (17, 9, 3), dtype=np.uint8))):
+        cv2.imwrite(str(tmp_path / name), array)
+        paths.append(str(tmp_path / name))
+    try:
+        from PIL import Image
+    except ImportError:
+        pass
+    else:
+        paths.append(write_cmyk_jpeg(str(tmp_path / "cmyk.jpg"), 40, 50, seed=2))
+        im = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+        exif = im.getexif()
+        exif[0x0112] = 6   # rotate 90 degrees clockwise to display: both decodes apply it
+        im.save(tmp_path / "rotated.jpg", "JPEG", exif=exif)
+        paths.append(str(tmp_path / "rotated.jpg"))
+    for path in paths:
+        bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+        got = read_image(path)
+        assert got.dtype == np.uint8 and np.array_equal(got, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), path
+    assert read_image(paths[-1]).shape[:2] == (50, 30) or "rotated" not in paths[-1]

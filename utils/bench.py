@@ -26,7 +26,11 @@ What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed
   seg_train_step  the same for the seg model and its loss
 The end-to-end figures count the images after the first batch (loader start-up and the first batch
 are left out, as the bare forwards leave out their warm-up) and are given as a ratio to the bare
-forward measured just before them. The models have random weights (speed does not depend on them,
+forward over the same images. Each end-to-end stage runs --rounds times, each run between two passes
+of its bare forward (bare, stage, bare, stage, bare): cam_forward and seg_forward are all their passes
+together and the end-to-end figures all their rounds (total images over total time; the JSON lists
+each pass and round), so that a ratio is not the draw of a shared machine whose speed drifts by 10-30 %
+from one pass to the next. The models have random weights (speed does not depend on them,
 except the post-processing, whose CAMs are noisier and so have more regions than a trained model's).
 
 Settings follow the stages: on CUDA bf16 autocast, channels-last, pinned memory and persistent loader
@@ -98,6 +102,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_steps", type=int, help=f"timed training steps per model {_per_device(2)}")
     p.add_argument("--warmup", type=int, help=f"untimed batches before each bare forward, untimed steps (at least "
                                               f"one) before the timed training steps {_per_device(3)}")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="runs of each end-to-end stage, each between two passes of its bare forward")
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers")
     p.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="pseudo-mask post-processing processes")
@@ -374,19 +380,31 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
 
 
 class Stages(dict):
-    """name -> figures of one measurement; each `add` closes that stage's peak-memory window."""
+    """name -> figures of one measurement, with the peak memory of its window (see `peak`)."""
 
     def __init__(self, device: torch.device):
         super().__init__()
         self.device = device
         reset_peak(device)
 
-    def add(self, name: str, images_per_s: float, images: int, **extra) -> None:
-        self[name] = {"images_per_s": images_per_s, "images": images, "peak_memory_mb": peak_mb(self.device),
-                      **extra}
-        if self.device.type == "cpu":
-            self[name]["peak_child_memory_mb"] = child_peak_mb()
+    def peak(self) -> tuple:
+        """(peak MB, peak MB of a finished child process or None on CUDA) since the last `peak` or `add`;
+        starts the next window (on the CPU the figures only grow: peak RSS so far)."""
+        window = peak_mb(self.device), child_peak_mb() if self.device.type == "cpu" else None
         reset_peak(self.device)
+        return window
+
+    def add(self, name: str, images_per_s: float, images: int, peak: Optional[tuple] = None, **extra) -> None:
+        """Record a stage; `peak`: its memory window when not the one just ending (`peak()`)."""
+        mb, child_mb = peak or self.peak()
+        self[name] = {"images_per_s": images_per_s, "images": images, "peak_memory_mb": mb, **extra}
+        if child_mb is not None:
+            self[name]["peak_child_memory_mb"] = child_mb
+
+
+def most(*windows: tuple) -> tuple:
+    """The larger of each figure of some `Stages.peak` windows."""
+    return tuple(None if None in v else max(v) for v in zip(*windows))
 
 
 def measure_inputs(a, root: str, stages: Stages) -> tuple:
@@ -403,34 +421,72 @@ def measure_inputs(a, root: str, stages: Stages) -> tuple:
     return images, labels, [(w, h) for b in batches for h, w in b["size"].tolist()]
 
 
+def alternate(bare: Callable[[bool], float], stage: Callable[[], tuple], rounds: int, stages: Stages) -> tuple:
+    """bare, stage, bare, ..., stage, bare: `rounds` runs of an end-to-end stage, each between two passes of
+    the bare forward over the same images, so that the stage's ratio to the bare forward is not a draw of
+    a shared machine whose speed drifts by 10-30 % from one pass to the next.
+
+    `bare(first)` -> images/s of one pass; `stage()` -> (images/s after its first batch, its seconds).
+    Returns (bare images/s: all passes' images over their time, [each pass's], stage images/s: likewise
+    over the rounds, [each round's], peak-memory windows (bare, stage)).
+    """
+    bare_rates, rounds_, windows = [], [], {"bare": [], "stage": []}
+    for k in range(rounds + 1):
+        bare_rates.append(bare(k == 0))
+        windows["bare"].append(stages.peak())
+        if k < rounds:
+            rounds_.append(stage())
+            windows["stage"].append(stages.peak())
+    bare_rate = len(bare_rates) / sum(1 / r for r in bare_rates)                  # equal images per pass
+    stage_rate = sum(r * t for r, t in rounds_) / sum(t for _, t in rounds_)      # images over seconds
+    return bare_rate, bare_rates, stage_rate, [r for r, _ in rounds_], most(*windows["bare"]), most(*windows["stage"])
+
+
 def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> np.ndarray:
-    """Bare CAM forward, then `make_masks` end to end; returns the GT-class CAMs (N x 32 x 32)."""
-    model = prepare_model(build_mffnet(CLASSES, a.backbone), a)
-    rate, cams = bare_forward(model, images, a,
-                              keep=lambda i, maps: maps[torch.arange(len(maps), device=a.device), labels[i]])
-    cams = torch.cat(cams).float().cpu().numpy()
-    stages.add("cam_forward", rate, len(cams), input=[SIZE, SIZE])
-    del model
-    with quiet(a.verbose):
-        r = stage_cam.make_masks(stage_args("cam", a, os.path.join(work, "CUB_200_2011"),
-                                            os.path.join(work, "cam.pth"), os.path.join(work, "cam")))
-    stages.add("pseudo_masks", r["images_per_s"], r["written"], seconds=r["seconds"], post_workers=a.post_workers,
-               ratio_to_cam_forward=r["images_per_s"] / stages["cam_forward"]["images_per_s"])
+    """Bare CAM forward and `make_masks` end to end, alternating (`alternate`); returns the GT-class CAMs
+    of the first pass (N x 32 x 32)."""
+    kept = []
+
+    def bare(first: bool) -> float:
+        model = prepare_model(build_mffnet(CLASSES, a.backbone), a)   # not held during the stage
+        keep = (lambda i, maps: maps[torch.arange(len(maps), device=a.device), labels[i]]) if first else None
+        rate, cams = bare_forward(model, images, a, keep=keep)
+        kept.extend(cams)
+        return rate
+
+    def stage() -> tuple:
+        with quiet(a.verbose):  # --overwrite: each round writes every mask
+            r = stage_cam.make_masks(stage_args("cam", a, os.path.join(work, "CUB_200_2011"),
+                                                os.path.join(work, "cam.pth"), os.path.join(work, "cam")))
+        return r["images_per_s"], r["seconds"]
+
+    bare_rate, passes, rate, rounds, bare_peak, stage_peak = alternate(bare, stage, a.rounds, stages)
+    cams = torch.cat(kept).float().cpu().numpy()
+    stages.add("cam_forward", bare_rate, len(passes) * len(cams), peak=bare_peak, input=[SIZE, SIZE], passes=passes)
+    stages.add("pseudo_masks", rate, a.rounds * len(cams), peak=stage_peak, rounds=rounds,
+               post_workers=a.post_workers, ratio_to_cam_forward=rate / bare_rate)
     return cams
 
 
 def measure_eval(a, work: str, images: list, stages: Stages) -> list:
-    """Bare seg forward on the centre crops, then `evaluate` end to end; returns the crops."""
+    """Bare seg forward on the centre crops and `evaluate` end to end, alternating; returns the crops."""
     off = (SIZE - CROP) // 2
     memory_format = torch.channels_last if a.cl else torch.contiguous_format
     crops = [x[:, :, off:off + CROP, off:off + CROP].contiguous(memory_format=memory_format) for x in images]
-    rate, _ = bare_forward(prepare_model(build_mffnet(1, a.backbone, seg=True), a), crops, a)
-    stages.add("seg_forward", rate, sum(len(x) for x in crops), input=[CROP, CROP])
-    with quiet(a.verbose):
-        m = stage_seg.evaluate(stage_args("seg", a, os.path.join(work, "CUB_200_2011"),
-                                          os.path.join(work, "seg.pth"), os.path.join(work, "seg")))
-    stages.add("seg_eval", m["images_per_s"], m["count"], seconds=m["seconds"],
-               ratio_to_seg_forward=m["images_per_s"] / stages["seg_forward"]["images_per_s"])
+
+    def bare(first: bool) -> float:
+        return bare_forward(prepare_model(build_mffnet(1, a.backbone, seg=True), a), crops, a)[0]
+
+    def stage() -> tuple:
+        with quiet(a.verbose):
+            m = stage_seg.evaluate(stage_args("seg", a, os.path.join(work, "CUB_200_2011"),
+                                              os.path.join(work, "seg.pth"), os.path.join(work, "seg")))
+        return m["images_per_s"], m["seconds"]
+
+    bare_rate, passes, rate, rounds, bare_peak, stage_peak = alternate(bare, stage, a.rounds, stages)
+    n = sum(len(x) for x in crops)
+    stages.add("seg_forward", bare_rate, len(passes) * n, peak=bare_peak, input=[CROP, CROP], passes=passes)
+    stages.add("seg_eval", rate, a.rounds * n, peak=stage_peak, rounds=rounds, ratio_to_seg_forward=rate / bare_rate)
     return crops
 
 
@@ -484,7 +540,7 @@ def run(a) -> dict:
             shutil.rmtree(work, ignore_errors=True)
     return {
         "device": str(a.device), "device_name": device_name(a.device), "backbone": a.backbone,
-        "batch_size": a.batch_size, "images": a.images, "num_workers": a.num_workers,
+        "batch_size": a.batch_size, "images": a.images, "rounds": a.rounds, "num_workers": a.num_workers,
         "post_workers": a.post_workers, "amp": str(a.dtype).replace("torch.", "") if a.dtype else "off",
         "channels_last": a.cl, "compile": a.compile, "torch": torch.__version__, "opencv": cv2.__version__,
         "postprocess_ms_per_image": cpu["postprocess_ms"], "cpu_ms_per_mask": cpu["cpu_ms_per_mask"],
@@ -499,12 +555,14 @@ def table(r: dict) -> str:
              f"torch {r['torch']}",
              f"{'stage':16s} {'images/s':>10s} {'peak MB':>9s}  notes"]
     s = r["stages"]
+    n = len(s["pseudo_masks"]["rounds"])
+    rounds = f"{n} rounds, each between bare passes" if n > 1 else "1 round, between bare passes"
     notes = {"data_loading": f"{r['num_workers']} loader workers, decode + normalise + resize {SIZE}",
              "cam_forward": f"{CLASSES} classes, {SIZE} x {SIZE}",
-             "pseudo_masks": f"{s['pseudo_masks']['ratio_to_cam_forward']:.2f} x cam_forward "
-                             f"(make_masks, {r['post_workers']} post workers)",
+             "pseudo_masks": f"{s['pseudo_masks']['ratio_to_cam_forward']:.2f} x cam_forward (make_masks, "
+                             f"{r['post_workers']} post worker{'s' if r['post_workers'] != 1 else ''}, {rounds})",
              "seg_forward": f"{CROP} x {CROP}",
-             "seg_eval": f"{s['seg_eval']['ratio_to_seg_forward']:.2f} x seg_forward (evaluate)",
+             "seg_eval": f"{s['seg_eval']['ratio_to_seg_forward']:.2f} x seg_forward (evaluate, {rounds})",
              "cam_train_step": "dual head, 224", "seg_train_step": "224"}
     for name, note in notes.items():
         lines.append(f"{name:16s} {s[name]['images_per_s']:10.2f} {s[name]['peak_memory_mb']:9.0f}  {note}")
@@ -525,7 +583,7 @@ def table(r: dict) -> str:
 def main(argv: Optional[list] = None) -> dict:
     a = get_args_parser().parse_args(argv)
     a.device = pick_device(a.device)
-    for flag in ("batch_size", "images", "train_steps", "warmup"):
+    for flag in ("batch_size", "images", "train_steps", "warmup", "rounds"):
         if getattr(a, flag) is not None and getattr(a, flag) < (0 if flag == "warmup" else 1):
             raise UserError(f"--{flag} {getattr(a, flag)} is out of range")
     result = run(a)
