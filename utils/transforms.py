@@ -15,7 +15,6 @@ Box helpers state their convention: boxes are `x0 y0 x1 y1` floats in pixels of 
 """
 from __future__ import annotations
 
-import threading
 from typing import Callable, Optional
 
 import albumentations as A
@@ -30,34 +29,11 @@ _NORMALIZE = A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
 _TABLE = _NORMALIZE(image=np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))["image"]
 
 
-def normalise(image: np.ndarray, scratch: bool = False) -> np.ndarray:
-    """H x W x 3 uint8 RGB -> float32 (pixel / 255 - mean) / std, exactly as albumentations' Normalize.
-
-    `scratch=True`: into this thread's reused block (`_Scratch`), overwritten by the next such call: for a
-    caller that uses the result at once (a fresh 2 MB array per image costs ~0.1 ms in page faults)."""
+def normalise(image: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 RGB -> float32 (pixel / 255 - mean) / std, exactly as albumentations' Normalize."""
     if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-        return cv2.LUT(image, _TABLE, dst=_SCRATCH.take(image.shape) if scratch else None)
+        return cv2.LUT(image, _TABLE)
     return _NORMALIZE(image=image)["image"]
-
-
-class _Scratch(threading.local):
-    """Per thread: one float32 block, grown as needed, for the normalised images of `normalise(scratch=True)`
-    (images over `LIMIT` pixels get fresh arrays: the block would hold on to their memory)."""
-    LIMIT = 4096 * 4096
-
-    def __init__(self):
-        self.block = np.empty(0, dtype=np.float32)
-
-    def take(self, shape: tuple) -> Optional[np.ndarray]:
-        n = int(np.prod(shape))
-        if n > 3 * self.LIMIT:
-            return None
-        if self.block.size < n:
-            self.block = np.empty(n, dtype=np.float32)
-        return self.block[:n].reshape(shape)
-
-
-_SCRATCH = _Scratch()
 
 
 class Pipeline:
@@ -99,7 +75,7 @@ class ResizeCrop(Pipeline):
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
         if mask is not None:
             return super().__call__(image, mask, seed)
-        out = cv2.resize(normalise(image, scratch=True), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        out = cv2.resize(normalise(image), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         if self.crop:
             top = (self.size - self.crop) // 2
             out = out[top:top + self.crop, top:top + self.crop]
