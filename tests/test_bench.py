@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -105,3 +106,33 @@ def test_pending_takes_results_as_they_finish():
 def test_host_copy_on_the_cpu_is_the_tensor():
     x = torch.arange(6.0)
     assert HostCopy(x).get() is x
+
+
+def test_post_pool_workers_import_neither_the_main_script_nor_torch(tmp_path):
+    """A spawned worker would import the parent's main script (a stage's test.py, and torch with it: ~3 s of
+    CPU and ~250 MB each). The pools' workers skip it, and their tasks' modules are torch-free."""
+    script = tmp_path / "stage_like.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import numpy as np
+        import torch
+        from utils.workers import post_pool
+        print("main script ran")    # a worker that ran this script would print it again
+        if __name__ == "__main__":
+            from utils.pseudo_mask import write_masks
+            from utils.wsol_eval import score_image
+            pool = post_pool(1)
+            cam = np.random.rand(32, 32).astype(np.float32)
+            pool.submit(write_masks, [(cam, 60, 40, {str(tmp_path / "m.png")!r})]).result()
+            v1, v2, _ = pool.submit(score_image, np.ones((224, 224)), np.array([[0, 0, 223, 223]]), 0.5, None, "x",
+                                    None).result()
+            print(v1.max() > 0, v2.max() > 0)
+            print(pool.submit(eval, "'torch' in __import__('sys').modules").result())
+            pool.shutdown()
+            print(__spec__, __file__ == {str(script)!r})   # the parent's __main__ as it was
+    """))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["main script ran", "True True", "False", "None True"], p.stdout
+    assert (tmp_path / "m.png").stat().st_size > 0

@@ -11,7 +11,7 @@ from test_pseudo_mask import varied_cams
 from utils import png
 from utils.errors import UserError
 from utils.pseudo_mask import make_pseudo_mask
-from utils.stage_cam import write_mask, write_masks
+from utils.pseudo_mask import write_mask, write_masks
 
 HAVE_FPNG = png._fpng is not None
 # odd sizes, one-pixel-wide, and one over the pseudo-mask buffers' reuse limit (fresh arrays)

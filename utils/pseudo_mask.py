@@ -16,11 +16,14 @@ are those of the formulas written out, in the same order.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Optional
 
 import cv2
 import numpy as np
+
+from utils import png
 
 SIZE = 256          # CAMs are upsampled to 256 x 256 before the prior is fitted
 LOW, HIGH = 0.1, 0.5  # CAM values that make up the regions the Gaussians are fitted to
@@ -218,3 +221,24 @@ def make_pseudo_mask(cam: np.ndarray, width: int, height: int, gaussian: bool = 
     np.copyto(four, two.view("<u2")[..., 0])
     order = cv2.COLOR_BGRA2RGB if rgb else cv2.COLOR_BGRA2BGR
     return cv2.cvtColor(four.view(np.uint8).reshape(height, width, 4), order)
+
+
+def write_mask(cam: np.ndarray, width: int, height: int, path: str, gaussian: bool = True,
+               writer: str = "auto") -> None:
+    """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask);
+    `gaussian=False`: no prior (channel 1 stays 0); `writer`: the PNG encoder (`utils.png`: the same
+    pixels from either)."""
+    data = png.encode_rgb(make_pseudo_mask(cam, width, height, gaussian, rgb=True), writer)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_masks(items: list, writer: str = "auto") -> None:
+    """`write_mask` of each (cam, width, height, path, ...): one pool task per chunk of a batch keeps the
+    pool's per-task cost (futures, pickling, pipes: in the main process, under its GIL) small. Here, in a
+    torch-free module, because it runs in the post-processing pool's workers (utils.workers)."""
+    for item in items:
+        write_mask(*item, writer=writer)

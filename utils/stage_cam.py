@@ -29,7 +29,7 @@ from utils.engine import (HostCopy, Pending, Throughput, amp_dtype, autocast, ch
                           host_lag, inference_batches, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
-from utils.pseudo_mask import make_pseudo_mask
+from utils.pseudo_mask import write_masks
 from utils.transforms import resize_transform, train_transform
 from utils.vis import pseudo_mask_pictures, tensorboard_hook
 from utils.workers import post_pool
@@ -92,27 +92,8 @@ def _start_pool(workers: int) -> tuple:
     if workers <= 0:
         return None, []
     pool = post_pool(workers)
-    return pool, [pool.submit(int) for _ in range(workers)]  # the executor starts a worker per task while none is idle
-
-
-def write_mask(cam: np.ndarray, width: int, height: int, path: str, gaussian: bool = True,
-               writer: str = "auto") -> None:
-    """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask);
-    `gaussian=False`: no prior (channel 1 stays 0); `writer`: the PNG encoder (`utils.png`: the same
-    pixels from either)."""
-    data = png.encode_rgb(make_pseudo_mask(cam, width, height, gaussian, rgb=True), writer)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def write_masks(items: list, writer: str = "auto") -> None:
-    """`write_mask` of each (cam, width, height, path, ...): one pool task per chunk of a batch keeps the
-    pool's per-task cost (futures, pickling, pipes: in the main process, under its GIL) small."""
-    for item in items:
-        write_mask(*item, writer=writer)
+    # the executor starts a worker per task while none is idle; an empty task imports the mask code
+    return pool, [pool.submit(write_masks, []) for _ in range(workers)]
 
 
 @distributed.entry

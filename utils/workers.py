@@ -1,20 +1,48 @@
 """Worker processes of the post-processing pools (pseudo masks, wsol scoring): how they start and die.
 
-Torch-free, so that a worker that only post-processes does not import it for this.
+Torch-free, as are the modules of the tasks they run (`utils.pseudo_mask.write_masks`,
+`utils.wsol_eval.score_image`): a worker imports numpy, OpenCV and fpng, not torch.
 """
 from __future__ import annotations
 
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing.context import SpawnContext, SpawnProcess
 
 
 def post_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` post-processing processes that start with "spawn" (no forkserver left behind),
-    one OpenCV thread each, ignore Ctrl-C and die with this process (`init_pool_worker`)."""
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_pool_worker,
+    """A pool of `workers` post-processing processes that start with "spawn" (no forkserver left behind)
+    without importing this process's main script (`_LeanSpawnProcess`), one OpenCV thread each, ignore Ctrl-C
+    and die with this process (`init_pool_worker`). Its tasks must be functions of importable modules."""
+    return ProcessPoolExecutor(workers, mp_context=_LeanSpawnContext(), initializer=init_pool_worker,
                                initargs=(os.getpid(),))
+
+
+class _LeanSpawnProcess(SpawnProcess):
+    """A spawned process that does not run the parent's main script first.
+
+    A spawned child imports the parent's `__main__` (a stage's test.py, and through it torch: ~3 s of CPU and
+    ~250 MB per worker) so that functions defined there can be unpickled. Pool tasks here are functions of
+    torch-free modules, so the main module is hidden while the child's start-up data is taken (multiprocessing
+    reads `__main__.__spec__` and `__file__` for it) and restored at once.
+    """
+
+    @staticmethod
+    def _Popen(process_obj):
+        main = sys.modules["__main__"]
+        saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+        main.__spec__ = None
+        main.__dict__.pop("__file__", None)
+        try:
+            return SpawnProcess._Popen(process_obj)
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+class _LeanSpawnContext(SpawnContext):
+    Process = _LeanSpawnProcess
 
 
 def init_pool_worker(parent: int) -> None:

@@ -478,6 +478,31 @@ def cub_mask(mask_root: str, image_id: str) -> np.ndarray:
     return (_read_mask(path) > 127).astype(np.uint8)
 
 
+V2_IOUS = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds
+
+
+def score_image(scoremap: np.ndarray, gt: np.ndarray, interval: float, mask_root: Optional[str], image_id: str,
+                save_path: Optional[str], failed: bool = False) -> tuple:
+    """One image's share of the figures of `test.py --protocol wsol`: best IoU per CAM threshold for MaxBoxAcc
+    and for MaxBoxAccV2, and the PxAP histograms (None without masks). Saves the map first when `save_path`
+    is given. A `failed` image (unreadable) localises nothing: zero IoUs, and its mask's pixels all score 0.
+    Here, in a torch-free module, because it runs in the post-processing pool's workers (utils.workers)."""
+    if save_path:
+        os.makedirs(os.path.dirname(save_path), exist_ok=True)
+        tmp = f"{save_path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:  # np.save(path) would append .npy to the temporary name
+            np.save(f, scoremap.astype(np.float32, copy=False))
+        os.replace(tmp, save_path)
+    v1 = BoxEvaluator(interval, (50,), multi_contour=False)
+    v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
+    if failed:
+        best_v1, best_v2 = np.zeros(len(v1.thresholds)), np.zeros(len(v2.thresholds))
+    else:
+        best_v1, best_v2 = v1.best_ious(scoremap, gt), v2.best_ious(scoremap, gt)
+    hists = PxAPEvaluator(interval).histograms(scoremap, cub_mask(mask_root, image_id)) if mask_root else None
+    return best_v1, best_v2, hists
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def str2bool(value: str | bool) -> bool:
     if isinstance(value, bool):

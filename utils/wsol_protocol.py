@@ -29,10 +29,8 @@ from utils.log import maybe_tqdm, write_json
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
 from utils.workers import post_pool
-from utils.wsol_eval import (RESIZE_LENGTH, WSOL_FOLDERS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds,
-                             cub_mask, iou_plus1, resize_box_224, wsol_image_id)
-
-V2_IOUS = (30, 50, 70)
+from utils.wsol_eval import (RESIZE_LENGTH, V2_IOUS, WSOL_FOLDERS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds,
+                             iou_plus1, resize_box_224, score_image, wsol_image_id)
 
 
 def scoremaps(logits: torch.Tensor) -> np.ndarray:
@@ -73,27 +71,6 @@ class WsolScores:
                 "maxboxacc_v2": {**v2["maxboxacc"], "mean": v2["mean"]},
                 "maxboxacc_v2_best_threshold": v2["best_threshold"],
                 "pxap": self.pxap.compute() if self.pxap is not None else None}
-
-
-def score_image(scoremap: np.ndarray, gt: np.ndarray, interval: float, mask_root: Optional[str], image_id: str,
-                save_path: Optional[str], failed: bool = False) -> tuple:
-    """One image's share of the figures: best IoU per CAM threshold for MaxBoxAcc and for MaxBoxAccV2, and
-    the PxAP histograms (None without masks). Saves the map first when `save_path` is given. A `failed`
-    image (unreadable) localises nothing: zero IoUs, and its mask's pixels all score 0."""
-    if save_path:
-        os.makedirs(os.path.dirname(save_path), exist_ok=True)
-        tmp = f"{save_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:  # np.save(path) would append .npy to the temporary name
-            np.save(f, scoremap.astype(np.float32, copy=False))
-        os.replace(tmp, save_path)
-    v1 = BoxEvaluator(interval, (50,), multi_contour=False)
-    v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
-    if failed:
-        best_v1, best_v2 = np.zeros(len(v1.thresholds)), np.zeros(len(v2.thresholds))
-    else:
-        best_v1, best_v2 = v1.best_ious(scoremap, gt), v2.best_ious(scoremap, gt)
-    hists = PxAPEvaluator(interval).histograms(scoremap, cub_mask(mask_root, image_id)) if mask_root else None
-    return best_v1, best_v2, hists
 
 
 def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -> dict:
