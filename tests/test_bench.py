@@ -68,10 +68,14 @@ def test_tiny_cpu_run_writes_every_figure(tmp_path):
 
 
 
-def test_help_and_too_few_images():
-    assert "pseudo_masks" in bench("--help").stdout
-    p = bench("--device", "cpu", "--images", 4, "--batch_size", 4, check=False)
-    assert p.returncode == 2 and "--images 4 < 2 x --batch_size 4" in p.stderr
+def test_help_and_bad_sizes():
+    from utils.bench import get_args_parser, main
+    from utils.errors import UserError
+    assert "pseudo_masks" in get_args_parser().format_help() and "--rounds" in get_args_parser().format_help()
+    with pytest.raises(UserError, match=r"--images 4 < 2 x --batch_size 4"):
+        main(["--device", "cpu", "--images", "4", "--batch_size", "4"])
+    with pytest.raises(UserError, match=r"--rounds 0 is out of range"):
+        main(["--device", "cpu", "--rounds", "0"])
 
 
 def test_throughput_leaves_the_first_batch_out():
