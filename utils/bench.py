@@ -430,16 +430,16 @@ def alternate(bare: Callable[[bool], float], stage: Callable[[], tuple], rounds:
     Returns (bare images/s: all passes' images over their time, [each pass's], stage images/s: likewise
     over the rounds, [each round's], peak-memory windows (bare, stage)).
     """
-    bare_rates, rounds_, windows = [], [], {"bare": [], "stage": []}
+    bare_rates, bare_peaks, runs, stage_peaks = [], [], [], []
     for k in range(rounds + 1):
         bare_rates.append(bare(k == 0))
-        windows["bare"].append(stages.peak())
+        bare_peaks.append(stages.peak())
         if k < rounds:
-            rounds_.append(stage())
-            windows["stage"].append(stages.peak())
-    bare_rate = len(bare_rates) / sum(1 / r for r in bare_rates)                  # equal images per pass
-    stage_rate = sum(r * t for r, t in rounds_) / sum(t for _, t in rounds_)      # images over seconds
-    return bare_rate, bare_rates, stage_rate, [r for r, _ in rounds_], most(*windows["bare"]), most(*windows["stage"])
+            runs.append(stage())
+            stage_peaks.append(stages.peak())
+    bare_rate = len(bare_rates) / sum(1 / r for r in bare_rates)          # equal images per pass
+    stage_rate = sum(r * t for r, t in runs) / sum(t for _, t in runs)    # images over seconds
+    return bare_rate, bare_rates, stage_rate, [r for r, _ in runs], most(*bare_peaks), most(*stage_peaks)
 
 
 def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> np.ndarray:

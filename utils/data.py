@@ -45,8 +45,8 @@ class BadImage(Exception):
 
 # ----------------------------------------------------------------------------------------- images
 # Newer OpenCV (IMREAD_COLOR_RGB) decodes to RGB itself: the pixels of BGR + cvtColor (tests/test_transforms.py),
-# ~0.1 ms less per image; older versions convert afterwards
-_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+# ~0.1 ms less per image; older versions decode to BGR and convert afterwards
+_DECODE = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -60,13 +60,12 @@ def read_image(path: str) -> np.ndarray:
     if data[:2].tobytes() == b"\xff\xd8" and jpeg_ends(data) is False:
         # a JPEG cut short decodes "successfully" with a grey bottom; its end-of-image marker is missing
         raise BadImage(f"{path}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+    image = cv2.imdecode(data, _DECODE)
     if image is None:
         raise BadImage(f"{path}: not a readable image")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise BadImage(f"{path}: zero-size image")
-    return image if _IMREAD_RGB is not None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
+    return image if _DECODE != cv2.IMREAD_COLOR else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def jpeg_ends(data: np.ndarray) -> Optional[bool]:
