@@ -63,6 +63,8 @@ def test_tiny_cpu_run_writes_every_figure(tmp_path):
     assert math.isclose(r["node16_masks_per_s"], min(16e3 / total, 1e3 / cpu["handoff_main_ms"]))
     assert math.isclose(cpu["cpu_ratio_to_opencv_png"], cpu["cpu_ms_per_mask"] / cpu["opencv_png_ms"])
     assert r["png_writer"] == png.describe(png.resolve("auto")) and cpu["images"] == 8
+    # every map of the 8 has its regions counted (a whole number of them): their mean has a denominator of 8
+    assert cpu["regions_per_cam"] > 0 and (cpu["regions_per_cam"] * 8).is_integer()
     for name in STAGES + ("cpu_per_mask", "OpenCV's PNG writer", "16-core node"):
         assert name in p.stdout  # the table
 

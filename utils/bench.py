@@ -31,7 +31,8 @@ of its bare forward (bare, stage, bare, stage, bare): cam_forward and seg_forwar
 together and the end-to-end figures all their rounds (total images over total time; the JSON lists
 each pass and round), so that a ratio is not the draw of a shared machine whose speed drifts by 10-30 %
 from one pass to the next. The models have random weights (speed does not depend on them,
-except the post-processing, whose CAMs are noisier and so have more regions than a trained model's).
+except the post-processing, whose CAMs are noisier and so have more regions than a trained model's:
+each region, one Gaussian, costs ~80 us on one core; `regions_per_cam` says how many there were).
 
 Settings follow the stages: on CUDA bf16 autocast, channels-last, pinned memory and persistent loader
 workers (--amp, --channels_last); --compile compiles every model. Peak memory: on CUDA
@@ -72,7 +73,7 @@ from utils.data import ImageSet, collate, read_image, read_list  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.pseudo_mask import make_pseudo_mask  # noqa: E402
+from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions  # noqa: E402
 from utils.transforms import resize_transform  # noqa: E402
 
 CLASSES = 200        # CUB: the CAM model's output channels
@@ -372,6 +373,7 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
     r["cpu_ms_per_mask"] = r["decode_ms"] + r["transform_ms"] + r["postprocess_ms"] + r["png_encode_ms"]
     bgr = [make_pseudo_mask(cam, w, h) for cam, (w, h) in zip(cams, sizes)]
     r.update(png_writer=png.describe(writer), images=len(paths),
+             regions_per_cam=float(np.mean([len(regions(normalise_cam(cam))[1]) for cam in cams])),
              png_ratio_to_opencv=r["png_encode_ms"] / r["opencv_png_ms"],
              cpu_ratio_to_opencv_png=r["cpu_ms_per_mask"] / r["opencv_png_ms"],
              png_kb_per_mask=float(np.mean([len(png.encode_rgb(m[..., ::-1].copy(), writer)) for m in bgr])) / 1e3,
@@ -569,7 +571,8 @@ def table(r: dict) -> str:
     c = s["cpu_per_mask"]
     lines.append(f"{'cpu_per_mask':16s} {c['images_per_s_per_core']:10.1f} {'':9s}  {c['cpu_ms_per_mask']:.2f} ms per "
                  f"image per core = decode {c['decode_ms']:.2f} + normalise/resize {c['transform_ms']:.2f} + "
-                 f"post-processing {c['postprocess_ms']:.2f} + PNG {c['png_encode_ms']:.2f} ({c['png_writer']})")
+                 f"post-processing {c['postprocess_ms']:.2f} ({c['regions_per_cam']:.1f} regions per CAM) + PNG "
+                 f"{c['png_encode_ms']:.2f} ({c['png_writer']})")
     lines.append(f"{'':16s} {'':10s} {'':9s}  yardstick, OpenCV's PNG writer: {c['opencv_png_ms']:.2f} ms; PNG "
                  f"{c['png_ratio_to_opencv']:.2f} x it, CPU per mask {c['cpu_ratio_to_opencv_png']:.2f} x it; "
                  f"{c['png_kb_per_mask']:.0f} KB per mask ({c['opencv_png_kb_per_mask']:.0f} KB by OpenCV)")
