@@ -59,13 +59,14 @@ def test_tiny_cpu_run_writes_every_figure(tmp_path):
     assert r["cpu_ms_per_mask"] == cpu["cpu_ms_per_mask"] and r["postprocess_ms_per_image"] == cpu["postprocess_ms"]
     assert r["png_encode_ms"] == cpu["png_encode_ms"] and r["opencv_png_ms"] == cpu["opencv_png_ms"]
     assert positive(cpu["handoff_workers_ms"]) and positive(cpu["handoff_main_ms"])
-    total = cpu["cpu_ms_per_mask"] + cpu["handoff_workers_ms"] + cpu["handoff_main_ms"]
+    assert positive(cpu["loader_worker_ms"]) and positive(cpu["post_worker_ms"])   # the workers measured whole
+    total = cpu["loader_worker_ms"] + cpu["post_worker_ms"] + cpu["handoff_main_ms"]
     assert math.isclose(r["node16_masks_per_s"], min(16e3 / total, 1e3 / cpu["handoff_main_ms"]))
     assert math.isclose(cpu["cpu_ratio_to_opencv_png"], cpu["cpu_ms_per_mask"] / cpu["opencv_png_ms"])
     assert r["png_writer"] == png.describe(png.resolve("auto")) and cpu["images"] == 8
     # every map of the 8 has its regions counted (a whole number of them): their mean has a denominator of 8
     assert cpu["regions_per_cam"] > 0 and (cpu["regions_per_cam"] * 8).is_integer()
-    for name in STAGES + ("cpu_per_mask", "OpenCV's PNG writer", "16-core node"):
+    for name in STAGES + ("cpu_per_mask", "OpenCV's PNG writer", "measured whole", "16-core node"):
         assert name in p.stdout  # the table
 
 
@@ -142,3 +143,47 @@ def test_post_pool_workers_import_neither_the_main_script_nor_torch(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["main script ran", "True True", "False", "None True"], p.stdout
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_freed_memory_is_kept_for_the_next_batch():
+    """`keep_freed_memory` (the loader workers' init): a batch of 786 KB images, freed and made again, reuses
+    the pages; glibc's default trims the freed heap, and the next batch faults every page in again."""
+    code = textwrap.dedent("""
+        import resource, sys
+        import numpy as np
+        from utils.workers import keep_freed_memory
+        if sys.argv[1] == "keep":
+            assert keep_freed_memory()
+        batch = [np.ones((256, 256, 3), np.float32) for _ in range(32)]
+        del batch
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        batch = [np.ones((256, 256, 3), np.float32) for _ in range(32)]
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    faults = {how: int(subprocess.run([sys.executable, "-c", code, how], cwd=ROOT, capture_output=True, text=True,
+                                      timeout=60, check=True).stdout) for how in ("keep", "default")}
+    pages = 32 * 256 * 256 * 3 * 4 // 4096
+    assert faults["default"] > pages / 2 and faults["keep"] < pages / 20, faults
+
+
+class _Threads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        import cv2
+        return {"threads": torch.tensor(cv2.getNumThreads())}
+
+
+def test_loader_workers_run_one_opencv_thread():
+    """The stages' loaders start their workers with one OpenCV thread, set in this process before they fork
+    (a forked worker setting it itself would hang once this process's OpenCV pool has run)."""
+    import cv2
+    import numpy as np
+    from types import SimpleNamespace
+    from utils.distributed import Dist
+    from utils.engine import inference_batches
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((512, 512), np.float32), (100, 100))   # this process's OpenCV pool has run
+    batches = list(inference_batches(_Threads(), [0, 1], 1, SimpleNamespace(num_workers=1), Dist()))
+    assert [b["threads"].item() for b in batches] == [1, 1]

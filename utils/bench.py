@@ -18,10 +18,12 @@ What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed
                   same masks, OpenCV's PNG writer at its defaults (`opencv_png_ms`, zlib level 1: the
                   stage's writer before fpng): machines differ by up to 2x in speed, so the targets are
                   ratios to it. Then the hand-off of the transformed images from the loader workers to
-                  the main process (shared memory, per image: the workers' and the main process's CPU),
-                  and the masks/s that the cores of a 16-core node reach when this CPU work is the bound
-                  (a GPU node, whose forward is cheap): 16 / (cpu_ms_per_mask + hand-off), at most
-                  1 / the main process's share (one core)
+                  the main process (shared memory, per image: the workers' and the main process's CPU);
+                  the two kinds of worker measured whole (a loader worker from decode to hand-off, a
+                  post worker from CAM to written PNG: what the steps cost together, memory and file
+                  writes included); and the masks/s that the cores of a 16-core node reach when this
+                  CPU work is the bound (a GPU node, whose forward is cheap): 16 / (loader + post +
+                  main process), at most 1 / the main process's share (one core)
   cam_train_step  forward + backward + SGD step of the CUB cam model (dual head) at 224
   seg_train_step  the same for the seg model and its loss
 The end-to-end figures count the images after the first batch (loader start-up and the first batch
@@ -73,7 +75,8 @@ from utils.data import ImageSet, collate, read_image, read_list  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions  # noqa: E402
+from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
+from utils.workers import init_loader_worker, loader_threads, post_pool  # noqa: E402
 from utils.transforms import resize_transform  # noqa: E402
 
 CLASSES = 200        # CUB: the CAM model's output channels
@@ -234,9 +237,10 @@ def loader(samples: list, a) -> DataLoader:
     """The mask stage's loader settings, with persistent workers (so a second pass measures steady state)."""
     batches = [list(range(i, min(i + a.batch_size, len(samples)))) for i in range(0, len(samples), a.batch_size)]
     workers = max(0, a.num_workers)
+    loader_threads()
     return DataLoader(ImageSet(samples, resize_transform(SIZE)), batch_sampler=batches, num_workers=workers,
                       collate_fn=collate, pin_memory=a.device.type == "cuda", persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=init_loader_worker)
 
 
 class _Transformed(torch.utils.data.Dataset):
@@ -263,18 +267,62 @@ def handoff_ms(item: dict, a, n: int = 512) -> tuple:
 
     def cpu(images: int) -> tuple:
         batches = [list(range(i, min(i + a.batch_size, images))) for i in range(0, images, a.batch_size)]
-        kids, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
-        for _ in DataLoader(_Transformed(item, images), batch_sampler=batches, num_workers=workers,
-                            collate_fn=collate, pin_memory=a.device.type == "cuda", prefetch_factor=4):
-            pass  # the exhausted iterator joins its workers: their time is in RUSAGE_CHILDREN
-        kids2, me2 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
-        return (kids2.ru_utime + kids2.ru_stime - kids.ru_utime - kids.ru_stime,
-                me2.ru_utime + me2.ru_stime - me.ru_utime - me.ru_stime)
+
+        def run() -> None:  # the exhausted iterator joins its workers: their time is in RUSAGE_CHILDREN
+            for _ in DataLoader(_Transformed(item, images), batch_sampler=batches, num_workers=workers,
+                                collate_fn=collate, pin_memory=a.device.type == "cuda", prefetch_factor=4,
+                                worker_init_fn=init_loader_worker):
+                pass
+        return children_cpu_ms(run)
 
     base = workers * a.batch_size
     with one_thread():
         (k0, m0), (k1, m1) = cpu(base), cpu(base + n)
-    return max(0.0, k1 - k0) / n * 1e3, max(0.0, m1 - m0) / n * 1e3
+    return max(0.0, k1 - k0) / n, max(0.0, m1 - m0) / n
+
+
+def children_cpu_ms(run: Callable[[], None]) -> tuple:
+    """CPU ms of (the finished child processes, this process) while `run()` runs: the kernel's account of
+    the children, so `run` must have joined them."""
+    kids, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    run()
+    kids2, me2 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return ((kids2.ru_utime + kids2.ru_stime - kids.ru_utime - kids.ru_stime) * 1e3,
+            (me2.ru_utime + me2.ru_stime - me.ru_utime - me.ru_stime) * 1e3)
+
+
+def worker_ms(samples: list, cams: list, sizes: list, writer: str, work: str, a, n: int = 0) -> tuple:
+    """CPU ms per image of the mask stage's two kinds of worker, measured whole, as `cpu_per_mask`'s steps
+    are not: (a loader worker: decode, transform, collate, hand-off and whatever their memory costs; a
+    post worker: post-processing, PNG encoding and the atomic write, as `write_masks` tasks of a batch).
+
+    Loader: the stage's settings (`init_loader_worker`), over `samples` repeated; post: one pool worker
+    writing the masks of `cams` (of images of `sizes`) into `work`. Each runs twice, on a start-up's worth
+    of images and on `n` more (default: 128 or 4 batches); the difference per image leaves start-up out.
+    """
+    n = n or max(128, 4 * a.batch_size)
+    workers = max(1, a.num_workers)
+
+    def load(images: int) -> None:
+        data = ImageSet([samples[i % len(samples)] for i in range(images)], resize_transform(SIZE))
+        batches = [list(range(i, min(i + a.batch_size, images))) for i in range(0, images, a.batch_size)]
+        for _ in DataLoader(data, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                            pin_memory=a.device.type == "cuda", prefetch_factor=4, worker_init_fn=init_loader_worker):
+            pass
+
+    def post(masks: int) -> None:
+        items = [(cams[i % len(cams)], *sizes[i % len(cams)], os.path.join(work, "masks", f"{i % len(cams)}.png"))
+                 for i in range(masks)]
+        with post_pool(1) as pool:
+            for task in [pool.submit(write_masks, items[i:i + a.batch_size], writer)
+                         for i in range(0, masks, a.batch_size)]:
+                task.result()  # a worker's error is raised here
+
+    base = workers * a.batch_size
+    with one_thread():
+        loader = (children_cpu_ms(lambda: load(base + n))[0] - children_cpu_ms(lambda: load(base))[0]) / n
+        posted = (children_cpu_ms(lambda: post(a.batch_size + n))[0] - children_cpu_ms(lambda: post(a.batch_size))[0])
+    return max(0.0, loader), max(0.0, posted / n)
 
 
 # -------------------------------------------------------------------------------------- measurements
@@ -532,8 +580,11 @@ def run(a) -> dict:
         samples = read_list("cub", root, "train.txt", with_boxes=False)[:n]  # the loader's order: cams[i] is theirs
         cpu = cpu_per_mask([s.path for s in samples], list(cams[:n]), sizes[:n], png.resolve(a.png_writer))
         cpu["handoff_workers_ms"], cpu["handoff_main_ms"] = handoff_ms(ImageSet(samples, resize_transform(SIZE))[0], a)
-        # all the CPU work per mask found here, over 16 cores; the main process's share is also a serial bound
-        total = cpu["cpu_ms_per_mask"] + cpu["handoff_workers_ms"] + cpu["handoff_main_ms"]
+        cpu["loader_worker_ms"], cpu["post_worker_ms"] = worker_ms(samples, list(cams[:n]), sizes[:n],
+                                                                   png.resolve(a.png_writer), work, a)
+        # all the CPU work per mask, the workers' measured whole, over 16 cores; the main process's share is
+        # also a serial bound
+        total = cpu["loader_worker_ms"] + cpu["post_worker_ms"] + cpu["handoff_main_ms"]
         cpu["node16_masks_per_s"] = min(16e3 / total, 1e3 / max(cpu["handoff_main_ms"], 1e-9))
         stages["cpu_per_mask"] = dict(cpu, images_per_s_per_core=1e3 / cpu["cpu_ms_per_mask"])
         measure_training(a, crops[0], labels[0], stages)
@@ -578,8 +629,11 @@ def table(r: dict) -> str:
                  f"{c['png_kb_per_mask']:.0f} KB per mask ({c['opencv_png_kb_per_mask']:.0f} KB by OpenCV)")
     lines.append(f"{'':16s} {'':10s} {'':9s}  hand-off from the loader workers: {c['handoff_workers_ms']:.2f} ms "
                  f"(workers) + {c['handoff_main_ms']:.2f} ms (main process) more")
+    lines.append(f"{'':16s} {'':10s} {'':9s}  the workers measured whole, per image: loader "
+                 f"{c['loader_worker_ms']:.2f} ms (decode to hand-off), post {c['post_worker_ms']:.2f} ms (CAM to "
+                 f"written PNG)")
     lines.append(f"{'':16s} {c['node16_masks_per_s']:10.0f} {'':9s}  masks/s of a 16-core node where the CPU work is "
-                 f"the bound (a GPU node): 16 / all the above, at most 1 / the main process's share")
+                 f"the bound (a GPU node): 16 / (loader + post + main process), at most 1 / the main process's share")
     return "\n".join(lines)
 
 

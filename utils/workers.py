@@ -61,6 +61,42 @@ def init_pool_worker(parent: int) -> None:
     die_with_parent(parent)
 
 
+def loader_threads() -> None:
+    """One OpenCV thread in this process, and so in the DataLoader workers it forks: call it before a loader
+    starts its workers. The workers are the parallelism; OpenCV's own threads would only add their hand-offs
+    to each resize and look-up (CPU time, while a GPU node's cores are all busy). A forked worker must not
+    set it itself: OpenCV would wait for the parent's pool threads, which the child does not have (a hang)."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def init_loader_worker(worker_id: int) -> None:
+    """`worker_init_fn` of the DataLoaders: a malloc that keeps the memory it frees (`keep_freed_memory`);
+    ~0.6 ms of CPU less per image at batch 4 to 128 (README "Speed"), the same tensors."""
+    keep_freed_memory()
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's malloc keep the memory it frees instead of handing it back to the kernel.
+
+    A loader worker holds a batch's transformed images (786 KB each) until it collates them, then frees
+    them all; glibc then trims the heap and the next batch faults every page in again (~190 faults per
+    image, ~3 us each on a virtual machine: ~0.6 ms of CPU per image). With blocks up to 32 MB taken from
+    the heap and no trimming, the next batch reuses the same pages. The cost: the process keeps its peak
+    heap (one batch). glibc only: elsewhere nothing changes. Returns whether both settings took effect.
+    """
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
 def die_with_parent(parent: int) -> None:
     """If the job is killed (SIGKILL, OOM killer), Linux sends this process SIGKILL rather than leaving a
     few hundred MB behind; `parent` must be this process's parent pid (a fork or spawn child of it)."""
