@@ -1,7 +1,8 @@
-"""Worker processes of the post-processing pools (pseudo masks, wsol scoring): how they start and die.
+"""Worker processes: those of the post-processing pools (pseudo masks, wsol scoring), how they start and
+die, and the settings of the DataLoaders' workers (one OpenCV thread, freed memory kept).
 
-Torch-free, as are the modules of the tasks they run (`utils.pseudo_mask.write_masks`,
-`utils.wsol_eval.score_image`): a worker imports numpy, OpenCV and fpng, not torch.
+Torch-free, as are the modules of the tasks the pools run (`utils.pseudo_mask.write_masks`,
+`utils.wsol_eval.score_image`): a pool worker imports numpy, OpenCV and fpng, not torch.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def keep_freed_memory() -> bool:
     import ctypes
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library to load this way, or not glibc's
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
