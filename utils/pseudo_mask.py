@@ -160,7 +160,8 @@ def _add_gaussians(prior: np.ndarray, scratch: np.ndarray, moments: list) -> Non
 def regions(cam256: np.ndarray) -> tuple:
     """(inside, contours) of the 256 x 256 CAM: `inside` is 255 where LOW <= cam <= HIGH (the weight w > 0
     exactly there: LOW > 0), and each contour of it (RETR_TREE: holes too) of area >= MIN_AREA makes one
-    region, which gets one Gaussian. Random-weight CAMs (the bench's) have ~15, a trained model's a few."""
+    region, which gets one Gaussian. The bench's random-weight CAMs have ~8 per map, noisier ones 15 or more,
+    a trained model's smooth ones a few."""
     inside = cv2.inRange(cam256, LOW, HIGH)
     contours, _ = cv2.findContours(inside, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
     return inside, [c for c in contours if cv2.contourArea(c) >= MIN_AREA]
