@@ -55,6 +55,7 @@ import shutil
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import cv2
@@ -72,8 +73,8 @@ from network import build_mffnet  # noqa: E402
 from network.resnet import BACKBONES  # noqa: E402
 from utils import cli, png, stage_cam, stage_seg  # noqa: E402
 from utils.data import ImageSet, collate, read_image, read_list  # noqa: E402
-from utils.distributed import pick_device  # noqa: E402
-from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
+from utils.distributed import Dist, pick_device  # noqa: E402
+from utils.engine import amp_dtype, autocast, inference_batches, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
 from utils.workers import init_loader_worker, loader_threads, post_pool  # noqa: E402
@@ -266,19 +267,21 @@ def handoff_ms(item: dict, a, n: int = 512) -> tuple:
     workers = max(1, a.num_workers)
 
     def cpu(images: int) -> tuple:
-        batches = [list(range(i, min(i + a.batch_size, images))) for i in range(0, images, a.batch_size)]
-
-        def run() -> None:  # the exhausted iterator joins its workers: their time is in RUSAGE_CHILDREN
-            for _ in DataLoader(_Transformed(item, images), batch_sampler=batches, num_workers=workers,
-                                collate_fn=collate, pin_memory=a.device.type == "cuda", prefetch_factor=4,
-                                worker_init_fn=init_loader_worker):
-                pass
-        return children_cpu_ms(run)
+        return children_cpu_ms(lambda: stage_loader(_Transformed(item, images), images, workers, a))
 
     base = workers * a.batch_size
     with one_thread():
         (k0, m0), (k1, m1) = cpu(base), cpu(base + n)
     return max(0.0, k1 - k0) / n, max(0.0, m1 - m0) / n
+
+
+def stage_loader(data: torch.utils.data.Dataset, images: int, workers: int, a) -> None:
+    """One pass of the mask stage's own loader (`engine.inference_batches`) with `workers` workers over the
+    first `images` items of `data`; the exhausted loader has joined its workers (their CPU time is then in
+    RUSAGE_CHILDREN)."""
+    for _ in inference_batches(data, list(range(images)), a.batch_size, SimpleNamespace(num_workers=workers),
+                               Dist(device=a.device)):
+        pass
 
 
 def children_cpu_ms(run: Callable[[], None]) -> tuple:
@@ -296,7 +299,7 @@ def worker_ms(samples: list, cams: list, sizes: list, writer: str, work: str, a,
     are not: (a loader worker: decode, transform, collate, hand-off and whatever their memory costs; a
     post worker: post-processing, PNG encoding and the atomic write, as `write_masks` tasks of a batch).
 
-    Loader: the stage's settings (`init_loader_worker`), over `samples` repeated; post: one pool worker
+    Loader: the stage's own (`stage_loader`), over `samples` repeated; post: one pool worker
     writing the masks of `cams` (of images of `sizes`) into `work`. Each runs twice, on a start-up's worth
     of images and on `n` more (default: 128 or 4 batches); the difference per image leaves start-up out.
     """
@@ -304,11 +307,8 @@ def worker_ms(samples: list, cams: list, sizes: list, writer: str, work: str, a,
     workers = max(1, a.num_workers)
 
     def load(images: int) -> None:
-        data = ImageSet([samples[i % len(samples)] for i in range(images)], resize_transform(SIZE))
-        batches = [list(range(i, min(i + a.batch_size, images))) for i in range(0, images, a.batch_size)]
-        for _ in DataLoader(data, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                            pin_memory=a.device.type == "cuda", prefetch_factor=4, worker_init_fn=init_loader_worker):
-            pass
+        stage_loader(ImageSet([samples[i % len(samples)] for i in range(images)], resize_transform(SIZE)), images,
+                     workers, a)
 
     def post(masks: int) -> None:
         items = [(cams[i % len(cams)], *sizes[i % len(cams)], os.path.join(work, "masks", f"{i % len(cams)}.png"))

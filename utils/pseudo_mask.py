@@ -16,7 +16,6 @@ are those of the formulas written out, in the same order.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import Optional
 
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 
 from utils import png
+from utils.workers import write_atomic
 
 SIZE = 256          # CAMs are upsampled to 256 x 256 before the prior is fitted
 LOW, HIGH = 0.1, 0.5  # CAM values that make up the regions the Gaussians are fitted to
@@ -236,11 +236,7 @@ def write_mask(cam: np.ndarray, width: int, height: int, path: str, gaussian: bo
     `gaussian=False`: no prior (channel 1 stays 0); `writer`: the PNG encoder (`utils.png`: the same
     pixels from either)."""
     data = png.encode_rgb(make_pseudo_mask(cam, width, height, gaussian, rgb=True), writer)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(data))
 
 
 def write_masks(items: list, writer: str = "auto") -> None:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from utils.errors import UserError, run_main
+from utils.workers import write_atomic
 
 RESIZE_LENGTH = 224  # the protocol evaluates every map and box in a 224 x 224 frame
 DATASETS = ("CUB", "ILSVRC", "OpenImages")
@@ -487,12 +488,8 @@ def score_image(scoremap: np.ndarray, gt: np.ndarray, interval: float, mask_root
     and for MaxBoxAccV2, and the PxAP histograms (None without masks). Saves the map first when `save_path`
     is given. A `failed` image (unreadable) localises nothing: zero IoUs, and its mask's pixels all score 0.
     Here, in a torch-free module, because it runs in the post-processing pool's workers (utils.workers)."""
-    if save_path:
-        os.makedirs(os.path.dirname(save_path), exist_ok=True)
-        tmp = f"{save_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:  # np.save(path) would append .npy to the temporary name
-            np.save(f, scoremap.astype(np.float32, copy=False))
-        os.replace(tmp, save_path)
+    if save_path:  # into the open file: np.save(path) would append .npy to the temporary name
+        write_atomic(save_path, lambda f: np.save(f, scoremap.astype(np.float32, copy=False)))
     v1 = BoxEvaluator(interval, (50,), multi_contour=False)
     v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
     if failed:
