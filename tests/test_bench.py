@@ -71,6 +71,50 @@ def test_tiny_cpu_run_writes_every_figure(tmp_path):
 
 
 
+def test_own_data_and_trained_cam_model(tmp_path):
+    """--datapath: the bench measures a prepared CUB folder's images; --cam_snapshot: the CAMs (bare forward,
+    mask stage, post-processing) come from that model, here of 3 classes (the stage refuses a snapshot whose
+    classes are not its --clsnum, and the bare forward picks each image's class map)."""
+    from dataset.prepare import prepare_cub
+    from dataset.synthetic import make_cub
+    from network import build_mffnet
+    data = make_cub(str(tmp_path / "CUB_200_2011"), num_classes=3, train_per_class=4, val_per_class=4,
+                    segmentations=False)
+    prepare_cub(data)
+    torch.manual_seed(1)
+    torch.save(build_mffnet(3, "resnet18").state_dict(), tmp_path / "cam3.pth")
+    out = tmp_path / "bench.json"
+    p = bench("--device", "cpu", "--backbone", "resnet18", "--batch_size", 4, "--images", 8, "--rounds", 1,
+              "--num_workers", 1, "--post_workers", 1, "--datapath", data, "--cam_snapshot", tmp_path / "cam3.pth",
+              "--json", out)
+    r = json.load(open(out))
+    assert r["data"] == data and r["cam_weights"] == str(tmp_path / "cam3.pth")
+    assert r["stages"]["cam_forward"]["classes"] == 3 and r["stages"]["pseudo_masks"]["images"] == 8
+    assert positive(r["cpu_ms_per_mask"]) and r["stages"]["cpu_per_mask"]["images"] == 8
+    assert f"data: {data}; CAM model weights: {tmp_path / 'cam3.pth'}" in p.stdout and "3 classes" in p.stdout
+
+
+def test_linked_cub_spreads_the_lists_and_links_the_rest(tmp_path):
+    from utils.bench import linked_cub
+    from utils.errors import UserError
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "classes.txt").write_text("1 001.a\n")
+    for split in ("train", "val"):
+        (src / f"{split}.txt").write_text("".join(f"{split}{i}.jpg,{i // 5},0 0 1 1\n" for i in range(10)) + "\n")
+    root = linked_cub(str(src), str(tmp_path / "dst"), 4)
+    for split in ("train", "val"):   # lines 0, 2, 5, 7 of 10: both classes
+        names = [line.split(",")[0] for line in open(os.path.join(root, f"{split}.txt")).read().splitlines()]
+        assert names == [f"{split}{i}.jpg" for i in (0, 2, 5, 7)]
+    assert os.path.islink(os.path.join(root, "images")) and os.path.samefile(os.path.join(root, "images"), src / "images")
+    assert os.path.samefile(os.path.join(root, "classes.txt"), src / "classes.txt")
+    with pytest.raises(UserError, match=r"lists 10 images, fewer than --images 11"):
+        linked_cub(str(src), str(tmp_path / "dst2"), 11)
+    (src / "val.txt").unlink()
+    with pytest.raises(UserError, match=r"val\.txt is missing: .*dataset/prepare\.py"):
+        linked_cub(str(src), str(tmp_path / "dst3"), 4)
+
+
 def test_help_and_bad_sizes():
     from utils.bench import get_args_parser, main
     from utils.errors import UserError

@@ -1,10 +1,13 @@
-"""Throughput of every stage on one device, in one run, on synthetic CUB-like data it writes itself.
+"""Throughput of every stage on one device, in one run, on synthetic CUB-like data it writes itself
+(or on your own CUB_200_2011 folder, with your trained cam model's CAMs).
 
     python -m utils.bench                                  # auto device, ResNet-50, the paper's input sizes
     python -m utils.bench --device cpu --json bench.json   # under 2 minutes on 2 CPU cores
     python -m utils.bench --device cuda --images 4096 --compile
+    python -m utils.bench --datapath /data/CUB_200_2011 --cam_snapshot cub200-cam/out/model-32.pth
 
-What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed afterwards):
+What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed afterwards; with
+--datapath, --images images of each of its lists, spread evenly over them):
   data_loading    JPEG decode + normalise + resize 256 in the --num_workers loader workers
   cam_forward     the bare batched forward of the CAM model (200 classes, 256 x 256, as mask generation)
   pseudo_masks    mask generation end to end, through `stage_cam.make_masks` itself: decode, forward,
@@ -32,9 +35,10 @@ forward over the same images. Each end-to-end stage runs --rounds times, each ru
 of its bare forward (bare, stage, bare, stage, bare): cam_forward and seg_forward are all their passes
 together and the end-to-end figures all their rounds (total images over total time; the JSON lists
 each pass and round), so that a ratio is not the draw of a shared machine whose speed drifts by 10-30 %
-from one pass to the next. The models have random weights (speed does not depend on them,
-except the post-processing, whose CAMs are noisier and so have more regions than a trained model's:
+from one pass to the next. The models have random weights (speed does not depend on them, except the
+post-processing's: a random model's CAMs are noisier and have more regions than a trained model's, and
 each region, one Gaussian, costs ~80 us on one core; `regions_per_cam` says how many there were).
+--cam_snapshot takes the CAMs (cam_forward, pseudo_masks, cpu_per_mask) from a trained cam model instead.
 
 Settings follow the stages: on CUDA bf16 autocast, channels-last, pinned memory and persistent loader
 workers (--amp, --channels_last); --compile compiles every model. Peak memory: on CUDA
@@ -69,7 +73,7 @@ if REPO not in sys.path:  # `python utils/bench.py` as well as `python -m utils.
 
 from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
-from network import build_mffnet  # noqa: E402
+from network import build_mffnet, load_mffnet  # noqa: E402
 from network.resnet import BACKBONES  # noqa: E402
 from utils import cli, png, stage_cam, stage_seg  # noqa: E402
 from utils.data import ImageSet, collate, read_image, read_list  # noqa: E402
@@ -118,6 +122,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--datapath", help="a prepared CUB_200_2011 folder (its train.txt and val.txt, from dataset/prepare.py"
+                                      "): measure on --images of its images instead of synthetic ones")
+    p.add_argument("--cam_snapshot", help="a trained cam model (a cub200-cam model-N.pth, or the authors' snapshot) for "
+                                          "the CAMs, whose post-processing cost depends on them (default: random "
+                                          "weights, 200 classes); --backbone must be its backbone")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--workdir", help="where the synthetic data and outputs go (default: a temporary folder, "
                                      "removed at the end)")
@@ -185,10 +194,11 @@ def quiet(verbose: bool):
 
 
 # ---------------------------------------------------------------------------------------------- data
-def synthetic_cub(root: str, images: int, seed: int = 0) -> str:
-    """A CUB_200_2011 folder with `images` train and `images` val images (~500 x 375 JPEGs) and lists."""
+def synthetic_cub(root: str, images: int, seed: int = 0, classes: int = 8) -> str:
+    """A CUB_200_2011 folder with `images` train and `images` val images (~500 x 375 JPEGs) and lists, of
+    up to `classes` classes."""
     unique = min(images, UNIQUE)
-    classes = min(8, unique)
+    classes = min(classes, unique)
     per_class = math.ceil(unique / classes)
     make_cub(root, num_classes=classes, train_per_class=per_class, val_per_class=per_class, seed=seed,
              min_size=375, max_size=500, segmentations=False)
@@ -212,12 +222,40 @@ def synthetic_cub(root: str, images: int, seed: int = 0) -> str:
     return root
 
 
+def linked_cub(source: str, root: str, images: int) -> str:
+    """A CUB_200_2011 folder at `root` that is the prepared folder `source` with `images` lines of each list
+    (train.txt, val.txt), spread evenly over it (the lists run class by class); the rest is linked to `source`."""
+    lists = {}
+    for split in ("train", "val"):
+        path = os.path.join(source, f"{split}.txt")
+        if not os.path.isfile(path):
+            raise UserError(f"{path} is missing: --datapath must be a prepared CUB_200_2011 folder (python "
+                            f"dataset/prepare.py --dataset cub --datapath {source})")
+        lines = [line for line in open(path).read().splitlines() if line.strip()]
+        if len(lines) < images:
+            raise UserError(f"{path} lists {len(lines)} images, fewer than --images {images}")
+        lists[split] = [lines[i * len(lines) // images] for i in range(images)]
+    os.makedirs(root)
+    for name in os.listdir(source):
+        if name not in ("train.txt", "val.txt"):
+            os.symlink(os.path.abspath(os.path.join(source, name)), os.path.join(root, name))
+    for split, lines in lists.items():
+        with open(os.path.join(root, f"{split}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return root
+
+
+def cam_model(a) -> torch.nn.Module:
+    """The CAM model of the mask stage: --cam_snapshot's, or random weights (`CLASSES` classes)."""
+    return load_mffnet(a.cam_snapshot, None, a.backbone) if a.cam_snapshot else build_mffnet(CLASSES, a.backbone)
+
+
 def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Namespace:
     """The stage's own parser, as its test.py builds it, with the benchmark's settings."""
     p = cli.make_parser("", train=False)
     if kind == "cam":
         cli.add_mask_args(p)
-        p.set_defaults(dataset="cub", list="train.txt", clsnum=CLASSES)
+        p.set_defaults(dataset="cub", list="train.txt", clsnum=a.classes)
         extra = ["--maskpath", os.path.join(out, "masks"), "--post_workers", str(a.post_workers), "--overwrite",
                  "--png_writer", a.png_writer]
     else:
@@ -498,7 +536,7 @@ def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> n
     kept = []
 
     def bare(first: bool) -> float:
-        model = prepare_model(build_mffnet(CLASSES, a.backbone), a)   # not held during the stage
+        model = prepare_model(cam_model(a), a)   # not held during the stage
         keep = (lambda i, maps: maps[torch.arange(len(maps), device=a.device), labels[i]]) if first else None
         rate, cams = bare_forward(model, images, a, keep=keep)
         kept.extend(cams)
@@ -507,12 +545,14 @@ def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> n
     def stage() -> tuple:
         with quiet(a.verbose):  # --overwrite: each round writes every mask
             r = stage_cam.make_masks(stage_args("cam", a, os.path.join(work, "CUB_200_2011"),
-                                                os.path.join(work, "cam.pth"), os.path.join(work, "cam")))
+                                                a.cam_snapshot or os.path.join(work, "cam.pth"),
+                                                os.path.join(work, "cam")))
         return r["images_per_s"], r["seconds"]
 
     bare_rate, passes, rate, rounds, bare_peak, stage_peak = alternate(bare, stage, a.rounds, stages)
     cams = torch.cat(kept).float().cpu().numpy()
-    stages.add("cam_forward", bare_rate, len(passes) * len(cams), peak=bare_peak, input=[SIZE, SIZE], passes=passes)
+    stages.add("cam_forward", bare_rate, len(passes) * len(cams), peak=bare_peak, input=[SIZE, SIZE], passes=passes,
+               classes=a.classes)
     stages.add("pseudo_masks", rate, a.rounds * len(cams), peak=stage_peak, rounds=rounds,
                post_workers=a.post_workers, ratio_to_cam_forward=rate / bare_rate)
     return cams
@@ -564,13 +604,18 @@ def run(a) -> dict:
                         f"the first batch out and need at least one more")
     a.dtype = amp_dtype(a.amp, a.device)
     a.cl = a.channels_last if a.channels_last is not None else a.device.type == "cuda"
+    a.classes = cam_model(a).linear.out_channels if a.cam_snapshot else CLASSES  # a bad snapshot stops the run here
     work = a.workdir or tempfile.mkdtemp(prefix="spol-bench-")
     try:
         root = os.path.join(work, "CUB_200_2011")
-        with quiet(a.verbose):
-            synthetic_cub(root, a.images)
+        if a.datapath:
+            linked_cub(a.datapath, root, a.images)
+        else:
+            with quiet(a.verbose):
+                synthetic_cub(root, a.images, classes=min(8, a.classes))
         torch.manual_seed(0)  # random weights: the stages load them from these files
-        torch.save(build_mffnet(CLASSES, a.backbone).state_dict(), os.path.join(work, "cam.pth"))
+        if not a.cam_snapshot:
+            torch.save(build_mffnet(CLASSES, a.backbone).state_dict(), os.path.join(work, "cam.pth"))
         torch.save(build_mffnet(1, a.backbone, seg=True).state_dict(), os.path.join(work, "seg.pth"))
         stages = Stages(a.device)
         images, labels, sizes = measure_inputs(a, root, stages)
@@ -596,6 +641,8 @@ def run(a) -> dict:
         "batch_size": a.batch_size, "images": a.images, "rounds": a.rounds, "num_workers": a.num_workers,
         "post_workers": a.post_workers, "amp": str(a.dtype).replace("torch.", "") if a.dtype else "off",
         "channels_last": a.cl, "compile": a.compile, "torch": torch.__version__, "opencv": cv2.__version__,
+        "data": os.path.abspath(a.datapath) if a.datapath else "synthetic",
+        "cam_weights": os.path.abspath(a.cam_snapshot) if a.cam_snapshot else "random",
         "postprocess_ms_per_image": cpu["postprocess_ms"], "cpu_ms_per_mask": cpu["cpu_ms_per_mask"],
         "png_encode_ms": cpu["png_encode_ms"], "opencv_png_ms": cpu["opencv_png_ms"], "png_writer": cpu["png_writer"],
         "node16_masks_per_s": cpu["node16_masks_per_s"], "stages": dict(stages),
@@ -606,12 +653,13 @@ def table(r: dict) -> str:
     lines = [f"SPOL bench: {r['device']} ({r['device_name']}), {r['backbone']}, batch {r['batch_size']}, "
              f"{r['images']} images, amp {r['amp']}, channels_last {r['channels_last']}, compile {r['compile']}, "
              f"torch {r['torch']}",
+             f"data: {r['data']}; CAM model weights: {r['cam_weights']}",
              f"{'stage':16s} {'images/s':>10s} {'peak MB':>9s}  notes"]
     s = r["stages"]
     n = len(s["pseudo_masks"]["rounds"])
     rounds = f"{n} rounds, each between bare passes" if n > 1 else "1 round, between bare passes"
     notes = {"data_loading": f"{r['num_workers']} loader workers, decode + normalise + resize {SIZE}",
-             "cam_forward": f"{CLASSES} classes, {SIZE} x {SIZE}",
+             "cam_forward": f"{s['cam_forward']['classes']} classes, {SIZE} x {SIZE}",
              "pseudo_masks": f"{s['pseudo_masks']['ratio_to_cam_forward']:.2f} x cam_forward (make_masks, "
                              f"{r['post_workers']} post worker{'s' if r['post_workers'] != 1 else ''}, {rounds})",
              "seg_forward": f"{CROP} x {CROP}",
