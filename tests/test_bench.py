@@ -106,12 +106,13 @@ def test_linked_cub_spreads_the_lists_and_links_the_rest(tmp_path):
     for split in ("train", "val"):   # lines 0, 2, 5, 7 of 10: both classes
         names = [line.split(",")[0] for line in open(os.path.join(root, f"{split}.txt")).read().splitlines()]
         assert names == [f"{split}{i}.jpg" for i in (0, 2, 5, 7)]
-    assert os.path.islink(os.path.join(root, "images")) and os.path.samefile(os.path.join(root, "images"), src / "images")
+    images = os.path.join(root, "images")
+    assert os.path.islink(images) and os.path.samefile(images, src / "images")
     assert os.path.samefile(os.path.join(root, "classes.txt"), src / "classes.txt")
     with pytest.raises(UserError, match=r"lists 10 images, fewer than --images 11"):
         linked_cub(str(src), str(tmp_path / "dst2"), 11)
     (src / "val.txt").unlink()
-    with pytest.raises(UserError, match=r"val\.txt is missing: .*dataset/prepare\.py"):
+    with pytest.raises(UserError, match=r"val\.txt is missing: .*dataset/prepare\.py cub --root"):
         linked_cub(str(src), str(tmp_path / "dst3"), 4)
 
 

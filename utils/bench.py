@@ -122,10 +122,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
-    p.add_argument("--datapath", help="a prepared CUB_200_2011 folder (its train.txt and val.txt, from dataset/prepare.py"
-                                      "): measure on --images of its images instead of synthetic ones")
-    p.add_argument("--cam_snapshot", help="a trained cam model (a cub200-cam model-N.pth, or the authors' snapshot) for "
-                                          "the CAMs, whose post-processing cost depends on them (default: random "
+    p.add_argument("--datapath", help="a prepared CUB_200_2011 folder (its train.txt and val.txt, from "
+                                      "dataset/prepare.py cub; or your own folder, prepared with boxes): measure on "
+                                      "--images of its images instead of synthetic ones")
+    p.add_argument("--cam_snapshot", help="a trained cam model (a cub200-cam model-N.pth, or the authors' snapshot) "
+                                          "for the CAMs, whose post-processing cost depends on them (default: random "
                                           "weights, 200 classes); --backbone must be its backbone")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--workdir", help="where the synthetic data and outputs go (default: a temporary folder, "
@@ -230,7 +231,7 @@ def linked_cub(source: str, root: str, images: int) -> str:
         path = os.path.join(source, f"{split}.txt")
         if not os.path.isfile(path):
             raise UserError(f"{path} is missing: --datapath must be a prepared CUB_200_2011 folder (python "
-                            f"dataset/prepare.py --dataset cub --datapath {source})")
+                            f"dataset/prepare.py cub --root {source})")
         lines = [line for line in open(path).read().splitlines() if line.strip()]
         if len(lines) < images:
             raise UserError(f"{path} lists {len(lines)} images, fewer than --images {images}")
