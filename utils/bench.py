@@ -35,9 +35,10 @@ forward over the same images. Each end-to-end stage runs --rounds times, each ru
 of its bare forward (bare, stage, bare, stage, bare): cam_forward and seg_forward are all their passes
 together and the end-to-end figures all their rounds (total images over total time; the JSON lists
 each pass and round), so that a ratio is not the draw of a shared machine whose speed drifts by 10-30 %
-from one pass to the next. The models have random weights (speed does not depend on them, except the
-post-processing's: a random model's CAMs are noisier and have more regions than a trained model's, and
-each region, one Gaussian, costs ~80 us on one core; `regions_per_cam` says how many there were).
+from one pass to the next. The models have random weights. Speed does not depend on them, except the
+post-processing's, which depends on the CAMs: a random model's are noisy, with many small regions (~80 us
+each on one core; `regions_per_cam` says how many there were), a trained model's have a few large ones,
+whose Gaussians cost by their area (~10-20 ns per pixel of their boxes), so that both cost about as much.
 --cam_snapshot takes the CAMs (cam_forward, pseudo_masks, cpu_per_mask) from a trained cam model instead.
 
 Settings follow the stages: on CUDA bf16 autocast, channels-last, pinned memory and persistent loader
