@@ -109,6 +109,8 @@ def test_linked_cub_spreads_the_lists_and_links_the_rest(tmp_path):
     images = os.path.join(root, "images")
     assert os.path.islink(images) and os.path.samefile(images, src / "images")
     assert os.path.samefile(os.path.join(root, "classes.txt"), src / "classes.txt")
+    with pytest.raises(UserError, match=r"dst exists: with --datapath, --workdir must not hold"):
+        linked_cub(str(src), str(tmp_path / "dst"), 4)
     with pytest.raises(UserError, match=r"lists 10 images, fewer than --images 11"):
         linked_cub(str(src), str(tmp_path / "dst2"), 11)
     (src / "val.txt").unlink()

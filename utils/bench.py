@@ -237,6 +237,8 @@ def linked_cub(source: str, root: str, images: int) -> str:
         if len(lines) < images:
             raise UserError(f"{path} lists {len(lines)} images, fewer than --images {images}")
         lists[split] = [lines[i * len(lines) // images] for i in range(images)]
+    if os.path.lexists(root):
+        raise UserError(f"{root} exists: with --datapath, --workdir must not hold a CUB_200_2011 folder")
     os.makedirs(root)
     for name in os.listdir(source):
         if name not in ("train.txt", "val.txt"):
@@ -247,9 +249,9 @@ def linked_cub(source: str, root: str, images: int) -> str:
     return root
 
 
-def cam_model(a) -> torch.nn.Module:
-    """The CAM model of the mask stage: --cam_snapshot's, or random weights (`CLASSES` classes)."""
-    return load_mffnet(a.cam_snapshot, None, a.backbone) if a.cam_snapshot else build_mffnet(CLASSES, a.backbone)
+def cam_model(snapshot: Optional[str], backbone: str) -> torch.nn.Module:
+    """The CAM model of the mask stage: the snapshot's (its classes), or random weights (`CLASSES` classes)."""
+    return load_mffnet(snapshot, None, backbone) if snapshot else build_mffnet(CLASSES, backbone)
 
 
 def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Namespace:
@@ -538,7 +540,7 @@ def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> n
     kept = []
 
     def bare(first: bool) -> float:
-        model = prepare_model(cam_model(a), a)   # not held during the stage
+        model = prepare_model(cam_model(a.cam_snapshot, a.backbone), a)   # not held during the stage
         keep = (lambda i, maps: maps[torch.arange(len(maps), device=a.device), labels[i]]) if first else None
         rate, cams = bare_forward(model, images, a, keep=keep)
         kept.extend(cams)
@@ -606,7 +608,8 @@ def run(a) -> dict:
                         f"the first batch out and need at least one more")
     a.dtype = amp_dtype(a.amp, a.device)
     a.cl = a.channels_last if a.channels_last is not None else a.device.type == "cuda"
-    a.classes = cam_model(a).linear.out_channels if a.cam_snapshot else CLASSES  # a bad snapshot stops the run here
+    # a snapshot's classes; loading it here stops a bad one before any work
+    a.classes = cam_model(a.cam_snapshot, a.backbone).linear.out_channels if a.cam_snapshot else CLASSES
     work = a.workdir or tempfile.mkdtemp(prefix="spol-bench-")
     try:
         root = os.path.join(work, "CUB_200_2011")
