@@ -81,6 +81,7 @@ def test_own_data_and_trained_cam_model(tmp_path):
     data = make_cub(str(tmp_path / "CUB_200_2011"), num_classes=3, train_per_class=4, val_per_class=4,
                     segmentations=False)
     prepare_cub(data)
+    before = sorted(os.path.relpath(os.path.join(d, f), data) for d, _, fs in os.walk(data) for f in fs)
     torch.manual_seed(1)
     torch.save(build_mffnet(3, "resnet18").state_dict(), tmp_path / "cam3.pth")
     out = tmp_path / "bench.json"
@@ -92,6 +93,8 @@ def test_own_data_and_trained_cam_model(tmp_path):
     assert r["stages"]["cam_forward"]["classes"] == 3 and r["stages"]["pseudo_masks"]["images"] == 8
     assert positive(r["cpu_ms_per_mask"]) and r["stages"]["cpu_per_mask"]["images"] == 8
     assert f"data: {data}; CAM model weights: {tmp_path / 'cam3.pth'}" in p.stdout and "3 classes" in p.stdout
+    # the bench's work folder linked to the data and was removed: through the links, nothing of the data went
+    assert sorted(os.path.relpath(os.path.join(d, f), data) for d, _, fs in os.walk(data) for f in fs) == before
 
 
 def test_linked_cub_spreads_the_lists_and_links_the_rest(tmp_path):
