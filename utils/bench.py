@@ -9,7 +9,7 @@
 What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed afterwards; with
 --datapath, --images images of each of its lists, spread evenly over them):
   data_loading    JPEG decode + normalise + resize 256 in the --num_workers loader workers
-  cam_forward     the bare batched forward of the CAM model (200 classes, 256 x 256, as mask generation)
+  cam_forward     the bare batched forward of the CAM model (200 classes or --cam_snapshot's, 256 x 256)
   pseudo_masks    mask generation end to end, through `stage_cam.make_masks` itself: decode, forward,
                   post-processing and PNG writes in the --post_workers pool
   seg_forward     the bare batched forward of the seg model (224 x 224 centre crop, as evaluation)
