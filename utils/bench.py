@@ -76,13 +76,13 @@ from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet, load_mffnet  # noqa: E402
 from network.resnet import BACKBONES  # noqa: E402
-from utils import cli, png, stage_cam, stage_seg  # noqa: E402
-from utils.data import ImageSet, collate, read_image, read_list  # noqa: E402
+from utils import cli, engine, png, stage_cam, stage_seg  # noqa: E402
+from utils.data import ImageSet, read_image, read_list  # noqa: E402
 from utils.distributed import Dist, pick_device  # noqa: E402
 from utils.engine import amp_dtype, autocast, inference_batches, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
-from utils.workers import init_loader_worker, loader_threads, post_pool  # noqa: E402
+from utils.workers import post_pool  # noqa: E402
 from utils.transforms import resize_transform  # noqa: E402
 
 CLASSES = 200        # CUB: the CAM model's output channels
@@ -277,13 +277,11 @@ def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Nam
 
 
 def loader(samples: list, a) -> DataLoader:
-    """The mask stage's loader settings, with persistent workers (so a second pass measures steady state)."""
+    """The stages' loader (`engine.loader`) over `samples` at the mask stage's size, with persistent workers
+    (so a second pass measures steady state)."""
     batches = [list(range(i, min(i + a.batch_size, len(samples)))) for i in range(0, len(samples), a.batch_size)]
-    workers = max(0, a.num_workers)
-    loader_threads()
-    return DataLoader(ImageSet(samples, resize_transform(SIZE)), batch_sampler=batches, num_workers=workers,
-                      collate_fn=collate, pin_memory=a.device.type == "cuda", persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=init_loader_worker)
+    return engine.loader(ImageSet(samples, resize_transform(SIZE)), batches, SimpleNamespace(num_workers=a.num_workers),
+                         Dist(device=a.device))
 
 
 class _Transformed(torch.utils.data.Dataset):

@@ -98,23 +98,21 @@ def train_step(model: nn.Module, loss_fn: Callable, batch: dict, optimizer: torc
 
 
 # ---------------------------------------------------------------------------------------- loaders
-def loader(dataset, batch_sampler, args, d: Dist) -> DataLoader:
+def loader(dataset, batch_sampler, args, d: Dist, persistent: bool = True) -> DataLoader:
     """The stages' loader: its workers get one OpenCV thread and a malloc that keeps what it frees
-    (`utils.workers`), and batch in shared memory (pinned on CUDA)."""
+    (`utils.workers`), and batch in shared memory (pinned on CUDA); `persistent`: the workers stay for
+    the next pass (training's epochs)."""
     workers = max(0, args.num_workers)
     loader_threads()
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
-                      pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
+                      pin_memory=d.device.type == "cuda", persistent_workers=persistent and workers > 0,
                       prefetch_factor=4 if workers > 0 else None, worker_init_fn=init_loader_worker)
 
 
 def inference_batches(dataset, indices: list, batch_size: int, args, d: Dist) -> DataLoader:
+    """One pass over `indices` of `dataset` in batches of `batch_size`, in order."""
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    workers = max(0, args.num_workers)
-    loader_threads()
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                      pin_memory=d.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=init_loader_worker)
+    return loader(dataset, batches, args, d, persistent=False)
 
 
 def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False) -> torch.Tensor:
