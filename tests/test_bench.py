@@ -70,7 +70,6 @@ def test_tiny_cpu_run_writes_every_figure(tmp_path):
         assert name in p.stdout  # the table
 
 
-
 def test_own_data_and_trained_cam_model(tmp_path):
     """--datapath: the bench measures a prepared CUB folder's images; --cam_snapshot: the CAMs (bare forward,
     mask stage, post-processing) come from that model, here of 3 classes (the stage refuses a snapshot whose
@@ -81,7 +80,10 @@ def test_own_data_and_trained_cam_model(tmp_path):
     data = make_cub(str(tmp_path / "CUB_200_2011"), num_classes=3, train_per_class=4, val_per_class=4,
                     segmentations=False)
     prepare_cub(data)
-    before = sorted(os.path.relpath(os.path.join(d, f), data) for d, _, fs in os.walk(data) for f in fs)
+    def files() -> list:
+        return sorted(os.path.relpath(os.path.join(d, f), data) for d, _, fs in os.walk(data) for f in fs)
+
+    before = files()
     torch.manual_seed(1)
     torch.save(build_mffnet(3, "resnet18").state_dict(), tmp_path / "cam3.pth")
     out = tmp_path / "bench.json"
@@ -94,7 +96,7 @@ def test_own_data_and_trained_cam_model(tmp_path):
     assert positive(r["cpu_ms_per_mask"]) and r["stages"]["cpu_per_mask"]["images"] == 8
     assert f"data: {data}; CAM model weights: {tmp_path / 'cam3.pth'}" in p.stdout and "3 classes" in p.stdout
     # the bench's work folder linked to the data and was removed: through the links, nothing of the data went
-    assert sorted(os.path.relpath(os.path.join(d, f), data) for d, _, fs in os.walk(data) for f in fs) == before
+    assert files() == before
 
 
 def test_linked_cub_spreads_the_lists_and_links_the_rest(tmp_path):
