@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from utils import transforms
 from utils.transforms import (MEAN, STD, Pipeline, eval_transform, normalise, resize_transform,
                               train_transform)
 
@@ -36,13 +37,20 @@ def images():
             yield smooth.astype(np.uint8)
 
 
-def test_normalise_is_albumentations_normalize():
+@pytest.mark.parametrize("path", ["arithmetic", "look-up"])
+def test_normalise_is_albumentations_normalize(path, monkeypatch):
+    if path == "look-up":  # the fallback where no float32 constants give Normalize's table
+        monkeypatch.setattr(transforms, "_AFFINE", None)
+    else:
+        assert transforms._AFFINE is not None
     norm = A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
     every = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)          # each value in each channel
     every = np.concatenate([every, np.roll(every, 1, axis=2), np.roll(every, 2, axis=2)])
-    for image in [every, *images()]:
+    wide = np.random.default_rng(1).integers(0, 256, (3, 2000, 3), dtype=np.uint8)  # longer rows than first built
+    for image in [every, *images(), wide, wide[:, ::3], every[::-1, 3:]]:  # the last two: not contiguous
         got, want = normalise(image), norm(image=image)["image"]
-        assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+        assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), image.shape  # the bits, signs of 0 too
     floats = np.random.default_rng(0).uniform(0, 255, (5, 6, 3)).astype(np.float32)  # not a table's job
     assert np.array_equal(normalise(floats), norm(image=floats)["image"])
 
