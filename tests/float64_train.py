@@ -22,8 +22,8 @@ def place_model(model, args, d, train):
     return _place_model(model.double(), args, d, train)
 
 
-def to_device(x, d, channels_last=False):
-    x = _to_device(x, d, channels_last)
+def to_device(x, d, channels_last=False, hwc=False):
+    x = _to_device(x, d, channels_last, hwc)
     return x.double() if x.is_floating_point() else x
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils import transforms
-from utils.transforms import (MEAN, STD, Pipeline, eval_transform, normalise, resize_transform,
+from utils.transforms import (MEAN, STD, Pipeline, eval_transform, mask_transform, normalise, resize_transform,
                               train_transform)
 
 SIZES = [(1, 1), (1, 9), (7, 1), (2, 3), (256, 256), (224, 224), (300, 200), (375, 500), (333, 517), (640, 481)]
@@ -61,6 +61,13 @@ def test_resize_transform_is_the_albumentations_pipeline(size):
         got, _ = resize_transform(size)(image)
         want, _ = reference([A.Resize(size, size)], image)
         assert got.shape == (3, size, size) and got.is_contiguous() and torch.equal(got, want), image.shape
+
+
+def test_mask_transform_is_the_resize_transform_channels_last():
+    for image in images():
+        got, _ = mask_transform(256)(image)
+        want, _ = resize_transform(256)(image)
+        assert got.shape == (256, 256, 3) and got.is_contiguous() and torch.equal(got.permute(2, 0, 1), want)
 
 
 @pytest.mark.parametrize("size,crop", [(256, 224), (255, 224), (64, 63), (32, 32)])

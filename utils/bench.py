@@ -83,7 +83,7 @@ from utils.engine import amp_dtype, autocast, inference_batches, train_step  # n
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
 from utils.workers import post_pool  # noqa: E402
-from utils.transforms import resize_transform  # noqa: E402
+from utils.transforms import mask_transform  # noqa: E402
 
 CLASSES = 200        # CUB: the CAM model's output channels
 SIZE, CROP = 256, 224
@@ -280,7 +280,7 @@ def loader(samples: list, a) -> DataLoader:
     """The stages' loader (`engine.loader`) over `samples` at the mask stage's size, with persistent workers
     (so a second pass measures steady state)."""
     batches = [list(range(i, min(i + a.batch_size, len(samples)))) for i in range(0, len(samples), a.batch_size)]
-    return engine.loader(ImageSet(samples, resize_transform(SIZE)), batches, SimpleNamespace(num_workers=a.num_workers),
+    return engine.loader(ImageSet(samples, mask_transform(SIZE)), batches, SimpleNamespace(num_workers=a.num_workers),
                          Dist(device=a.device))
 
 
@@ -347,7 +347,7 @@ def worker_ms(samples: list, cams: list, sizes: list, writer: str, work: str, a,
     workers = max(1, a.num_workers)
 
     def load(images: int) -> None:
-        stage_loader(ImageSet([samples[i % len(samples)] for i in range(images)], resize_transform(SIZE)), images,
+        stage_loader(ImageSet([samples[i % len(samples)] for i in range(images)], mask_transform(SIZE)), images,
                      workers, a)
 
     def post(masks: int) -> None:
@@ -427,7 +427,7 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
     images (each up to 8 times) in each loop, so a drift in the machine's speed reaches every step
     alike. `cams[i]` is the CAM of `paths[i]`, whose image is `sizes[i]` = (width, height).
     """
-    transform = resize_transform(SIZE)
+    transform = mask_transform(SIZE)
     passes = max(1, math.ceil(min(256, 8 * len(paths)) / len(paths)))  # >= 256 calls a step, or 8 per image
     steps = ("decode_ms", "transform_ms", "postprocess_ms", "png_encode_ms", "opencv_png_ms")
     times = {k: [] for k in steps}
@@ -505,8 +505,7 @@ def measure_inputs(a, root: str, stages: Stages) -> tuple:
     with Timer(a.device) as t:
         n = sum(len(b["index"]) for b in data)
     stages.add("data_loading", n / t.seconds, n, workers=a.num_workers)
-    memory_format = torch.channels_last if a.cl else torch.contiguous_format
-    images = [b["image"].to(a.device, non_blocking=True).contiguous(memory_format=memory_format) for b in batches]
+    images = [engine.to_device(b["image"], Dist(device=a.device), a.cl, hwc=True) for b in batches]
     labels = [b["label"].to(a.device) for b in batches]
     return images, labels, [(w, h) for b in batches for h, w in b["size"].tolist()]
 
@@ -627,7 +626,7 @@ def run(a) -> dict:
         n = min(len(cams), UNIQUE)  # further images are links to these files: the same work
         samples = read_list("cub", root, "train.txt", with_boxes=False)[:n]  # the loader's order: cams[i] is theirs
         cpu = cpu_per_mask([s.path for s in samples], list(cams[:n]), sizes[:n], png.resolve(a.png_writer))
-        cpu["handoff_workers_ms"], cpu["handoff_main_ms"] = handoff_ms(ImageSet(samples, resize_transform(SIZE))[0], a)
+        cpu["handoff_workers_ms"], cpu["handoff_main_ms"] = handoff_ms(ImageSet(samples, mask_transform(SIZE))[0], a)
         cpu["loader_worker_ms"], cpu["post_worker_ms"] = worker_ms(samples, list(cams[:n]), sizes[:n],
                                                                    png.resolve(a.png_writer), work, a)
         # all the CPU work per mask, the workers' measured whole, over 16 cores; the main process's share is

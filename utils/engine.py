@@ -115,8 +115,14 @@ def inference_batches(dataset, indices: list, batch_size: int, args, d: Dist) ->
     return loader(dataset, batches, args, d, persistent=False)
 
 
-def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False) -> torch.Tensor:
+def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False, hwc: bool = False) -> torch.Tensor:
+    """`x` on the device; a batch of images in channels-last memory format where `channels_last`.
+    `hwc`: `x` is B x H x W x C (`transforms.mask_transform`) and comes back as B x C x H x W, contiguous,
+    or channels-last (then a view: no copy)."""
     x = x.to(d.device, non_blocking=True)
+    if hwc:
+        x = x.permute(0, 3, 1, 2)
+        return x if channels_last else x.contiguous()
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 

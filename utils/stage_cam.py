@@ -30,7 +30,7 @@ from utils.engine import (HostCopy, Pending, Throughput, amp_dtype, autocast, ch
 from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.pseudo_mask import write_masks
-from utils.transforms import resize_transform, train_transform
+from utils.transforms import mask_transform, train_transform
 from utils.vis import pseudo_mask_pictures, tensorboard_hook
 from utils.workers import post_pool
 
@@ -137,7 +137,7 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
     model = place_model(model.eval(), args, d, train=False)
     channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
-    batches = inference_batches(ImageSet(samples, resize_transform(args.size)), mine, args.batch_size, args, d)
+    batches = inference_batches(ImageSet(samples, mask_transform(args.size)), mine, args.batch_size, args, d)
     out = args.maskpath
     chunk = math.ceil(args.batch_size / max(1, args.post_workers))   # one task per worker and batch
     backlog = 8 * math.ceil(args.batch_size / chunk)                  # tasks: ~8 batches queued at most
@@ -166,7 +166,7 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
             if "image" not in batch:
                 continue
             with autocast(d.device, dtype):
-                maps = model(to_device(batch["image"], d, channels_last))      # B x K x h x w
+                maps = model(to_device(batch["image"], d, channels_last, hwc=True))   # B x K x h x w
             labels = batch["label"].to(d.device)
             cams = maps[torch.arange(len(labels), device=d.device), labels].float()   # B x h x w
             queued.append((HostCopy(cams), batch["index"].tolist(), batch["size"].tolist()))

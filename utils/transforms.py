@@ -104,12 +104,13 @@ class ResizeCrop(Pipeline):
     """Normalise, resize to size x size (`cv2.INTER_LINEAR`), then centre crop to crop x crop (0: none).
 
     Without a mask (inference) it runs the OpenCV calls of A.Resize and A.CenterCrop itself; with one,
-    the albumentations pipeline (the mask's NEAREST resize).
+    the albumentations pipeline (the mask's NEAREST resize). `hwc`: the image tensor stays h x w x 3
+    (`mask_transform`).
     """
 
-    def __init__(self, size: int, crop: int = 0):
+    def __init__(self, size: int, crop: int = 0, hwc: bool = False):
         super().__init__([A.Resize(size, size)] + ([A.CenterCrop(crop, crop)] if crop else []))
-        self.size, self.crop = size, crop
+        self.size, self.crop, self.hwc = size, crop, hwc
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
         if mask is not None:
@@ -118,7 +119,7 @@ class ResizeCrop(Pipeline):
         if self.crop:
             top = (self.size - self.crop) // 2
             out = out[top:top + self.crop, top:top + self.crop]
-        return _chw(out), None
+        return (torch.from_numpy(np.ascontiguousarray(out)) if self.hwc else _chw(out)), None
 
 
 def _chw(image: np.ndarray) -> torch.Tensor:
@@ -134,6 +135,14 @@ def train_transform(size: int = 256, crop: int = 224) -> Callable:
 def resize_transform(size: int = 256) -> Callable:
     """Pseudo-mask inference (size 256) and the wsolevaluation protocol (size 224): resize only."""
     return ResizeCrop(size)
+
+
+def mask_transform(size: int = 256) -> Callable:
+    """Pseudo-mask inference: `resize_transform`'s image, left size x size x 3 (no mask). The loader workers
+    skip the transpose to channels-first (~0.08 ms per image, 1.28M times on ImageNet); the stage puts the
+    channels first on the device (`engine.to_device(..., hwc=True)`: on CUDA with channels-last, the batch
+    is then already in the model's memory format, with no copy)."""
+    return ResizeCrop(size, hwc=True)
 
 
 def eval_transform(size: int = 256, crop: int = 224) -> Callable:
