@@ -1,11 +1,14 @@
-"""The fast transforms (Normalize as a table look-up, OpenCV called directly for resize + centre crop)
-give bit for bit the tensors of the plain albumentations pipeline: A.Compose([A.Normalize, ...ops])."""
+"""The fast transforms (Normalize as float32 arithmetic, or a table look-up, OpenCV called directly for
+resize + centre crop) give bit for bit the tensors of the plain albumentations pipeline:
+A.Compose([A.Normalize, ...ops])."""
 import albumentations as A
 import numpy as np
 import pytest
 import torch
 
 from utils import transforms
+from utils.distributed import Dist
+from utils.engine import to_device
 from utils.transforms import (MEAN, STD, Pipeline, eval_transform, mask_transform, normalise, resize_transform,
                               train_transform)
 
@@ -68,6 +71,14 @@ def test_mask_transform_is_the_resize_transform_channels_last():
         got, _ = mask_transform(256)(image)
         want, _ = resize_transform(256)(image)
         assert got.shape == (256, 256, 3) and got.is_contiguous() and torch.equal(got.permute(2, 0, 1), want)
+    # the stage puts the channels first on the device: contiguous, or channels-last without a copy
+    batch = torch.stack([mask_transform(32)(image)[0] for image in images()])
+    want = torch.stack([resize_transform(32)(image)[0] for image in images()])
+    d = Dist(device=torch.device("cpu"))
+    plain, last = to_device(batch, d, False, hwc=True), to_device(batch, d, True, hwc=True)
+    assert plain.is_contiguous() and torch.equal(plain, want)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, want)
+    assert last.data_ptr() == batch.data_ptr()
 
 
 @pytest.mark.parametrize("size,crop", [(256, 224), (255, 224), (64, 63), (32, 32)])
