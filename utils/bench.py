@@ -8,7 +8,8 @@
 
 What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed afterwards; with
 --datapath, --images images of each of its lists, spread evenly over them):
-  data_loading    JPEG decode + normalise + resize 256 in the --num_workers loader workers
+  data_loading    JPEG decode + normalise + resize 256 in the --num_workers loader workers, through the
+                  mask stage's loader (`utils.ring`)
   cam_forward     the bare batched forward of the CAM model (200 classes or --cam_snapshot's, 256 x 256)
   pseudo_masks    mask generation end to end, through `stage_cam.make_masks` itself: decode, forward,
                   post-processing and PNG writes in the --post_workers pool
@@ -20,11 +21,12 @@ What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed
                   stage's writer; their sum `cpu_ms_per_mask`. Beside them, in the same run and on the
                   same masks, OpenCV's PNG writer at its defaults (`opencv_png_ms`, zlib level 1: the
                   stage's writer before fpng): machines differ by up to 2x in speed, so the targets are
-                  ratios to it. Then the hand-off of the transformed images from the loader workers to
-                  the main process (shared memory, per image: the workers' and the main process's CPU);
-                  the two kinds of worker measured whole (a loader worker from decode to hand-off, a
-                  post worker from CAM to written PNG: what the steps cost together, memory and file
-                  writes included); and the masks/s that the cores of a 16-core node reach when this
+                  ratios to it. Then the hand-off of the batches from the loader workers to the main
+                  process (the stage's ring of shared batches, `utils.ring`; per image: the workers' and
+                  the main process's CPU); the two kinds of worker measured whole (a loader worker from
+                  decode to hand-off, a post worker from CAM to written PNG: what the steps cost
+                  together, memory and file writes included); and the masks/s that the cores of a
+                  16-core node reach when this
                   CPU work is the bound (a GPU node, whose forward is cheap): 16 / (loader + post +
                   main process), at most 1 / the main process's share (one core)
   cam_train_step  forward + backward + SGD step of the CUB cam model (dual head) at 224
@@ -41,8 +43,8 @@ each on one core; `regions_per_cam` says how many there were), a trained model's
 whose Gaussians cost by their area (~10-20 ns per pixel of their boxes), so that both cost about as much.
 --cam_snapshot takes the CAMs (cam_forward, pseudo_masks, cpu_per_mask) from a trained cam model instead.
 
-Settings follow the stages: on CUDA bf16 autocast, channels-last, pinned memory and persistent loader
-workers (--amp, --channels_last); --compile compiles every model. Peak memory: on CUDA
+Settings follow the stages: on CUDA bf16 autocast, channels-last and pinned memory (--amp,
+--channels_last); --compile compiles every model. Peak memory: on CUDA
 `torch.cuda.max_memory_allocated` during each stage; on the CPU the peak RSS of this process so far
 (`getrusage`; it only grows) and of its largest finished child process.
 """
@@ -60,13 +62,11 @@ import shutil
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 from typing import Callable, Optional
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `python utils/bench.py` as well as `python -m utils.bench`
@@ -77,11 +77,12 @@ from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet, load_mffnet  # noqa: E402
 from network.resnet import BACKBONES  # noqa: E402
 from utils import cli, engine, png, stage_cam, stage_seg  # noqa: E402
-from utils.data import ImageSet, read_image, read_list  # noqa: E402
+from utils.data import read_image, read_list  # noqa: E402
 from utils.distributed import Dist, pick_device  # noqa: E402
-from utils.engine import amp_dtype, autocast, inference_batches, train_step  # noqa: E402
+from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
+from utils.ring import RingBatches, ring_batches, slots_for  # noqa: E402
 from utils.workers import post_pool  # noqa: E402
 from utils.transforms import mask_transform  # noqa: E402
 
@@ -276,52 +277,41 @@ def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Nam
     return p.parse_args(argv)
 
 
-def loader(samples: list, a) -> DataLoader:
-    """The stages' loader (`engine.loader`) over `samples` at the mask stage's size, with persistent workers
-    (so a second pass measures steady state)."""
-    batches = [list(range(i, min(i + a.batch_size, len(samples)))) for i in range(0, len(samples), a.batch_size)]
-    return engine.loader(ImageSet(samples, mask_transform(SIZE)), batches, SimpleNamespace(num_workers=a.num_workers),
-                         Dist(device=a.device))
+def handoff_ms(image: np.ndarray, samples: list, a, n: int = 512) -> tuple:
+    """CPU ms per image, (loader workers, main process), of handing batches on as the mask stage's loader
+    does (`utils.ring`): claim a slot, send the batch's small tensors and a view of the slot, receive it
+    (and pin it on CUDA). The images are decoded once beforehand (`image`) and not transformed: only the
+    hand-off is left.
 
-
-class _Transformed(torch.utils.data.Dataset):
-    """`n` copies of one transformed item: a loader over it does nothing but hand items on."""
-
-    def __init__(self, item: dict, n: int):
-        self.item, self.n = item, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict:
-        return dict(self.item, index=index)
-
-
-def handoff_ms(item: dict, a, n: int = 512) -> tuple:
-    """CPU ms per image, (loader workers, main process), of handing transformed images on as the mask
-    stage's loader does: collate into shared memory, pass the batch, map it (and pin it on CUDA).
-
-    Two loaders, of `workers` batches and of `n` images more; the difference leaves out the workers'
-    start-up. The workers' CPU time is the kernel's account of the finished children.
+    Two passes, of a start-up's worth of batches and of `n` images more; the difference leaves out the
+    workers' start-up. The workers' CPU time is the kernel's account of the finished children.
     """
     workers = max(1, a.num_workers)
 
     def cpu(images: int) -> tuple:
-        return children_cpu_ms(lambda: stage_loader(_Transformed(item, images), images, workers, a))
+        return children_cpu_ms(lambda: stage_loader(samples, images, workers, a, read=lambda path: image,
+                                                    fill=lambda decoded, out: None))
 
-    base = workers * a.batch_size
+    base = slots_for(workers) * a.batch_size
     with one_thread():
         (k0, m0), (k1, m1) = cpu(base), cpu(base + n)
     return max(0.0, k1 - k0) / n, max(0.0, m1 - m0) / n
 
 
-def stage_loader(data: torch.utils.data.Dataset, images: int, workers: int, a) -> None:
-    """One pass of the mask stage's own loader (`engine.inference_batches`) with `workers` workers over the
-    first `images` items of `data`; the exhausted loader has joined its workers (their CPU time is then in
-    RUSAGE_CHILDREN)."""
-    for _ in inference_batches(data, list(range(images)), a.batch_size, SimpleNamespace(num_workers=workers),
-                               Dist(device=a.device)):
+def stage_loader(samples: list, images: int, workers: int, a, read: Callable = read_image,
+                 fill: Optional[Callable] = None) -> None:
+    """One pass of the mask stage's own loader (`ring.ring_batches`, filled by the stage's transform unless
+    `fill` is given) with `workers` workers over `images` images of `samples`, repeated as needed; the
+    exhausted loader has joined its workers (their CPU time is then in RUSAGE_CHILDREN)."""
+    for _ in stage_batches(samples, images, workers, a, read, fill):
         pass
+
+
+def stage_batches(samples: list, images: int, workers: int, a, read: Callable = read_image,
+                  fill: Optional[Callable] = None) -> RingBatches:
+    data = [samples[i % len(samples)] for i in range(images)]
+    return ring_batches(data, list(range(images)), a.batch_size, fill or mask_transform(SIZE).into, (SIZE, SIZE, 3),
+                        workers, Dist(device=a.device), read=read)
 
 
 def children_cpu_ms(run: Callable[[], None]) -> tuple:
@@ -347,8 +337,7 @@ def worker_ms(samples: list, cams: list, sizes: list, writer: str, work: str, a,
     workers = max(1, a.num_workers)
 
     def load(images: int) -> None:
-        stage_loader(ImageSet([samples[i % len(samples)] for i in range(images)], mask_transform(SIZE)), images,
-                     workers, a)
+        stage_loader(samples, images, workers, a)
 
     def post(masks: int) -> None:
         items = [(cams[i % len(cams)], *sizes[i % len(cams)], os.path.join(work, "masks", f"{i % len(cams)}.png"))
@@ -358,7 +347,7 @@ def worker_ms(samples: list, cams: list, sizes: list, writer: str, work: str, a,
                          for i in range(0, masks, a.batch_size)]:
                 task.result()  # a worker's error is raised here
 
-    base = workers * a.batch_size
+    base = slots_for(workers) * a.batch_size  # every slot of the ring written once: the pages are in
     with one_thread():
         loader = (children_cpu_ms(lambda: load(base + n))[0] - children_cpu_ms(lambda: load(base))[0]) / n
         posted = (children_cpu_ms(lambda: post(a.batch_size + n))[0] - children_cpu_ms(lambda: post(a.batch_size))[0])
@@ -427,7 +416,7 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
     images (each up to 8 times) in each loop, so a drift in the machine's speed reaches every step
     alike. `cams[i]` is the CAM of `paths[i]`, whose image is `sizes[i]` = (width, height).
     """
-    transform = mask_transform(SIZE)
+    transform, row = mask_transform(SIZE), np.empty((SIZE, SIZE, 3), dtype=np.float32)  # as into a ring slot
     passes = max(1, math.ceil(min(256, 8 * len(paths)) / len(paths)))  # >= 256 calls a step, or 8 per image
     steps = ("decode_ms", "transform_ms", "postprocess_ms", "png_encode_ms", "opencv_png_ms")
     times = {k: [] for k in steps}
@@ -440,7 +429,7 @@ def cpu_per_mask(paths: list, cams: list, sizes: list, writer: str, repeats: int
                     t0 = clock()
                     image = read_image(path)
                     t1 = clock()
-                    transform(image)
+                    transform.into(image, row)
                     spent["decode_ms"] += t1 - t0
                     spent["transform_ms"] += clock() - t1
                 for cam, (width, height) in zip(cams, sizes):
@@ -498,16 +487,23 @@ def most(*windows: tuple) -> tuple:
 
 
 def measure_inputs(a, root: str, stages: Stages) -> tuple:
-    """Data loading (a first pass starts the workers, the second is timed); returns the first pass's
-    batches on the device: ([B x 3 x 256 x 256 images], [B labels], [(width, height)] of every image)."""
-    data = loader(read_list("cub", root, "train.txt", with_boxes=False), a)
-    batches = list(data)
-    with Timer(a.device) as t:
-        n = sum(len(b["index"]) for b in data)
-    stages.add("data_loading", n / t.seconds, n, workers=a.num_workers)
-    images = [engine.to_device(b["image"], Dist(device=a.device), a.cl, hwc=True) for b in batches]
-    labels = [b["label"].to(a.device) for b in batches]
-    return images, labels, [(w, h) for b in batches for h, w in b["size"].tolist()]
+    """Data loading: the mask stage's loader, the images of a pass over the list and of one over it three
+    times (the difference leaves the workers' start-up out); returns the first pass's batches on the device:
+    ([B x 3 x 256 x 256 images], [B labels], [(width, height)] of every image)."""
+    samples = read_list("cub", root, "train.txt", with_boxes=False)
+    d = Dist(device=a.device)
+    images, labels, sizes = [], [], []
+    with Timer(a.device) as once:
+        for b in stage_batches(samples, len(samples), a.num_workers, a):
+            # a copy: the batch's slot takes a later batch once the next one is asked for
+            images.append(engine.to_device(b["image"].clone(), d, a.cl, hwc=True))
+            labels.append(b["label"].to(a.device))
+            sizes += [(w, h) for h, w in b["size"].tolist()]
+    with Timer(a.device) as thrice:
+        stage_loader(samples, 3 * len(samples), a.num_workers, a)
+    n = 2 * len(samples)
+    stages.add("data_loading", n / max(thrice.seconds - once.seconds, 1e-9), n, workers=a.num_workers)
+    return images, labels, sizes
 
 
 def alternate(bare: Callable[[bool], float], stage: Callable[[], tuple], rounds: int, stages: Stages) -> tuple:
@@ -626,7 +622,7 @@ def run(a) -> dict:
         n = min(len(cams), UNIQUE)  # further images are links to these files: the same work
         samples = read_list("cub", root, "train.txt", with_boxes=False)[:n]  # the loader's order: cams[i] is theirs
         cpu = cpu_per_mask([s.path for s in samples], list(cams[:n]), sizes[:n], png.resolve(a.png_writer))
-        cpu["handoff_workers_ms"], cpu["handoff_main_ms"] = handoff_ms(ImageSet(samples, mask_transform(SIZE))[0], a)
+        cpu["handoff_workers_ms"], cpu["handoff_main_ms"] = handoff_ms(read_image(samples[0].path), samples, a)
         cpu["loader_worker_ms"], cpu["post_worker_ms"] = worker_ms(samples, list(cams[:n]), sizes[:n],
                                                                    png.resolve(a.png_writer), work, a)
         # all the CPU work per mask, the workers' measured whole, over 16 cores; the main process's share is

@@ -98,21 +98,25 @@ def train_step(model: nn.Module, loss_fn: Callable, batch: dict, optimizer: torc
 
 
 # ---------------------------------------------------------------------------------------- loaders
-def loader(dataset, batch_sampler, args, d: Dist, persistent: bool = True) -> DataLoader:
+PREFETCH = 4  # batches on their way per loader worker
+
+
+def loader(dataset, batch_sampler, num_workers: int, d: Dist, persistent: bool = True,
+           collate_fn: Callable = collate) -> DataLoader:
     """The stages' loader: its workers get one OpenCV thread and a malloc that keeps what it frees
     (`utils.workers`), and batch in shared memory (pinned on CUDA); `persistent`: the workers stay for
     the next pass (training's epochs)."""
-    workers = max(0, args.num_workers)
+    workers = max(0, num_workers)
     loader_threads()
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_fn,
                       pin_memory=d.device.type == "cuda", persistent_workers=persistent and workers > 0,
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=init_loader_worker)
+                      prefetch_factor=PREFETCH if workers > 0 else None, worker_init_fn=init_loader_worker)
 
 
 def inference_batches(dataset, indices: list, batch_size: int, args, d: Dist) -> DataLoader:
     """One pass over `indices` of `dataset` in batches of `batch_size`, in order."""
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    return loader(dataset, batches, args, d, persistent=False)
+    return loader(dataset, batches, args.num_workers, d, persistent=False)
 
 
 def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False, hwc: bool = False) -> torch.Tensor:
@@ -250,7 +254,7 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     model = place_model(raw, args, d, train=True)
     log = RunLog(args.savepath, args, enabled=d.main, resumed_at=step if resumed else None)
     sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
-    data = loader(dataset, sampler, args, d)
+    data = loader(dataset, sampler, args.num_workers, d)
     bad_log = os.path.join(args.savepath, "skipped.txt") if d.main else None
     last_snapshot, skipped, dropped, finite = None, 0, [], torch.ones((), dtype=torch.bool, device=d.device)
     first_step = step

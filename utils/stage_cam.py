@@ -26,10 +26,11 @@ from utils import cli, distributed, png, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
 from utils.engine import (HostCopy, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
-                          host_lag, inference_batches, place_model, to_device)
+                          host_lag, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.pseudo_mask import write_masks
+from utils.ring import ring_batches
 from utils.transforms import mask_transform, train_transform
 from utils.vis import pseudo_mask_pictures, tensorboard_hook
 from utils.workers import post_pool
@@ -137,7 +138,9 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
     model = place_model(model.eval(), args, d, train=False)
     channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
-    batches = inference_batches(ImageSet(samples, mask_transform(args.size)), mine, args.batch_size, args, d)
+    # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)
+    batches = ring_batches(samples, mine, args.batch_size, mask_transform(args.size).into, (args.size, args.size, 3),
+                           args.num_workers, d)
     out = args.maskpath
     chunk = math.ceil(args.batch_size / max(1, args.post_workers))   # one task per worker and batch
     backlog = 8 * math.ceil(args.batch_size / chunk)                  # tasks: ~8 batches queued at most

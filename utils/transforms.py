@@ -121,6 +121,16 @@ class ResizeCrop(Pipeline):
             out = out[top:top + self.crop, top:top + self.crop]
         return (torch.from_numpy(np.ascontiguousarray(out)) if self.hwc else _chw(out)), None
 
+    def into(self, image: np.ndarray, out: np.ndarray) -> None:
+        """The normalised, resized image (no crop) written into `out` (size x size x 3 float32, C-contiguous):
+        the h x w x 3 array of `mask_transform`, where the caller wants it (`utils.ring`)."""
+        if self.crop:
+            raise ValueError("ResizeCrop.into writes uncropped images")
+        written = cv2.resize(normalise(image), (self.size, self.size), dst=out, interpolation=cv2.INTER_LINEAR)
+        if written.ctypes.data != out.ctypes.data:  # OpenCV allocates anew rather than write a misfit `out`
+            raise ValueError(f"ResizeCrop.into: out must be a C-contiguous {self.size} x {self.size} x 3 float32 "
+                             f"array, got {out.dtype} {out.shape}")
+
 
 def _chw(image: np.ndarray) -> torch.Tensor:
     """H x W x C float32 -> C x H x W tensor (contiguous)."""

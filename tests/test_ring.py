@@ -1,0 +1,115 @@
+"""The mask stage's loader (utils.ring): batches written in place into a ring of shared slots are the batches
+of the plain loader, and a slot is never written while the main process may still read it."""
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from utils import ring
+from utils.data import ImageSet, Sample
+from utils.distributed import Dist
+from utils.engine import inference_batches
+from utils.transforms import mask_transform
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """13 images of varied sizes and 3 bad files (missing, empty, not an image) among them."""
+    folder = tmp_path_factory.mktemp("ring")
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(16):
+        path = str(folder / f"{i}.png")
+        if i == 3:
+            path = str(folder / "missing.png")
+        elif i == 8:
+            open(path, "wb").close()
+        elif i == 12:
+            open(path, "wb").write(b"not an image at all")
+        else:
+            h, w = rng.integers(5, 90, 2)
+            cv2.imwrite(path, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        out.append(Sample(name=f"{i}.png", path=path, label=i % 5))
+    return out
+
+
+def _ring(samples, indices, batch_size, workers):
+    return ring.ring_batches(samples, indices, batch_size, mask_transform(SIZE).into, (SIZE, SIZE, 3), workers, Dist())
+
+
+@pytest.mark.parametrize("workers,batch_size", [(0, 4), (2, 3), (2, 16)])
+def test_ring_batches_are_the_plain_loaders(samples, workers, batch_size):
+    indices = [15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]  # not in order, not all, a short last batch
+    plain = inference_batches(ImageSet(samples, mask_transform(SIZE)), indices, batch_size,
+                              type("Args", (), {"num_workers": workers}), Dist())
+    got = _ring(samples, indices, batch_size, workers)
+    pairs = 0
+    for number, (a, b) in enumerate(zip(plain, got)):
+        assert b["batch"] == number and a["bad"] == b["bad"] and ("image" in a) == ("image" in b)
+        if "image" in a:
+            for key in ("image", "label", "index", "size"):
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        pairs += 1
+    assert pairs == len(got) == -(-len(indices) // batch_size)
+    assert sum(len(b["bad"]) for b in _ring(samples, indices, batch_size, workers)) == 3
+
+
+@pytest.mark.parametrize("slots", ["enough", 2])
+def test_a_held_batch_keeps_its_images_while_the_workers_run_ahead(samples, slots, monkeypatch):
+    """A slow loop body over many more batches than slots: each batch's images are checked at the end of
+    its body, after the workers have had time to fill every free slot. A worker that wrote a held slot would
+    change them. With 2 slots (fewer than the loader's batches on their way) the workers must wait for
+    each release."""
+    if slots == 2:
+        monkeypatch.setattr(ring, "slots_for", lambda workers: 2)
+    good = [i for i, s in enumerate(samples) if i not in (3, 8, 12)]
+    indices = good * 5
+    transform = mask_transform(SIZE)
+    want = {i: transform(cv2.cvtColor(cv2.imread(samples[i].path), cv2.COLOR_BGR2RGB))[0] for i in good}
+    batches = _ring(samples, indices, 2, workers=2)
+    assert len(batches.data.ring) == ring.slots_for(2) < len(batches)
+    seen = 0
+    for batch in batches:
+        time.sleep(0.02)
+        for image, index in zip(batch["image"], batch["index"].tolist()):
+            assert torch.equal(image, want[index])
+            seen += 1
+    assert seen == len(indices)
+
+
+def test_a_slot_is_claimed_only_once_its_last_batch_is_released():
+    r = ring.BatchRing(2, 1, (2,))
+    r.claim(0), r.claim(1)                   # a fresh ring: the first `slots` batches go straight in
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (r.claim(2), done.set()))
+    worker.start()
+    time.sleep(0.1)
+    assert not done.is_set()                 # batch 2 takes batch 0's slot: it waits for its release
+    r.release(1)
+    time.sleep(0.05)
+    assert not done.is_set()
+    r.release(0)
+    worker.join(5)
+    assert done.is_set()
+    r.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        r.claim(3)                           # its slot is free, but the pass is over: a closed ring hands out none
+
+
+def test_a_pass_cut_short_stops_its_workers(samples, monkeypatch):
+    """Workers waiting for a slot when the loop stops early give up (the ring is closed) and exit: the loader
+    need not wait for them, then kill them (after 30 s here, instead of DataLoader's 5)."""
+    monkeypatch.setattr(ring, "slots_for", lambda workers: 2)
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 30.0)
+    batches = _ring(samples, list(range(16)) * 8, 1, workers=2)
+    t0 = time.monotonic()
+    for k, _ in enumerate(batches):
+        if k == 2:
+            break  # the generator is closed: the ring too
+    del batches
+    assert time.monotonic() - t0 < 15

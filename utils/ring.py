@@ -1,0 +1,148 @@
+"""Inference batches that the loader workers write in place into a ring of shared-memory slots.
+
+DataLoader's workers collate every batch into fresh shared memory, and the main process maps it again:
+on a virtual machine the fresh pages cost more than the decode (~1 ms per 786 KB image for the worker
+here, mostly the kernel allocating and zeroing shared pages; README "Speed"). Pseudo-mask generation
+(1.28M images on ImageNet, where the GPU leaves the CPU the bound) uses this ring instead: a fixed set of
+`slots` batches of images in shared memory, allocated once; a worker decodes and transforms each image
+of batch m straight into slot m % slots (no collate copy), and the main process reads the batch there.
+
+Why it never hands out a slot in use: the workers write batch m only once the main process has released
+batch m - slots, the slot's previous occupant (`BatchRing.claim` waits for it). `RingBatches` releases a
+batch when the next one is asked for, so a batch's images are valid until then, as the loop body uses
+them. DataLoader has at most prefetch_factor x workers batches on their way, so with two slots more
+the workers never wait in a steady state. Memory: `slots` x batch x 786 KB of shared memory (256 x 256
+images), held for the whole pass; the same order as DataLoader's own batches in flight.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from utils import engine
+from utils.data import BadImage, read_image
+from utils.distributed import Dist
+
+
+class BatchRing:
+    """`slots` batches of `batch_size` float32 arrays of `shape` in shared memory, and per slot the number of
+    the last batch released from it (shared too: the workers see the main process's releases)."""
+
+    POLL_S = 2e-4
+
+    def __init__(self, slots: int, batch_size: int, shape: tuple):
+        self.images = torch.empty(slots, batch_size, *shape).share_memory_()
+        self.released = (torch.arange(slots, dtype=torch.int64) - slots).share_memory_()  # "batch -k is done"
+        self.closed = torch.zeros(1, dtype=torch.bool).share_memory_()
+        self.parent = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def claim(self, batch: int) -> torch.Tensor:
+        """The slot of batch number `batch` (0, 1, ... in the loader's order), once its previous occupant has
+        been released; in a worker. Raises RuntimeError when the ring was closed or the main process is
+        gone."""
+        slot = batch % len(self)
+        while True:
+            if bool(self.closed[0]) or (os.getpid() != self.parent and os.getppid() != self.parent):
+                raise RuntimeError("the batch ring was closed (the main process stopped reading)")
+            if int(self.released[slot]) == batch - len(self):
+                return self.images[slot]
+            time.sleep(self.POLL_S)
+
+    def release(self, batch: int) -> None:
+        """The main process is done with batch number `batch`: its slot may take batch + len(self)."""
+        self.released[batch % len(self)] = batch
+
+    def close(self) -> None:
+        self.closed[0] = True
+
+
+class RingImageSet(Dataset):
+    """The images of `samples` as batches written into `ring` (`__getitems__` of keys (batch number, index)).
+
+    `fill(image, out)` writes a decoded image's tensor into `out` (one slot row, e.g.
+    `transforms.ResizeCrop.into`). A batch is a dict as `data.collate`'s: "image" (n x shape, a view of the
+    slot, packed: bad files take no row), "label", "index", "size" (original H, W), "bad" [(name, reason)],
+    and "batch" (its number, for `BatchRing.release`); without "image" when every file was bad.
+    """
+
+    def __init__(self, samples: list, fill: Callable, ring: BatchRing, read: Callable = read_image):
+        self.samples, self.fill, self.ring, self.read = samples, fill, ring, read
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitems__(self, keys: list) -> dict:
+        number = keys[0][0]
+        images = self.ring.claim(number)
+        good, bad, sizes = [], [], []
+        for _, index in keys:
+            s = self.samples[index]
+            try:
+                image = self.read(s.path)
+            except BadImage as e:
+                bad.append((s.name, str(e)))
+                continue
+            self.fill(image, images[len(good)].numpy())
+            good.append(index)
+            sizes.append(image.shape[:2])
+        batch = {"bad": bad, "batch": number}
+        if good:
+            batch.update(image=images[:len(good)], label=torch.tensor([self.samples[i].label for i in good]),
+                         index=torch.tensor(good), size=torch.tensor(sizes))
+        return batch
+
+    def __getitem__(self, key):
+        raise TypeError("RingImageSet is read in batches (DataLoader calls __getitems__)")
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
+
+
+class RingBatches:
+    """One pass over batches of a `RingImageSet` through the stages' loader (`engine.loader`): iterating gives
+    its batches in order; each batch's slot goes back to the workers when the next batch is asked for (or
+    the pass ends)."""
+
+    def __init__(self, data: RingImageSet, batches: list, num_workers: int, d: Dist):
+        keyed = [[(number, i) for i in batch] for number, batch in enumerate(batches)]
+        self.data, self.loader = data, engine.loader(data, keyed, num_workers, d, persistent=False, collate_fn=_as_is)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        held: Optional[int] = None
+        batches = iter(self.loader)
+        try:
+            for batch in batches:
+                if held is not None:
+                    self.data.ring.release(held)
+                held = batch["batch"]
+                yield batch
+        finally:
+            # a pass cut short: workers waiting for a slot stop, before the loader's shutdown waits for them
+            self.data.ring.close()
+            del batches
+
+
+def slots_for(num_workers: int) -> int:
+    """Slots that keep every worker busy: the batches DataLoader has on their way (`engine.PREFETCH` per
+    worker), one that the main process holds and one that it has just released."""
+    return engine.PREFETCH * max(0, num_workers) + 2
+
+
+def ring_batches(samples: list, indices: list, batch_size: int, fill: Callable, shape: tuple, num_workers: int,
+                 d: Dist, read: Callable = read_image) -> RingBatches:
+    """One pass over `indices` of `samples` in batches of `batch_size`, in order, each image read by `read(path)`
+    and written by `fill(image, out)` into a `shape` float32 row of a ring of shared batches."""
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    ring = BatchRing(slots_for(num_workers), max(1, min(batch_size, len(indices))), shape)
+    return RingBatches(RingImageSet(samples, fill, ring, read), batches, num_workers, d)
