@@ -1,5 +1,9 @@
 """The mask stage's loader (utils.ring): batches written in place into a ring of shared slots are the batches
 of the plain loader, and a slot is never written while the main process may still read it."""
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -8,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from utils import ring
 from utils.data import ImageSet, Sample
 from utils.distributed import Dist
@@ -113,3 +118,31 @@ def test_a_pass_cut_short_stops_its_workers(samples, monkeypatch):
             break  # the generator is closed: the ring too
     del batches
     assert time.monotonic() - t0 < 15
+
+
+def test_workers_started_by_forkserver(samples, tmp_path):
+    """Python 3.14 starts processes by forkserver on Linux (macOS by spawn): the ring reaches such workers by
+    pickling (as under spawn), and their parent is the fork server, not the main process."""
+    method = "forkserver"
+    paths = [s.path for s in samples]
+    code = textwrap.dedent(f"""
+        import multiprocessing
+        from utils import ring
+        from utils.data import Sample
+        from utils.distributed import Dist
+        from utils.transforms import mask_transform
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("{method}")
+            samples = [Sample(name=str(i), path=p, label=0) for i, p in enumerate({paths!r})]
+            got = ring.ring_batches(samples, list(range(16)) * 2, 3, mask_transform(8).into, (8, 8, 3), 2, Dist())
+            n = 0
+            for batch in got:
+                n += len(batch["index"]) if "image" in batch else 0
+            print(n)
+    """)
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(2 * 13)

@@ -38,7 +38,7 @@ class BatchRing:
         self.images = torch.empty(slots, batch_size, *shape).share_memory_()
         self.released = (torch.arange(slots, dtype=torch.int64) - slots).share_memory_()  # "batch -k is done"
         self.closed = torch.zeros(1, dtype=torch.bool).share_memory_()
-        self.parent = os.getpid()
+        self._parent = None  # (this process, its parent) as first seen by `claim`: a changed parent has died
 
     def __len__(self) -> int:
         return len(self.images)
@@ -48,8 +48,10 @@ class BatchRing:
         been released; in a worker. Raises RuntimeError when the ring was closed or the main process is
         gone."""
         slot = batch % len(self)
+        if self._parent is None or self._parent[0] != os.getpid():
+            self._parent = os.getpid(), os.getppid()  # a fork, spawn or forkserver worker's own parent
         while True:
-            if bool(self.closed[0]) or (os.getpid() != self.parent and os.getppid() != self.parent):
+            if bool(self.closed[0]) or os.getppid() != self._parent[1]:
                 raise RuntimeError("the batch ring was closed (the main process stopped reading)")
             if int(self.released[slot]) == batch - len(self):
                 return self.images[slot]
