@@ -250,9 +250,10 @@ def linked_cub(source: str, root: str, images: int) -> str:
     return root
 
 
-def cam_model(snapshot: Optional[str], backbone: str) -> torch.nn.Module:
-    """The CAM model of the mask stage: the snapshot's (its classes), or random weights (`CLASSES` classes)."""
-    return load_mffnet(snapshot, None, backbone) if snapshot else build_mffnet(CLASSES, backbone)
+def cam_model(snapshot: str, backbone: str) -> torch.nn.Module:
+    """The CAM model of the mask stage, as the stage loads it: `snapshot`'s weights and classes (--cam_snapshot,
+    or the bench's random weights, written to a file before the run)."""
+    return load_mffnet(snapshot, None, backbone)
 
 
 def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Namespace:
@@ -487,22 +488,24 @@ def most(*windows: tuple) -> tuple:
 
 
 def measure_inputs(a, root: str, stages: Stages) -> tuple:
-    """Data loading: the mask stage's loader, the images of a pass over the list and of one over it three
-    times (the difference leaves the workers' start-up out); returns the first pass's batches on the device:
-    ([B x 3 x 256 x 256 images], [B labels], [(width, height)] of every image)."""
+    """Data loading: the mask stage's loader over the list once and five times (the difference leaves the
+    workers' start-up out); returns the batches of a first pass, on the device: ([B x 3 x 256 x 256 images],
+    [B labels], [(width, height)] of every image)."""
     samples = read_list("cub", root, "train.txt", with_boxes=False)
     d = Dist(device=a.device)
     images, labels, sizes = [], [], []
-    with Timer(a.device) as once:
-        for b in stage_batches(samples, len(samples), a.num_workers, a):
-            # a copy: the batch's slot takes a later batch once the next one is asked for
-            images.append(engine.to_device(b["image"].clone(), d, a.cl, hwc=True))
-            labels.append(b["label"].to(a.device))
-            sizes += [(w, h) for h, w in b["size"].tolist()]
-    with Timer(a.device) as thrice:
-        stage_loader(samples, 3 * len(samples), a.num_workers, a)
-    n = 2 * len(samples)
-    stages.add("data_loading", n / max(thrice.seconds - once.seconds, 1e-9), n, workers=a.num_workers)
+    for b in stage_batches(samples, len(samples), a.num_workers, a):
+        # a copy: the batch's slot takes a later batch once the next one is asked for
+        images.append(engine.to_device(b["image"].clone(), d, a.cl, hwc=True))
+        labels.append(b["label"].to(a.device))
+        sizes += [(w, h) for h, w in b["size"].tolist()]
+    seconds = []
+    for times in (1, 5):
+        with Timer(a.device) as t:
+            stage_loader(samples, times * len(samples), a.num_workers, a)
+        seconds.append(t.seconds)
+    n = 4 * len(samples)
+    stages.add("data_loading", n / max(seconds[1] - seconds[0], 1e-9), n, workers=a.num_workers)
     return images, labels, sizes
 
 
@@ -529,11 +532,13 @@ def alternate(bare: Callable[[bool], float], stage: Callable[[], tuple], rounds:
 
 def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> np.ndarray:
     """Bare CAM forward and `make_masks` end to end, alternating (`alternate`); returns the GT-class CAMs
-    of the first pass (N x 32 x 32)."""
+    of the first pass (N x 32 x 32). Both use the same weights (--cam_snapshot's, or the bench's cam.pth): the
+    post-processing's cost depends on the CAMs."""
+    snapshot = a.cam_snapshot or os.path.join(work, "cam.pth")
     kept = []
 
     def bare(first: bool) -> float:
-        model = prepare_model(cam_model(a.cam_snapshot, a.backbone), a)   # not held during the stage
+        model = prepare_model(cam_model(snapshot, a.backbone), a)   # not held during the stage
         keep = (lambda i, maps: maps[torch.arange(len(maps), device=a.device), labels[i]]) if first else None
         rate, cams = bare_forward(model, images, a, keep=keep)
         kept.extend(cams)
@@ -542,7 +547,7 @@ def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> n
     def stage() -> tuple:
         with quiet(a.verbose):  # --overwrite: each round writes every mask
             r = stage_cam.make_masks(stage_args("cam", a, os.path.join(work, "CUB_200_2011"),
-                                                a.cam_snapshot or os.path.join(work, "cam.pth"),
+                                                snapshot,
                                                 os.path.join(work, "cam")))
         return r["images_per_s"], r["seconds"]
 
@@ -562,7 +567,8 @@ def measure_eval(a, work: str, images: list, stages: Stages) -> list:
     crops = [x[:, :, off:off + CROP, off:off + CROP].contiguous(memory_format=memory_format) for x in images]
 
     def bare(first: bool) -> float:
-        return bare_forward(prepare_model(build_mffnet(1, a.backbone, seg=True), a), crops, a)[0]
+        model = load_mffnet(os.path.join(work, "seg.pth"), 1, a.backbone, seg=True)   # the stage's weights
+        return bare_forward(prepare_model(model, a), crops, a)[0]
 
     def stage() -> tuple:
         with quiet(a.verbose):
