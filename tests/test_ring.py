@@ -61,6 +61,8 @@ def test_ring_batches_are_the_plain_loaders(samples, workers, batch_size):
                 assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
         pairs += 1
     assert pairs == len(got) == -(-len(indices) // batch_size)
+    with pytest.raises(RuntimeError, match="one pass"):
+        iter(got).__next__()
     assert sum(len(b["bad"]) for b in _ring(samples, indices, batch_size, workers)) == 3
 
 

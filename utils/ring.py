@@ -45,8 +45,8 @@ class BatchRing:
 
     def claim(self, batch: int) -> torch.Tensor:
         """The slot of batch number `batch` (0, 1, ... in the loader's order), once its previous occupant has
-        been released; in a worker. Raises RuntimeError when the ring was closed or the main process is
-        gone."""
+        been released; in a loader worker (or the main process, without workers). Raises RuntimeError when the
+        ring was closed or the worker's parent is gone."""
         slot = batch % len(self)
         if self._parent is None or self._parent[0] != os.getpid():
             self._parent = os.getpid(), os.getppid()  # a fork, spawn or forkserver worker's own parent
@@ -116,11 +116,15 @@ class RingBatches:
     def __init__(self, data: RingImageSet, batches: list, num_workers: int, d: Dist):
         keyed = [[(number, i) for i in batch] for number, batch in enumerate(batches)]
         self.data, self.loader = data, engine.loader(data, keyed, num_workers, d, persistent=False, collate_fn=_as_is)
+        self.started = False
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[dict]:
+        if self.started:  # its ring's batch numbers and slots are spent (and closed)
+            raise RuntimeError("RingBatches gives one pass; make another with ring_batches")
+        self.started = True
         held: Optional[int] = None
         batches = iter(self.loader)
         try:
