@@ -136,7 +136,7 @@ def test_workers_started_by_forkserver(samples, tmp_path):
         if __name__ == "__main__":
             multiprocessing.set_start_method("{method}")
             samples = [Sample(name=str(i), path=p, label=0) for i, p in enumerate({paths!r})]
-            got = ring.ring_batches(samples, list(range(16)) * 2, 3, mask_transform(8).into, (8, 8, 3), 2, Dist())
+            got = ring.ring_batches(samples, list(range(16)) * 2, 3, mask_transform(8).into, (8, 8, 3), 1, Dist())
             n = 0
             for batch in got:
                 n += len(batch["index"]) if "image" in batch else 0
