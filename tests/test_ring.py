@@ -148,3 +148,12 @@ def test_workers_started_by_forkserver(samples, tmp_path):
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == str(2 * 13)
+
+
+def test_too_little_shared_memory_is_one_clear_error(samples, monkeypatch):
+    from utils.errors import UserError
+    monkeypatch.setattr(ring, "shared_memory_free", lambda: 10 * 2 ** 20)   # a 64 MB container, mostly used
+    with pytest.raises(UserError, match=r"need 480 MB of shared memory \(10 batches of 64\), /dev/shm has 10 MB.*"
+                                        r"--batch_size or --num_workers"):
+        ring.ring_batches(samples, list(range(16)) * 4, 64, mask_transform(256).into, (256, 256, 3), 2, Dist())
+    assert ring.shared_memory_free() is None or ring.shared_memory_free() > 0   # this machine's, read for real

@@ -16,6 +16,7 @@ images), held for the whole pass; the same order as DataLoader's own batches in 
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Callable, Iterator, Optional
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset
 from utils import engine
 from utils.data import BadImage, read_image
 from utils.distributed import Dist
+from utils.errors import UserError
 
 
 class BatchRing:
@@ -150,5 +152,29 @@ def ring_batches(samples: list, indices: list, batch_size: int, fill: Callable, 
     """One pass over `indices` of `samples` in batches of `batch_size`, in order, each image read by `read(path)`
     and written by `fill(image, out)` into a `shape` float32 row of a ring of shared batches."""
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    ring = BatchRing(slots_for(num_workers), max(1, min(batch_size, len(indices))), shape)
+    slots, rows = slots_for(num_workers), max(1, min(batch_size, len(indices)))
+    check_shared_memory(slots * rows * math.prod(shape) * 4, batch_size, num_workers)
+    ring = BatchRing(slots, rows, shape)
     return RingBatches(RingImageSet(samples, fill, ring, read), batches, num_workers, d)
+
+
+SHM = "/dev/shm"  # where torch's shared memory lives on Linux (shm_open)
+
+
+def shared_memory_free() -> Optional[int]:
+    """Bytes free in /dev/shm, or None where there is none to ask (not Linux)."""
+    try:
+        st = os.statvfs(SHM)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def check_shared_memory(need: int, batch_size: int, num_workers: int) -> None:
+    """A ring larger than the shared memory free would crash a worker with a bus error when it reaches the
+    missing pages (a container's /dev/shm is 64 MB by default): say so before any work."""
+    free = shared_memory_free()
+    if free is not None and need > free:
+        raise UserError(f"pseudo masks: the loader's batches need {need / 2 ** 20:.0f} MB of shared memory "
+                        f"({slots_for(num_workers)} batches of {batch_size}), {SHM} has {free / 2 ** 20:.0f} MB "
+                        f"free: lower --batch_size or --num_workers, or give it more (docker run --shm-size 8g)")
