@@ -26,9 +26,9 @@ What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed
                   the main process's CPU); the two kinds of worker measured whole (a loader worker from
                   decode to hand-off, a post worker from CAM to written PNG: what the steps cost
                   together, memory and file writes included); and the masks/s that the cores of a
-                  16-core node reach when this
-                  CPU work is the bound (a GPU node, whose forward is cheap): 16 / (loader + post +
-                  main process), at most 1 / the main process's share (one core)
+                  16-core node reach when this CPU work is the bound (a GPU node, whose forward is
+                  cheap): 16 / (loader + post + main process), at most 1 / the main process's share
+                  (one core)
   cam_train_step  forward + backward + SGD step of the CUB cam model (dual head) at 224
   seg_train_step  the same for the seg model and its loss
 The end-to-end figures count the images after the first batch (loader start-up and the first batch
@@ -546,8 +546,7 @@ def measure_masks(a, work: str, images: list, labels: list, stages: Stages) -> n
 
     def stage() -> tuple:
         with quiet(a.verbose):  # --overwrite: each round writes every mask
-            r = stage_cam.make_masks(stage_args("cam", a, os.path.join(work, "CUB_200_2011"),
-                                                snapshot,
+            r = stage_cam.make_masks(stage_args("cam", a, os.path.join(work, "CUB_200_2011"), snapshot,
                                                 os.path.join(work, "cam")))
         return r["images_per_s"], r["seconds"]
 
