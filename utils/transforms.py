@@ -7,37 +7,53 @@ of the number of loader workers and lets `--resume` reproduce the uninterrupted 
 
 Speed (every image of every stage passes here; 1.28M per ImageNet pass): albumentations' Normalize acts
 on each uint8 value alone (its output is a table of 256 floats per channel), so any computation that gives
-that table's 768 floats gives its output. Here: float32 `(v - mean) * scale` per channel with float32
-constants checked against the table at import (`_affine_constants`), in three numpy passes over the image
-seen as rows of W x 3 values (0.3 ms for 500 x 375, against 0.5 for OpenCV's look-up with a per-channel
-table and 1 for Normalize itself); the look-up (`cv2.LUT`) where no such constants exist. The inference
-transforms (resize, centre crop, no mask) call `cv2.resize` directly, as A.Resize does, without
-`A.Compose`'s per-call cost. The tensors are bit for bit those of the plain albumentations pipeline
-(tests/test_transforms.py).
+that table's 768 floats gives its output. Here: float32 `(v - mean) * scale` per channel with fixed float32
+constants (`_AFFINE`, found by `affine_constants`), in three numpy passes over the image seen as rows of
+W x 3 values (0.3 ms for 500 x 375, against 0.5 for OpenCV's look-up with a per-channel table and 1 for
+Normalize itself). The inference transforms (resize, centre crop, no mask) call `cv2.resize` directly, as
+A.Resize does, without `A.Compose`'s per-call cost, and without importing albumentations at all: only
+training pipelines and masks (`Pipeline`) do. The tensors are bit for bit those of the plain albumentations
+pipeline (tests/test_transforms.py).
 
 Box helpers state their convention: boxes are `x0 y0 x1 y1` floats in pixels of the frame named.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-_NORMALIZE = A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
-# 256 x 1 x 3 float32: Normalize's output for every uint8 value in each channel
-_TABLE = _NORMALIZE(image=np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))["image"]
+# (mean, scale) per channel as float32 bits: float32(mean * 255) and float32(1 / (std * 255)), channel 1's scale
+# one ulp under that. `(v - mean) * scale` in float32 then gives albumentations' Normalize for every uint8 v
+# (`normalize_table`, checked by tests/test_transforms.py with `affine_constants`); fixed here rather than
+# worked out at import, so that processes which never train need not import albumentations (~1.2 s: it
+# pulls in scipy), and a later albumentations cannot change the normalisation the original code used.
+_AFFINE = np.array([[float.fromhex(h) for h in ("0x1.eeb334p+6", "0x1.d11eb8p+6", "0x1.9e1eb8p+6")],
+                    [float.fromhex(h) for h in ("0x1.18926cp-6", "0x1.1ed5b0p-6", "0x1.1d8f56p-6")]], dtype=np.float32)
 
 
-def _affine_constants(table: np.ndarray) -> Optional[np.ndarray]:
+def albumentations():
+    """The albumentations module, imported on first use (training pipelines, masks, the references)."""
+    import albumentations as A
+    return A
+
+
+def normalize_table() -> np.ndarray:
+    """256 x 1 x 3 float32: albumentations' Normalize of every uint8 value in each channel."""
+    norm = albumentations().Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
+    return norm(image=np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))["image"]
+
+
+def affine_constants(table: np.ndarray) -> Optional[np.ndarray]:
     """2 x 3 float32 (mean, scale) per channel such that the float32 `(v - mean) * scale` has the bits of
-    `table[v, 0, c]` (256 x 1 x 3) for every uint8 v, or None. Tried: float32(mean * 255) and float32(1 /
-    (std * 255)) and their neighbours up to 2 ulps, each checked on all 256 values (for albumentations'
-    Normalize, channel 1 takes a scale 1 ulp under the rounded one)."""
+    `table[v, 0, c]` (256 x 1 x 3) for every uint8 v, or None: how `_AFFINE` was found. Tried:
+    float32(mean * 255) and float32(1 / (std * 255)) and their neighbours up to 2 ulps, each checked on all
+    256 values."""
     values = np.arange(256, dtype=np.float32)
     steps = sorted(((i, j) for i in range(-2, 3) for j in range(-2, 3)), key=lambda ij: abs(ij[0]) + abs(ij[1]))
     constants = []
@@ -54,16 +70,13 @@ def _affine_constants(table: np.ndarray) -> Optional[np.ndarray]:
     return np.array(constants, dtype=np.float32).T
 
 
-_AFFINE = _affine_constants(_TABLE)
 _ROWS = np.empty((2, 0), dtype=np.float32)  # _AFFINE's (mean, scale) repeated along a row of pixels: r, g, b, r, ...
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
     """H x W x 3 uint8 RGB -> float32 (pixel / 255 - mean) / std, exactly as albumentations' Normalize."""
     if not (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        return _NORMALIZE(image=image)["image"]
-    if _AFFINE is None:
-        return cv2.LUT(image, _TABLE)
+        return albumentations().Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)(image=image)["image"]
     global _ROWS
     h, w = image.shape[:2]
     if _ROWS.shape[1] < 3 * w:
@@ -84,8 +97,17 @@ class Pipeline:
     clear background (CAM < 0.01) get weight 0).
     """
 
-    def __init__(self, ops: list):
-        self.compose = A.Compose(ops)  # after `normalise`
+    def __init__(self, ops: Callable):
+        """`ops(A)`: the list of albumentations transforms after `normalise`, given the module (`A.Compose`
+        is built on first use, so that a process which only makes the inference transforms never imports
+        it); a module-level function or a `functools.partial` of one, which pickles for loader workers."""
+        self.ops, self._compose = ops, None
+
+    @property
+    def compose(self):
+        if self._compose is None:
+            self._compose = albumentations().Compose(self.ops(albumentations()))
+        return self._compose
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
         self.compose.set_random_seed(seed)
@@ -109,7 +131,7 @@ class ResizeCrop(Pipeline):
     """
 
     def __init__(self, size: int, crop: int = 0, hwc: bool = False):
-        super().__init__([A.Resize(size, size)] + ([A.CenterCrop(crop, crop)] if crop else []))
+        super().__init__(partial(_resize_crop, size=size, crop=crop, random=False))
         self.size, self.crop, self.hwc = size, crop, hwc
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
@@ -137,9 +159,18 @@ def _chw(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
+def _resize_crop(A, size: int, crop: int, random: bool, shorter_side: bool = False) -> list:
+    """A.Resize to size x size (or A.SmallestMaxSize(size)), then a crop x crop crop (0: none): random, with a
+    horizontal flip, or centred."""
+    ops = [A.SmallestMaxSize(size)] if shorter_side else [A.Resize(size, size)]
+    if random:
+        return ops + [A.RandomCrop(crop, crop), A.HorizontalFlip(p=0.5)]
+    return ops + ([A.CenterCrop(crop, crop)] if crop else [])
+
+
 def train_transform(size: int = 256, crop: int = 224) -> Callable:
     """cam/seg training: resize size x size, random crop, horizontal flip."""
-    return Pipeline([A.Resize(size, size), A.RandomCrop(crop, crop), A.HorizontalFlip(p=0.5)])
+    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=True))
 
 
 def resize_transform(size: int = 256) -> Callable:
@@ -161,15 +192,12 @@ def eval_transform(size: int = 256, crop: int = 224) -> Callable:
 
 
 def cls_train_transform(size: int, crop: int) -> Callable:
-    return Pipeline([A.Resize(size, size), A.RandomCrop(crop, crop), A.HorizontalFlip(p=0.5)])
+    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=True))
 
 
 def cls_test_transform(size: int, crop: int = 0, shorter_side: bool = False) -> Callable:
     """Classifier evaluation: square resize (CUB recipe), or torchvision's shorter-side resize + centre crop."""
-    ops = [A.SmallestMaxSize(size)] if shorter_side else [A.Resize(size, size)]
-    if crop:
-        ops.append(A.CenterCrop(crop, crop))
-    return Pipeline(ops)
+    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=False, shorter_side=shorter_side))
 
 
 def boxes_to_eval_frame(boxes: np.ndarray, width: int, height: int, size: int = 256, crop: int = 0) -> np.ndarray:
