@@ -39,8 +39,10 @@ together and the end-to-end figures all their rounds (total images over total ti
 each pass and round), so that a ratio is not the draw of a shared machine whose speed drifts by 10-30 %
 from one pass to the next. The models have random weights. Speed does not depend on them, except the
 post-processing's, which depends on the CAMs: a random model's are noisy, with many small regions (~80 us
-each on one core; `regions_per_cam` says how many there were), a trained model's have a few large ones,
-whose Gaussians cost by their area (~10-20 ns per pixel of their boxes), so that both cost about as much.
+each on one core; `regions_per_cam` says how many there were: ~15 per map with the default ResNet-50's
+random weights, ~8 with ResNet-18's), a trained model's have a few large ones, whose Gaussians cost by
+their area (~10-20 ns per pixel of their boxes): the demo's trained ResNet-18 maps (~3 regions) cost
+about three quarters of the random ResNet-50 maps' post-processing.
 --cam_snapshot takes the CAMs (cam_forward, pseudo_masks, cpu_per_mask) from a trained cam model instead.
 
 Settings follow the stages: on CUDA bf16 autocast, channels-last and pinned memory (--amp,
