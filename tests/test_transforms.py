@@ -159,15 +159,16 @@ def test_classifier_pipelines_and_pickled_pipelines_are_the_albumentations_ones(
 
 
 def test_inference_never_imports_albumentations():
-    """The stages' inference paths (masks, evaluation, both protocols, localize) run without albumentations,
-    whose import costs ~1.2 s in every process that starts (it pulls in scipy)."""
+    """The stages' inference paths (masks, evaluation, both protocols, localize, the CUB classifier's test) run
+    without albumentations, whose import costs ~1.2 s in every process that starts (it pulls in scipy)."""
     import os
     import subprocess
     import sys
     code = ("import sys, numpy as np; import utils.stage_cam, utils.stage_seg, utils.wsol_protocol, utils.localize\n"
-            "from utils.transforms import eval_transform, mask_transform, resize_transform\n"
+            "from utils.transforms import cls_test_transform, eval_transform, mask_transform, resize_transform\n"
             "image = np.zeros((30, 40, 3), np.uint8); row = np.empty((32, 32, 3), np.float32)\n"
             "eval_transform(64, 56)(image); resize_transform(32)(image); mask_transform(32).into(image, row)\n"
+            "cls_test_transform(64, 56)(image); cls_test_transform(48)(image)\n"
             "assert 'albumentations' not in sys.modules and 'scipy' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    check=True)

@@ -12,7 +12,8 @@ constants (`_AFFINE`, found by `affine_constants`), in three numpy passes over t
 W x 3 values (0.3 ms for 500 x 375, against 0.5 for OpenCV's look-up with a per-channel table and 1 for
 Normalize itself). The inference transforms (resize, centre crop, no mask) call `cv2.resize` directly, as
 A.Resize does, without `A.Compose`'s per-call cost, and without importing albumentations at all: only
-training pipelines and masks (`Pipeline`) do. The tensors are bit for bit those of the plain albumentations
+the pipelines that need it (`Pipeline`: training, the seg stage's masks, the shorter-side classifier
+evaluation) do. The tensors are bit for bit those of the plain albumentations
 pipeline (tests/test_transforms.py).
 
 Box helpers state their convention: boxes are `x0 y0 x1 y1` floats in pixels of the frame named.
@@ -196,8 +197,11 @@ def cls_train_transform(size: int, crop: int) -> Callable:
 
 
 def cls_test_transform(size: int, crop: int = 0, shorter_side: bool = False) -> Callable:
-    """Classifier evaluation: square resize (CUB recipe), or torchvision's shorter-side resize + centre crop."""
-    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=False, shorter_side=shorter_side))
+    """Classifier evaluation: square resize (CUB recipe; OpenCV called directly, as `eval_transform`), or
+    torchvision's shorter-side resize + centre crop (A.SmallestMaxSize + A.CenterCrop)."""
+    if not shorter_side:
+        return ResizeCrop(size, crop)
+    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=False, shorter_side=True))
 
 
 def boxes_to_eval_frame(boxes: np.ndarray, width: int, height: int, size: int = 256, crop: int = 0) -> np.ndarray:
