@@ -164,7 +164,8 @@ def test_inference_never_imports_albumentations():
     import os
     import subprocess
     import sys
-    code = ("import sys, numpy as np; import utils.stage_cam, utils.stage_seg, utils.wsol_protocol, utils.localize\n"
+    code = ("import sys, numpy as np; import utils.stage_cam, utils.stage_cls, utils.stage_seg, utils.wsol_protocol\n"
+            "import utils.localize, utils.bench\n"
             "from utils.transforms import cls_test_transform, eval_transform, mask_transform, resize_transform\n"
             "image = np.zeros((30, 40, 3), np.uint8); row = np.empty((32, 32, 3), np.float32)\n"
             "eval_transform(64, 56)(image); resize_transform(32)(image); mask_transform(32).into(image, row)\n"
