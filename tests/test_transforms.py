@@ -153,6 +153,9 @@ def test_classifier_pipelines_and_pickled_pipelines_are_the_albumentations_ones(
              (cls_test_transform(48), [A.Resize(48, 48)]),
              (cls_train_transform(64, 56), [A.Resize(64, 64), A.RandomCrop(56, 56), A.HorizontalFlip(p=0.5)])]
     for transform, ops in cases:
+        # an albumentations pipeline is built where it is made: forked loader workers inherit albumentations
+        # rather than each import it (ResizeCrop, without albumentations on its inference path, builds it late)
+        assert (transform._compose is not None) == (type(transform) is Pipeline), transform
         for t in (transform, pickle.loads(pickle.dumps(transform))):   # as a spawned loader worker gets it
             for seed in range(3):
                 assert torch.equal(t(image, None, seed)[0], reference(ops, image, None, seed)[0]), ops

@@ -98,16 +98,22 @@ class Pipeline:
     clear background (CAM < 0.01) get weight 0).
     """
 
-    def __init__(self, ops: Callable):
-        """`ops(A)`: the list of albumentations transforms after `normalise`, given the module (`A.Compose`
-        is built on first use, so that a process which only makes the inference transforms never imports
-        it); a module-level function or a `functools.partial` of one, which pickles for loader workers."""
-        self.ops, self._compose = ops, None
+    def __init__(self, ops: Callable, eager: bool = True):
+        """`ops(A)`: the list of albumentations transforms after `normalise`, given the module; a module-level
+        function or a `functools.partial` of one, which pickles for loader workers. `A.Compose` is built here
+        (forked loader workers then inherit albumentations instead of each importing it), or with
+        `eager=False` on first use (`ResizeCrop`, whose inference path never needs it)."""
+        self.ops = ops
+        self._compose = self._build() if eager else None
+
+    def _build(self):
+        A = albumentations()
+        return A.Compose(self.ops(A))
 
     @property
     def compose(self):
         if self._compose is None:
-            self._compose = albumentations().Compose(self.ops(albumentations()))
+            self._compose = self._build()
         return self._compose
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
@@ -132,7 +138,7 @@ class ResizeCrop(Pipeline):
     """
 
     def __init__(self, size: int, crop: int = 0, hwc: bool = False):
-        super().__init__(partial(_resize_crop, size=size, crop=crop, random=False))
+        super().__init__(partial(_resize_crop, size=size, crop=crop, random=False), eager=False)
         self.size, self.crop, self.hwc = size, crop, hwc
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
