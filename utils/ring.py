@@ -153,7 +153,7 @@ def ring_batches(samples: list, indices: list, batch_size: int, fill: Callable, 
     and written by `fill(image, out)` into a `shape` float32 row of a ring of shared batches."""
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     slots, rows = slots_for(num_workers), max(1, min(batch_size, len(indices)))
-    check_shared_memory(slots * rows * math.prod(shape) * 4, slots, batch_size)
+    check_shared_memory(slots, rows, shape)
     ring = BatchRing(slots, rows, shape)
     return RingBatches(RingImageSet(samples, fill, ring, read), batches, num_workers, d)
 
@@ -170,11 +170,13 @@ def shared_memory_free() -> Optional[int]:
     return st.f_bavail * st.f_frsize
 
 
-def check_shared_memory(need: int, slots: int, batch_size: int) -> None:
-    """A ring larger than the shared memory free would crash a worker with a bus error when it reaches the
-    missing pages (a container's /dev/shm is 64 MB by default): say so before any work."""
+def check_shared_memory(slots: int, rows: int, shape: tuple) -> None:
+    """A ring of `slots` batches of `rows` float32 `shape` images larger than the shared memory free would crash
+    a worker with a bus error when it reaches the missing pages (a container's /dev/shm is 64 MB by default):
+    say so before any work."""
+    need = slots * rows * math.prod(shape) * 4
     free = shared_memory_free()
     if free is not None and need > free:
         raise UserError(f"pseudo masks: the loader's batches need {need / 2 ** 20:.0f} MB of shared memory "
-                        f"({slots} batches of {batch_size}), {SHM} has {free / 2 ** 20:.0f} MB "
+                        f"({slots} batches of {rows}), {SHM} has {free / 2 ** 20:.0f} MB "
                         f"free: lower --batch_size or --num_workers, or give it more (docker run --shm-size 8g)")

@@ -20,7 +20,7 @@ Box helpers state their convention: boxes are `x0 y0 x1 y1` floats in pixels of 
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, Optional
 
 import cv2
@@ -44,10 +44,15 @@ def albumentations():
     return A
 
 
+@lru_cache(maxsize=None)
+def albumentations_normalize():
+    """albumentations' Normalize with the ImageNet statistics, made once (the reference `normalise` follows)."""
+    return albumentations().Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
+
+
 def normalize_table() -> np.ndarray:
     """256 x 1 x 3 float32: albumentations' Normalize of every uint8 value in each channel."""
-    norm = albumentations().Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
-    return norm(image=np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))["image"]
+    return albumentations_normalize()(image=np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))["image"]
 
 
 def affine_constants(table: np.ndarray) -> Optional[np.ndarray]:
@@ -77,7 +82,7 @@ _ROWS = np.empty((2, 0), dtype=np.float32)  # _AFFINE's (mean, scale) repeated a
 def normalise(image: np.ndarray) -> np.ndarray:
     """H x W x 3 uint8 RGB -> float32 (pixel / 255 - mean) / std, exactly as albumentations' Normalize."""
     if not (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        return albumentations().Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)(image=image)["image"]
+        return albumentations_normalize()(image=image)["image"]
     global _ROWS
     h, w = image.shape[:2]
     if _ROWS.shape[1] < 3 * w:
