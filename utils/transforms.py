@@ -52,7 +52,8 @@ def albumentations_normalize():
 
 def normalize_table() -> np.ndarray:
     """256 x 1 x 3 float32: albumentations' Normalize of every uint8 value in each channel."""
-    return albumentations_normalize()(image=np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))["image"]
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
+    return albumentations_normalize()(image=values)["image"]
 
 
 def affine_constants(table: np.ndarray) -> Optional[np.ndarray]:
@@ -204,7 +205,8 @@ def eval_transform(size: int = 256, crop: int = 224) -> Callable:
 
 
 def cls_train_transform(size: int, crop: int) -> Callable:
-    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=True))
+    """Classifier training: `train_transform`'s pipeline at the classifier's sizes."""
+    return train_transform(size, crop)
 
 
 def cls_test_transform(size: int, crop: int = 0, shorter_side: bool = False) -> Callable:
