@@ -174,7 +174,7 @@ def test_cam_localisation_boxes_the_normalised_gt_class_map():
     maps = torch.zeros(1, 2, 8, 8)
     maps[0, 1, 2:5, 3:7] = 4.0   # the GT class (1): a 3 x 4 blob
     maps[0, 0, 0:2, 0:2] = 9.0   # another class, brighter: must be ignored
-    cam = normalised_cams(maps, torch.tensor([1]), 57)[0]   # 8 -> 57: grid point k lands on pixel 8k
+    cam = normalised_cams(maps, torch.tensor([1]), 57)[0].numpy()   # 8 -> 57: grid point k lands on pixel 8k
     assert cam.shape == (57, 57) and abs(cam.max() - 4.0 / (4.0 + 1e-6)) < 1e-6
     # blob rows 2..4 -> pixels 16..32, columns 3..6 -> 24..48; the ramps to the zero neighbours 8 pixels away stay
     # above 0.5 for 3 pixels (at 4 the value is 0.5 x 0.9999998): rows 13..35, columns 21..51

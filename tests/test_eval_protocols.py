@@ -184,7 +184,7 @@ def test_scoremaps_are_min_max_normalised_and_constant_maps_zero():
     from utils.wsol_protocol import scoremaps
     logits = torch.zeros(2, 1, 7, 7)
     logits[0, 0, 3, 3] = 5.0
-    maps = scoremaps(logits)
+    maps = scoremaps(logits).numpy()
     assert maps.shape == (2, 224, 224) and maps.dtype == np.float32
     assert maps[0].min() == 0 and maps[0].max() == 1 and maps[0][112, 112] == 1  # the peak, at the centre
     assert not maps[1].any()

@@ -79,3 +79,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(cub, tmp_path):
     state = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (tmp_path / "model-2.pth").exists()
+
+
+def test_resume_places_the_model_before_loading_the_optimiser_state(cub, tmp_path):
+    # Optimizer.load_state_dict casts the momentum to each parameter's device and dtype as it loads: in a run
+    # whose model is placed in float64 (as it is placed on a GPU), state loaded before the placement would be
+    # float32 and the resumed run would end with other weights
+    args = [*ARGS, "--epoch", "1", "--datapath", cub]
+    run_script("tests/float64_train.py", "cub200-cam/train.py", *args, "--savepath", tmp_path / "straight")
+    run_script("tests/float64_train.py", "cub200-cam/train.py", *args, "--savepath", tmp_path / "resumed",
+               "--max_steps", "2")
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert state["step"] == 2 and state["optimizer"]["state"][0]["momentum_buffer"].dtype == torch.float64
+    run_script("tests/float64_train.py", "cub200-cam/train.py", *args, "--savepath", tmp_path / "resumed",
+               "--resume")
+    a, b = _weights(tmp_path / "straight" / "model-1.pth"), _weights(tmp_path / "resumed" / "model-1.pth")
+    assert a["linear.weight"].dtype == torch.float64
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

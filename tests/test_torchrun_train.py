@@ -68,3 +68,22 @@ def test_seg_stage(cub, tmp_path):
         write_mask(cam, w, h, str(tmp_path / "masks" / mask_name(s.name)))
     args = ("cub200-seg", "--datapath", cub, "--maskpath", tmp_path / "masks")
     _assert_equal(_train(tmp_path / "one", *args), _train(tmp_path / "two", *args, torchrun=True))
+
+
+def test_bad_files_of_every_rank_are_counted_and_listed(tmp_path):
+    root = str(tmp_path / "CUB_200_2011")
+    make_cub(root, num_classes=3, train_per_class=8, val_per_class=1, seed=6, min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "cub", "--root", root)
+    from utils.data import read_list
+    from utils.distributed import Dist, EpochBatchSampler
+    samples = read_list("cub", root, "train.txt", with_boxes=False)
+    # one unreadable image in the first batch of each of the two ranks (batch 8: 4 per rank, 3 batches each)
+    bad = [samples[EpochBatchSampler(len(samples), 4, Dist(rank=r, world=2)).order()[0]] for r in range(2)]
+    for s in bad:
+        with open(s.path, "wb") as f:
+            f.write(b"not an image")
+    p = run_script(*TORCHRUN, "cub200-cam/train.py", "--datapath", root, "--savepath", tmp_path / "out", *SMALL[:-6],
+                   "--batch_size", 8, "--epoch", 1, "--on-bad-image", "skip")
+    listed = [line.split("\t")[0] for line in open(tmp_path / "out" / "skipped.txt").read().splitlines()]
+    assert sorted(listed) == sorted(s.name for s in bad)
+    assert "2 bad files were skipped" in p.stdout

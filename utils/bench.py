@@ -5,6 +5,7 @@
     python -m utils.bench --device cpu --json bench.json   # under 2 minutes on 2 CPU cores
     python -m utils.bench --device cuda --images 4096 --compile
     python -m utils.bench --datapath /data/CUB_200_2011 --cam_snapshot cub200-cam/out/model-32.pth
+    python -m utils.bench --scale                          # the training loop at 12.8k, 128k and 1.28M images
 
 What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed afterwards; with
 --datapath, --images images of each of its lists, spread evenly over them):
@@ -78,9 +79,9 @@ from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet, load_mffnet  # noqa: E402
 from network.resnet import BACKBONES  # noqa: E402
-from utils import cli, engine, png, stage_cam, stage_seg  # noqa: E402
+from utils import cli, engine, png, scale, stage_cam, stage_seg  # noqa: E402
 from utils.data import read_image, read_list  # noqa: E402
-from utils.distributed import Dist, pick_device  # noqa: E402
+from utils.distributed import Dist, setup  # noqa: E402
 from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
@@ -136,6 +137,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="where the synthetic data and outputs go (default: a temporary folder, "
                                      "removed at the end)")
     p.add_argument("--verbose", action="store_true", help="show the stages' own output")
+    p.add_argument("--scale", action="store_true",
+                   help="instead: the training loop's own costs (per-step overhead, start-up, memory of the main "
+                        "process and the loader workers) with ImageNet-layout lists of --scale_sizes images "
+                        "(utils/scale.py; CPU, about a minute)")
+    p.add_argument("--scale_sizes", type=int, nargs="+", default=list(scale.SIZES), help="--scale: list lengths")
     return p
 
 
@@ -692,18 +698,30 @@ def table(r: dict) -> str:
 
 def main(argv: Optional[list] = None) -> dict:
     a = get_args_parser().parse_args(argv)
-    a.device = pick_device(a.device)
+    if a.scale:
+        if len(a.scale_sizes) < 2 or min(a.scale_sizes) < 1024:
+            raise UserError("--scale_sizes: two list lengths or more, each of at least 1024 images")
+        result = scale.run(tuple(sorted(a.scale_sizes)), workers=min(a.num_workers, 2), workdir=a.workdir,
+                           verbose=a.verbose)
+        print(scale.table(result))
+        _write_json(result, a.json)
+        return result
+    a.device = setup(a.device).device  # on CUDA also the current device, as in the stages
     for flag in ("batch_size", "images", "train_steps", "warmup", "rounds"):
         if getattr(a, flag) is not None and getattr(a, flag) < (0 if flag == "warmup" else 1):
             raise UserError(f"--{flag} {getattr(a, flag)} is out of range")
     result = run(a)
     print(table(result))
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {a.json}")
+    _write_json(result, a.json)
     return result
+
+
+def _write_json(result: dict, path: Optional[str]) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

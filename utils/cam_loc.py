@@ -34,8 +34,8 @@ import torch.nn.functional as F  # noqa: E402
 from network import load_mffnet  # noqa: E402
 from utils import cli, distributed  # noqa: E402
 from utils.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
-from utils.data import ImageSet  # noqa: E402
-from utils.engine import (amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
+from utils.data import ImageSet, subset  # noqa: E402
+from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
                           place_model, to_device)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.log import maybe_tqdm, write_json  # noqa: E402
@@ -45,12 +45,12 @@ from utils.transforms import boxes_to_eval_frame, eval_transform  # noqa: E402
 CURVE = tuple(round(0.05 * k, 2) for k in range(1, 20))  # thresholds of the threshold-free view
 
 
-def normalised_cams(maps: torch.Tensor, labels: torch.Tensor, crop: int) -> np.ndarray:
-    """B x K x h x w class maps -> B x crop x crop float32: each image's GT-class map / (its max + 1e-6),
-    upsampled bilinearly (align_corners=True)."""
+def normalised_cams(maps: torch.Tensor, labels: torch.Tensor, crop: int) -> torch.Tensor:
+    """B x K x h x w class maps -> B x crop x crop float32 (on their device): each image's GT-class map /
+    (its max + 1e-6), upsampled bilinearly (align_corners=True)."""
     cam = maps[torch.arange(len(labels), device=maps.device), labels].float()[:, None]   # B x 1 x h x w
     cam = cam / (cam.amax((2, 3), keepdim=True) + 1e-6)
-    return F.interpolate(cam, size=(crop, crop), mode="bilinear", align_corners=True)[:, 0].cpu().numpy()
+    return F.interpolate(cam, size=(crop, crop), mode="bilinear", align_corners=True)[:, 0]
 
 
 def ious_at(cam: np.ndarray, gt: np.ndarray, thresholds: list) -> list:
@@ -66,29 +66,35 @@ def evaluate(args, d) -> dict:
         raise UserError(f"--threshold is a fraction of the map's maximum in (0, 1), got {args.threshold}")
     samples, bad_boxes = eval_samples(args.dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
                                       main=d.main, workers=max(1, args.num_workers), num_classes=args.clsnum)
-    samples = [s for s in samples if os.path.basename(s.name) not in EXCLUDED.get(args.dataset, [])]
+    samples = subset(samples, [i for i, name in enumerate(samples.names())
+                               if os.path.basename(name) not in EXCLUDED.get(args.dataset, [])])
     thresholds = sorted(set(CURVE) | {args.threshold})
     model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
     model = place_model(model.eval(), args, d, train=False)
     channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, eval_transform(args.size, args.crop))
-    records = []
+    records, position = [], {s.name: i for i, s in enumerate(samples)}
+
+    def hand_on(host: list, indices: list, sizes: list) -> None:
+        for cam, index, (h, w) in zip(host[0].numpy(), indices, sizes):
+            gt = boxes_to_eval_frame(samples[index].boxes, w, h, args.size, args.crop)
+            records.append((index, ious_at(cam, gt, thresholds), not (cam > args.threshold).any()))
+
+    pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
                                                   args, d), d.main, desc="CAM localisation"):
             for name, reason in batch["bad"]:  # unreadable under --on-bad-image skip: a failure, still counted
-                handle_bad({"bad": [(name, reason)]}, args.on_bad_image, None, d)
-                index = next(i for i, s in enumerate(samples) if s.name == name)
-                records.append((index, [0.0] * len(thresholds), True))
+                handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
+                records.append((position[name], [0.0] * len(thresholds), True))
             if "image" not in batch:
                 continue
             with autocast(d.device, dtype):
                 maps = model(to_device(batch["image"], d, channels_last))                  # B x K x h x w
-            cams = normalised_cams(maps, batch["label"].to(d.device), args.crop)
-            for cam, index, (h, w) in zip(cams, batch["index"].tolist(), batch["size"].tolist()):
-                gt = boxes_to_eval_frame(samples[index].boxes, w, h, args.size, args.crop)
-                records.append((index, ious_at(cam, gt, thresholds), not (cam > args.threshold).any()))
+            cams = normalised_cams(maps, batch["label"].to(d.device, non_blocking=True), args.crop)
+            pipe.put([cams], batch["index"].tolist(), batch["size"].tolist())
+        pipe.drain()
     records = sorted(r for part in distributed.gather_objects(d, records) for r in part)
     if not d.main:
         return {}

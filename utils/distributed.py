@@ -34,7 +34,9 @@ class Dist:
         return self.world > 1
 
 
-def pick_device(arg: str, local_rank: int = 0) -> torch.device:
+def pick_device(arg: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The device of `--device arg` for the process of `local_rank` (torchrun's LOCAL_RANK) in a job of `world`
+    processes: `cuda` is cuda:LOCAL_RANK; an explicit cuda:N under torchrun would put every process on one GPU."""
     if arg == "auto":
         arg = "cuda" if torch.cuda.is_available() else "cpu"
     if arg.startswith("cuda"):
@@ -42,6 +44,10 @@ def pick_device(arg: str, local_rank: int = 0) -> torch.device:
             raise UserError(f"--device {arg}: no CUDA device is available (use --device cpu)")
         if arg == "cuda":
             return torch.device("cuda", local_rank)
+        if world > 1:
+            raise UserError(f"--device {arg} under torchrun ({world} processes): every process would take that one "
+                            f"GPU; pass --device cuda (process k takes cuda:LOCAL_RANK) and choose the GPUs with "
+                            f"CUDA_VISIBLE_DEVICES")
     try:
         return torch.device(arg)
     except RuntimeError:
@@ -49,20 +55,20 @@ def pick_device(arg: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(device_arg: str) -> Dist:
+    """The process's `Dist`. On CUDA the device is also made the current one, in one process too: streams,
+    events and new tensors without a device then belong to it, not to cuda:0 (`engine.HostCopy`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        d = Dist(device=pick_device(device_arg))
-    else:
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        device = pick_device(device_arg, local_rank)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        d = Dist(rank, world, local_rank, device)
-    if d.device.type == "cuda":
+    rank, local_rank = (int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else (0, 0)
+    device = pick_device(device_arg, local_rank, world)
+    if device.type == "cuda":
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices "
+                            f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-    return d
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, device)
 
 
 def cleanup() -> None:
@@ -124,6 +130,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     world size like DistributedSampler, cut into batches of (epoch, index) keys (the epoch reaches
     persistent workers this way); `start_batch` skips the batches a resumed run already trained on.
     A final batch of one image is dropped (BatchNorm cannot train on it).
+
+    Its cost does not grow with the list per step: the permutation is drawn once per pass (an array),
+    each batch's keys are made as the batch is asked for, and `len` is arithmetic.
     """
 
     def __init__(self, n: int, batch_size: int, d: Dist, seed: int = 0, shuffle: bool = True):
@@ -131,26 +140,27 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             raise UserError("the training list is empty")
         self.n, self.batch_size, self.d, self.seed, self.shuffle = n, batch_size, d, seed, shuffle
         self.epoch, self.start_batch = 0, 0
+        self.per_rank = -(-n // d.world)
+        batches = -(-self.per_rank // batch_size)
+        last = self.per_rank - (batches - 1) * batch_size
+        self.batches = batches - 1 if batches > 1 and last == 1 else batches
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def _batches(self) -> list:
+    def order(self) -> np.ndarray:
+        """This rank's indices of the epoch, in training order (padded by wrapping around)."""
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle
                  else np.arange(self.n))
-        per_rank = -(-self.n // self.d.world)
-        order = np.resize(order, per_rank * self.d.world)  # pad by wrapping around
-        mine = [(self.epoch, i) for i in order[self.d.rank::self.d.world].tolist()]
-        batches = [mine[i:i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) == 1:
-            batches.pop()
-        return batches
+        return np.resize(order, self.per_rank * self.d.world)[self.d.rank::self.d.world]
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return self.batches
 
     def __iter__(self) -> Iterator[list]:
-        return iter(self._batches()[self.start_batch:])
+        mine, epoch, size = self.order(), self.epoch, self.batch_size
+        for b in range(self.start_batch, self.batches):
+            yield [(epoch, i) for i in mine[b * size:(b + 1) * size].tolist()]
 
 
 # ------------------------------------------------------------------------- whole-batch BatchNorm

@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Callable, Optional
 
@@ -34,9 +35,18 @@ from utils.workers import init_loader_worker, loader_threads
 
 # --------------------------------------------------------------------------------- precision/model
 def amp_dtype(arg: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of `--amp arg` on `device` (None: float32). auto: bf16 on a CUDA GPU that has it in
+    hardware (compute capability 8.0 on), fp16 (with `train_step`'s GradScaler) on older GPUs, which only
+    emulate bf16, and float32 on the CPU. off on CUDA also turns TF32 off, so float32 is float32 there as on
+    the CPU."""
     if arg == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if arg == "off":
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         return None
     if arg == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on the CPU)")
@@ -133,9 +143,9 @@ def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False, hwc: bool =
 class HostCopy:
     """A result on its way to the host: the copy starts now, `get()` waits for it.
 
-    On CUDA the copy goes to pinned memory behind an event, so an inference loop can queue the next
-    batch's forward before it uses this batch's results (the GPU does not idle while the CPU turns
-    them into masks or boxes); on the CPU it is the tensor itself.
+    On CUDA the copy goes to pinned memory behind an event recorded on the stream of the result's own
+    device, so an inference loop can queue the next batch's forward before it uses this batch's results
+    (the GPU does not idle while the CPU turns them into masks or boxes); on the CPU it is the tensor itself.
     """
 
     def __init__(self, x: torch.Tensor):
@@ -143,7 +153,7 @@ class HostCopy:
         self.event = None
         if x.is_cuda:
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(x.device))
 
     def get(self) -> torch.Tensor:
         if self.event is not None:
@@ -155,6 +165,32 @@ def host_lag(device: torch.device) -> int:
     """Batches an inference loop keeps in flight before using their results: 1 on CUDA (see
     HostCopy), 0 on the CPU, whose forward is synchronous anyway."""
     return 1 if device.type == "cuda" else 0
+
+
+class HostPipe:
+    """The results of an inference loop's batches on their way to the host, handed on one batch late on CUDA.
+
+    `put(tensors, *context)` starts the copies of a batch's device `tensors` (`HostCopy`); once `host_lag`
+    newer batches are queued, `hand_on([host tensors], *context)` runs on it, so the GPU computes the next
+    batch while the CPU uses this one's results; `drain()` hands on the rest. No blocking copy, `.item()` or
+    `.tolist()` of a device tensor belongs between a forward and its `put`: it would wait for the forward.
+    """
+
+    def __init__(self, device: torch.device, hand_on: Callable):
+        self.queue, self.lag, self.hand_on = deque(), host_lag(device), hand_on
+
+    def put(self, tensors: list, *context) -> None:
+        self.queue.append(([HostCopy(t) for t in tensors], context))
+        while len(self.queue) > self.lag:
+            self._next()
+
+    def drain(self) -> None:
+        while self.queue:
+            self._next()
+
+    def _next(self) -> None:
+        copies, context = self.queue.popleft()
+        self.hand_on([c.get() for c in copies], *context)
 
 
 class Throughput:
@@ -208,15 +244,12 @@ class Pending:
             wait(self.futures, return_when=FIRST_COMPLETED)
 
 
-def handle_bad(batch: dict, policy: str, log_file: Optional[str], d: Dist) -> int:
-    """Stop on the first bad file, or log the skipped ones (to stdout and a file) and count them."""
+def handle_bad(batch: dict, policy: str, d: Dist) -> int:
+    """Stop on the first bad file, or name the skipped ones (on stdout) and count them."""
     for name, reason in batch["bad"]:
         if policy == "stop":
             raise UserError(f"{reason}\n  (pass --on-bad-image skip to leave such files out and count them)")
         print(f"skipped: {reason}", flush=True)
-        if log_file:
-            with open(log_file, "a") as f:
-                f.write(f"{name}\t{reason}\n")
     return len(batch["bad"])
 
 
@@ -235,29 +268,58 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     dtype = amp_dtype(args.amp, d.device)
     channels_last = channels_last_for(args, d.device)
     raw = model
-    optimizer = sgd(groups(raw), args)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    start_epoch, start_batch, step, resumed = 0, 0, 0, False
-    if args.resume:
-        state = _load_state(args.resume, os.path.join(args.savepath, "checkpoint.pth"))
-        if state is not None:
-            resumed = True
-            _resume_model(raw, state, args.resume, vars(args))
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-            if d.main:
-                print(f"resumed from {args.resume}: epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+    start_epoch, start_batch, step = 0, 0, 0
+    state = _load_state(args.resume, os.path.join(args.savepath, "checkpoint.pth")) if args.resume else None
     if hasattr(raw, "batch_split"):  # dropout masks per global batch (see MFFNet._dropout)
         raw.batch_split = (d.rank, d.world)
     model = place_model(raw, args, d, train=True)
-    log = RunLog(args.savepath, args, enabled=d.main, resumed_at=step if resumed else None)
+    # the state goes into the placed parameters (the same objects as raw's): load_state_dict casts it to each
+    # parameter's device and dtype, so the optimiser's, loaded before the model moved, would stay on the CPU
+    optimizer = sgd(groups(raw), args)
+    if state is not None:
+        _resume_model(raw, state, args.resume, vars(args))
+        optimizer.load_state_dict(state["optimizer"])
+        _lay_out_like_parameters(optimizer)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
+        if d.main:
+            print(f"resumed from {args.resume}: epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+    log = RunLog(args.savepath, args, enabled=d.main, resumed_at=step if state is not None else None)
     sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
+    batches = len(sampler)  # per epoch, the same every epoch
     data = loader(dataset, sampler, args.num_workers, d)
-    bad_log = os.path.join(args.savepath, "skipped.txt") if d.main else None
-    last_snapshot, skipped, dropped, finite = None, 0, [], torch.ones((), dtype=torch.bool, device=d.device)
-    first_step = step
+    bad_log = os.path.join(args.savepath, "skipped.txt")
+    last_snapshot, skipped, bad, dropped = None, 0, [], []
+    finite = torch.ones((), dtype=torch.bool, device=d.device)
+    first_step, shown = step, None
+
+    def show() -> None:
+        # the loss of a logged step, read one step later: its copy to the host ran while the next step was
+        # queued, so logging never waits for the GPU to finish a step
+        nonlocal shown
+        if shown is None:
+            return
+        at, loss_copy, lr, epoch, seen, t0 = shown
+        shown, value = None, loss_copy.get().item()
+        if not math.isfinite(value):
+            raise UserError(f"loss is {value} at step {at}: stopped; the last good state is "
+                            f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
+        rate = seen * d.world / max(time.time() - t0, 1e-9)
+        log.scalars(at, loss=value, lr=lr, epoch=epoch, images_per_s=round(rate, 1))
+        if d.main and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
+
+    def count_bad() -> None:
+        # every rank's skipped files, counted and written to skipped.txt by rank 0 (a collective: every rank
+        # calls it at the same points, the saves)
+        nonlocal skipped, bad
+        lines = [line for part in distributed.gather_objects(d, bad) for line in part]
+        skipped, bad = skipped + len(lines), []
+        if lines and d.main:
+            with open(bad_log, "a") as f:
+                f.writelines(f"{name}\t{reason}\n" for name, reason in lines)
 
     def check_finite() -> None:
         # a finite loss can still be followed by an update that blew the weights up, and BatchNorm's running
@@ -268,6 +330,8 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
                             f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
 
     def save_state(epoch: int, batch: int) -> None:
+        show()
+        count_bad()
         check_finite()
         if d.main:
             save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
@@ -277,6 +341,7 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
 
     def snapshot(tag: int) -> str:
         path = os.path.join(args.savepath, f"model-{tag}.pth")
+        show()
         check_finite()
         if d.main:
             save_atomic(raw.state_dict(), path)
@@ -291,10 +356,10 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
         batch_idx = start_batch if epoch == start_epoch else 0
         model.train()
         seen, t0 = 0, time.time()
-        bar = maybe_tqdm(data, d.main, desc=f"epoch {epoch + 1}/{args.epoch}", initial=batch_idx,
-                         total=len(sampler._batches()))
+        bar = maybe_tqdm(data, d.main, desc=f"epoch {epoch + 1}/{args.epoch}", initial=batch_idx, total=batches)
         for batch in bar:
-            skipped += handle_bad(batch, args.on_bad_image, bad_log, d)
+            bad += batch["bad"]
+            handle_bad(batch, args.on_bad_image, d)
             batch_idx += 1
             if "image" not in batch or len(batch["image"]) < 2:
                 if d.enabled:
@@ -312,19 +377,14 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
                     batch[k] = to_device(batch[k], d)
             torch.manual_seed(args.seed * 1_000_003 + step)  # dropout: resumable, drawn per global batch
             loss = train_step(model, loss_fn, batch, optimizer, scaler, d.device, dtype)
+            show()
             finite &= torch.isfinite(loss)
             step += 1
             seen += len(batch["image"])
-            if step % args.print_freq == 0 or batch_idx == len(sampler._batches()):
-                value = distributed.mean(d, loss).item()  # over the global batch, not rank 0's share
-                if not math.isfinite(value):
-                    raise UserError(f"loss is {value} at step {step}: stopped; the last good state is "
-                                    f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
-                rate = seen * d.world / max(time.time() - t0, 1e-9)
-                log.scalars(step, loss=value, lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1,
-                            images_per_s=round(rate, 1))
-                if d.main and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
+            if step % args.print_freq == 0 or batch_idx == batches:
+                # over the global batch, not rank 0's share
+                shown = (step, HostCopy(distributed.mean(d, loss)), optimizer.param_groups[0]["lr"], epoch + 1,
+                         seen, t0)
             if args.snapshot_every and step % args.snapshot_every == 0:
                 last_snapshot = snapshot(step)
             if args.save_every and step % args.save_every == 0:
@@ -332,7 +392,9 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             if args.max_steps and step >= args.max_steps:
                 done = True
                 break
+        show()
         if step == first_step:  # before any file is written: a snapshot of untrained weights helps no one
+            count_bad()
             raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
                             f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
         if done:
@@ -353,6 +415,15 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
         print(f"{len(dropped)} good images were dropped with batches that bad files left with fewer than 2 images")
     log.close()
     return last_snapshot
+
+
+def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor of a parameter's shape (momentum) that parameter's memory layout: the
+    state comes contiguous from the file, a channels-last parameter would otherwise step in two layouts."""
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p).copy_(v)
 
 
 def _load_state(path: str, own: str) -> Optional[dict]:

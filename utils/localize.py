@@ -40,7 +40,8 @@ from network.resnet import BACKBONES
 from utils import cli, distributed
 from utils.checkpoint import load_weights
 from utils.data import IMAGE_EXTENSIONS, BadImage, read_class_names, read_image, read_synsets
-from utils.engine import amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, place_model, to_device
+from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, place_model,
+                          to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import cls_test_transform, resize_transform
@@ -234,10 +235,33 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
     data = ImageFiles(paths, args.size, args.classifier_size if classifier is not None else 0)
     position = {p: i for i, p in enumerate(paths)}
     records = []
+
+    def hand_on(host: list, indices: list, sizes: list) -> None:
+        # host: the batch's masks and probability maps (original size, so one pair per image), then, with a
+        # classifier, its class indices and scores
+        cls_index, cls_score = (host[-2].tolist(), host[-1].tolist()) if classifier is not None else (None, None)
+        for j, (index, (h, w)) in enumerate(zip(indices, sizes)):
+            mask, prob = host[2 * j].numpy(), host[2 * j + 1].numpy()
+            boxes = mask_boxes(mask, prob, args.all_boxes)
+            rec = {"index": index, "path": paths[index], "width": w, "height": h, "boxes": boxes, "panel": None}
+            if cls_index is not None:
+                rec.update(class_index=cls_index[j], class_score=cls_score[j])
+            if args.masks:
+                write_mask_png(os.path.join(outdir, "masks", names[index]), mask)
+            if args.vis:
+                picture, label = draw(read_image(paths[index]), mask, [b for b, _ in boxes]), _label(rec, classes)
+                if index < GRID:  # before the corner label, which the panel's caption replaces
+                    text = f"{_short(names[index])}  " + label.replace("  ", "\n")  # class on a line of its own
+                    rec["panel"] = caption(letterbox(picture), text)
+                write_jpeg(os.path.join(outdir, "vis", os.path.splitext(names[index])[0] + ".jpg"),
+                           label_corner(picture, label))
+            records.append(rec)
+
+    pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(paths), d), args.batch_size, args, d),
                                 d.main, desc="localize"):
-            handle_bad(batch, args.on_bad_image, None, d)
+            handle_bad(batch, args.on_bad_image, d)
             records += [{"index": position[p], "path": p, "error": reason} for p, reason in batch["bad"]]
             if "image" not in batch:
                 continue
@@ -245,27 +269,15 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
                 logits = model(to_device(batch["image"], d, channels_last))           # B x 1 x size/8 x size/8
                 cls_logits = (classifier(to_device(batch["cls_image"], d, channels_last))
                               if classifier is not None else None)                  # B x K
+            tensors = []
+            for j, (h, w) in enumerate(batch["size"].tolist()):
+                prob = probability_map(logits[j, 0], h, w)
+                tensors += [(prob > args.threshold).to(torch.uint8), prob]
             if cls_logits is not None:
                 top = F.softmax(cls_logits.float(), 1).max(1)
-                cls_index, cls_score = top.indices.tolist(), top.values.tolist()
-            for j, (index, (h, w)) in enumerate(zip(batch["index"].tolist(), batch["size"].tolist())):
-                prob = probability_map(logits[j, 0], h, w)
-                mask = (prob > args.threshold).to(torch.uint8).cpu().numpy()
-                prob = prob.cpu().numpy()
-                boxes = mask_boxes(mask, prob, args.all_boxes)
-                rec = {"index": index, "path": paths[index], "width": w, "height": h, "boxes": boxes, "panel": None}
-                if cls_logits is not None:
-                    rec.update(class_index=cls_index[j], class_score=cls_score[j])
-                if args.masks:
-                    write_mask_png(os.path.join(outdir, "masks", names[index]), mask)
-                if args.vis:
-                    picture, label = draw(read_image(paths[index]), mask, [b for b, _ in boxes]), _label(rec, classes)
-                    if index < GRID:  # before the corner label, which the panel's caption replaces
-                        text = f"{_short(names[index])}  " + label.replace("  ", "\n")  # class on a line of its own
-                        rec["panel"] = caption(letterbox(picture), text)
-                    write_jpeg(os.path.join(outdir, "vis", os.path.splitext(names[index])[0] + ".jpg"),
-                               label_corner(picture, label))
-                records.append(rec)
+                tensors += [top.indices, top.values]
+            pipe.put(tensors, batch["index"].tolist(), batch["size"].tolist())
+        pipe.drain()
     return records
 
 

@@ -18,8 +18,8 @@ from network.classifier import (build_classifier, imagenet_weights_file, load_im
 from utils import distributed, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
-from utils.engine import (amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches, place_model,
-                          to_device)
+from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches,
+                          place_model, to_device)
 from utils.log import maybe_tqdm
 from utils.results import write_top1top5
 from utils.transforms import cls_test_transform, cls_train_transform
@@ -79,20 +79,25 @@ def test(args, d) -> dict:
     data = ImageSet(samples, cls_test_transform(args.size, args.crop, shorter_side=args.resize == "shorter"))
     k = min(5, args.clsnum)
     rows = {}
+
+    def hand_on(host: list, indices: list) -> None:
+        for index, h in zip(indices, host[0].tolist()):
+            rows[samples[index].name] = (h[0], any(h))
+
+    pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
                                                   args, d), d.main, desc="classify"):
-            handle_bad(batch, args.on_bad_image, None, d)
+            handle_bad(batch, args.on_bad_image, d)
             for name, _ in batch["bad"]:
                 rows[name] = (False, False)  # an unreadable image is a wrong classification, counted
             if "image" not in batch:
                 continue
             with autocast(d.device, dtype):
                 logits = model(to_device(batch["image"], d, channels_last)).float()
-            top = logits.topk(k, 1).indices.cpu()
-            hit = top == batch["label"][:, None]
-            for index, h in zip(batch["index"].tolist(), hit):
-                rows[samples[index].name] = (bool(h[0]), bool(h.any()))
+            labels = batch["label"].to(d.device, non_blocking=True)
+            pipe.put([logits.topk(k, 1).indices == labels[:, None]], batch["index"].tolist())   # B x k hits
+        pipe.drain()
     merged = {}
     for part in distributed.gather_objects(d, rows):
         merged.update(part)

@@ -9,7 +9,6 @@ file is unreadable under `--on-bad-image skip`, is a failed localisation that st
 from __future__ import annotations
 
 import os
-from collections import deque
 from typing import Optional
 
 import numpy as np
@@ -20,8 +19,8 @@ from network import build_mffnet, load_mffnet
 from utils import cli, distributed, validate, wsol_protocol
 from utils.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
-from utils.data import ImageSet, read_list
-from utils.engine import (HostCopy, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad, host_lag,
+from utils.data import ImageSet, read_list, subset
+from utils.engine import (HostPipe, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
                           inference_batches, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
@@ -98,7 +97,7 @@ def evaluate(args, d) -> dict:
         _wsol_notes(args, samples, d)
         return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples)
     excluded = [s.name for s in samples if os.path.basename(s.name) in EXCLUDED.get(args.dataset, [])]
-    samples = [s for s in samples if s.name not in excluded]
+    samples = subset(samples, [i for i, name in enumerate(samples.names()) if name not in excluded])
     table = None
     if args.top1top5:
         table = match_top1top5(read_top1top5(args.top1top5, args.allow_pickle), [s.name for s in samples],
@@ -111,9 +110,9 @@ def evaluate(args, d) -> dict:
     pictures = EvalPictures(args.vis, args.maskpath, args.size, args.crop) if args.vis else None
     records, rate = [], Throughput()
 
-    def hand_on(masks: HostCopy, finite: HostCopy, batch: dict, prob: torch.Tensor) -> None:
-        masks = masks.get().numpy()                                                    # B x crop x crop uint8
-        validate.check_finite_maps(finite.get(), batch["index"].tolist(), samples, args.snapshot)
+    def hand_on(host: list, batch: dict, prob: torch.Tensor) -> None:
+        masks, finite = host[0].numpy(), host[1]                                       # B x crop x crop uint8
+        validate.check_finite_maps(finite, batch["index"].tolist(), samples, args.snapshot)
         rate.handed_on(len(masks))
         for j, (mask, index, (h, w)) in enumerate(zip(masks, batch["index"].tolist(), batch["size"].tolist())):
             s = samples[index]
@@ -123,12 +122,12 @@ def evaluate(args, d) -> dict:
             if pictures is not None and pictures.wants(index):
                 pictures.add(index, s.name, batch["image"][j], prob[j].cpu().numpy(), gt)
 
+    pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
-        queued = deque()  # batches whose masks are on their way to the host (CUDA: while the next runs)
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
                                                   args, d), d.main, desc="evaluate"):
             for name, reason in batch["bad"]:
-                handle_bad({"bad": [(name, reason)]}, args.on_bad_image, None, d)
+                handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
                 records.append(_record(labels, name, None, 0.0, table, bad=True))
             if "image" not in batch:
                 continue
@@ -136,12 +135,8 @@ def evaluate(args, d) -> dict:
                 logits = model(to_device(batch["image"], d, channels_last))             # B x 1 x h x w
             prob = torch.sigmoid(F.interpolate(logits.float(), size=(args.crop, args.crop), mode="bilinear",
                                                align_corners=True))[:, 0]
-            queued.append((HostCopy((prob > args.threshold).to(torch.uint8)),
-                           HostCopy(torch.isfinite(logits).flatten(1).all(1)), batch, prob))
-            while len(queued) > host_lag(d.device):
-                hand_on(*queued.popleft())
-        while queued:
-            hand_on(*queued.popleft())
+            pipe.put([(prob > args.threshold).to(torch.uint8), torch.isfinite(logits).flatten(1).all(1)], batch, prob)
+        pipe.drain()
     rate.stop()
     records = [r for part in distributed.gather_objects(d, records) for r in part]
     if pictures is not None:

@@ -18,11 +18,15 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Optional
 
-from utils.data import mask_name
+import numpy as np
+
+from utils.data import mask_name, subset
 from utils.errors import UserError
 
 if TYPE_CHECKING:
     import torch
+
+    from utils.data import SampleTable
 
 
 def _line_finder(list_path: str) -> Callable[[str], str]:
@@ -46,40 +50,39 @@ def _say(message: str, main: bool) -> None:
         print(message, flush=True)
 
 
-def check_names(samples: list, list_path: str, num_classes: Optional[int] = None, masks: bool = False,
-                skip: bool = False, main: bool = True) -> list:
+def check_names(samples: "SampleTable", list_path: str, num_classes: Optional[int] = None, masks: bool = False,
+                skip: bool = False, main: bool = True) -> "SampleTable":
     """Names and labels of a list (see the module doc). Returns the samples to use: the list itself, or,
     with `skip`, without the repeats of a name listed twice."""
     where = _line_finder(list_path)
-    for s in samples:
-        parts = s.name.replace("\\", "/").split("/")
-        if os.path.isabs(s.name) or ".." in parts:
-            raise UserError(f"{where(s.name)}: {s.name!r} leaves its folder (an absolute path or '..'): list paths "
+    names = samples.names()
+    for name in names:
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            raise UserError(f"{where(name)}: {name!r} leaves its folder (an absolute path or '..'): list paths "
                             f"relative to the data set's image folder")
-        if num_classes is not None and not 0 <= s.label < num_classes:
-            raise UserError(f"{where(s.name)}: label {s.label} of {s.name} is outside 0..{num_classes - 1} "
+    if num_classes is not None:
+        outside = np.flatnonzero((samples.labels < 0) | (samples.labels >= num_classes))
+        if len(outside):
+            name, label = names[outside[0]], samples.label(outside[0])
+            raise UserError(f"{where(name)}: label {label} of {name} is outside 0..{num_classes - 1} "
                             f"(--clsnum {num_classes}): check --clsnum, or the list's labels (0-based)")
-    seen, repeats = {}, []
-    for i, s in enumerate(samples):
-        if s.name in seen:
-            repeats.append(i)
-        else:
-            seen[s.name] = i
-    if repeats:
-        first = samples[repeats[0]].name
+    first = dict(zip(reversed(names), range(len(names) - 1, -1, -1)))  # name -> its first index
+    if len(first) < len(names):
+        repeats = [i for i, name in enumerate(names) if first[name] != i]
+        name = names[repeats[0]]
         if not skip:
-            raise UserError(f"{where(first, 2)}: {first} is listed again (first at {where(first)}); {len(repeats)} "
+            raise UserError(f"{where(name, 2)}: {name} is listed again (first at {where(name)}); {len(repeats)} "
                             f"lines repeat a name: remove them, or pass --on-bad-image skip to use each image once")
-        _say(f"skipped {len(repeats)} repeated list lines (each image is used once), e.g. {first}", main)
-        drop = set(repeats)
-        samples = [s for i, s in enumerate(samples) if i not in drop]
+        _say(f"skipped {len(repeats)} repeated list lines (each image is used once), e.g. {name}", main)
+        keep = sorted(first.values())
+        samples, names = subset(samples, keep), [names[i] for i in keep]
     if masks:
         owners = {}
-        for s in samples:
-            other = owners.setdefault(mask_name(s.name), s.name)
-            if other != s.name:
-                raise UserError(f"{where(s.name)}: {s.name} and {other} ({where(other)}) would share the pseudo "
-                                f"mask {mask_name(s.name)}: rename one of the two images")
+        for name in names:
+            other = owners.setdefault(mask_name(name), name)
+            if other != name:
+                raise UserError(f"{where(name)}: {name} and {other} ({where(other)}) would share the pseudo "
+                                f"mask {mask_name(name)}: rename one of the two images")
     return samples
 
 
@@ -95,7 +98,7 @@ def _box_problem(box: list, width: Optional[int] = None, height: Optional[int] =
     return None
 
 
-def check_boxes(samples: list, list_path: str, box_source: Callable[[str], str], skip: bool = False,
+def check_boxes(samples: "SampleTable", list_path: str, box_source: Callable[[str], str], skip: bool = False,
                 main: bool = True, workers: int = 8) -> tuple:
     """Ground-truth boxes of an evaluation list, against their image's size (read from the file header).
     Returns (samples to evaluate, names left out). `box_source(name)` says where a box comes from (the list
@@ -122,8 +125,8 @@ def check_boxes(samples: list, list_path: str, box_source: Callable[[str], str],
         _say(f"left out of the evaluation: {len(bad)} images whose ground-truth box cannot be scored, e.g. "
              f"{', '.join(bad[:3])}", main)
         out = set(bad)
-        samples = [s for s in samples if s.name not in out]
-        if not samples:
+        samples = subset(samples, [i for i, name in enumerate(samples.names()) if name not in out])
+        if not len(samples):
             raise UserError(f"{list_path}: no image has a box that can be scored")
     return samples, bad
 

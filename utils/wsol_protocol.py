@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from utils import distributed, validate
 from utils.data import ImageSet
-from utils.engine import Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, to_device
+from utils.engine import (HostPipe, Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,
+                          to_device)
 from utils.log import maybe_tqdm, write_json
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
@@ -33,15 +34,16 @@ from utils.wsol_eval import (RESIZE_LENGTH, V2_IOUS, WSOL_FOLDERS, BoxEvaluator,
                              iou_plus1, resize_box_224, score_image, wsol_image_id)
 
 
-def scoremaps(logits: torch.Tensor) -> np.ndarray:
-    """B x 1 x h x w logits -> B x 224 x 224 float32 score maps in [0, 1] (min-max normalised per image)."""
+def scoremaps(logits: torch.Tensor) -> torch.Tensor:
+    """B x 1 x h x w logits -> B x 224 x 224 float32 score maps in [0, 1] (min-max normalised per image), on
+    the logits' device."""
     p = torch.sigmoid(F.interpolate(logits.float(), size=(RESIZE_LENGTH, RESIZE_LENGTH), mode="bilinear",
                                     align_corners=True))[:, 0]
     lo = p.amin((1, 2), keepdim=True)
     span = p.amax((1, 2), keepdim=True) - lo
     # a constant map says nothing about where the object is: zeros, as wsolevaluation's normalisation
     maps = torch.where(span > 0, (p - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
-    return maps.clamp_(0, 1).cpu().numpy()
+    return maps.clamp_(0, 1)
 
 
 class WsolScores:
@@ -95,12 +97,25 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
         else:
             pending.add(pool.submit(score_image, *job))
 
+    def hand_on(host: list, batch: dict) -> None:
+        maps, finite = host[0].numpy(), host[1]                                     # B x 224 x 224
+        validate.check_finite_maps(finite, batch["index"].tolist(), samples, args.snapshot)
+        for j, (scoremap, index, (h, w)) in enumerate(zip(maps, batch["index"].tolist(), batch["size"].tolist())):
+            s = samples[index]
+            gt = np.array([resize_box_224(b, w, h) for b in s.boxes])
+            submit(scoremap, gt, args.cam_curve_interval, mask_root, s.name,
+                   os.path.join(root, wsol_image_id(args.dataset, s.name) + ".npy") if root else None)
+            if pictures is not None and pictures.wants(index):
+                pictures.add(index, s.name, batch["image"][j], scoremap, gt)
+        pending.settle(8 * max(1, args.post_workers) * args.batch_size)  # the device must not outrun the pool
+
+    pipe = HostPipe(d.device, hand_on)
     try:
         with torch.inference_mode():
             for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
                                                       args, d), d.main, desc="evaluate (wsol)"):
                 for name, reason in batch["bad"]:
-                    handle_bad({"bad": [(name, reason)]}, args.on_bad_image, None, d)
+                    handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
                     gt = np.zeros((1, 4))  # unused: a failed image scores zero IoU
                     submit(np.zeros((RESIZE_LENGTH, RESIZE_LENGTH)), gt, args.cam_curve_interval, mask_root,
                            name, None, True)
@@ -109,18 +124,8 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
                     continue
                 with autocast(d.device, dtype):
                     logits = model(to_device(batch["image"], d, channels_last))             # B x 1 x h x w
-                validate.check_finite_maps(torch.isfinite(logits).flatten(1).all(1).cpu(), batch["index"].tolist(),
-                                           samples, args.snapshot)
-                maps = scoremaps(logits)                                                    # B x 224 x 224
-                for j, (scoremap, index, (h, w)) in enumerate(zip(maps, batch["index"].tolist(),
-                                                                  batch["size"].tolist())):
-                    s = samples[index]
-                    gt = np.array([resize_box_224(b, w, h) for b in s.boxes])
-                    submit(scoremap, gt, args.cam_curve_interval, mask_root, s.name,
-                           os.path.join(root, wsol_image_id(args.dataset, s.name) + ".npy") if root else None)
-                    if pictures is not None and pictures.wants(index):
-                        pictures.add(index, s.name, batch["image"][j], scoremap, gt)
-                pending.settle(8 * max(1, args.post_workers) * args.batch_size)  # the device must not outrun the pool
+                pipe.put([scoremaps(logits), torch.isfinite(logits).flatten(1).all(1)], batch)
+            pipe.drain()
             pending.settle(0)
     finally:
         if pool is not None:
