@@ -55,6 +55,11 @@ def run_inprocess(*args, check=True):
     return p
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (tests/test_cuda.py; skipped without one); "
+                                       "run them with `python -m pytest tests -m cuda -q`")
+
+
 @pytest.fixture
 def root():
     return ROOT

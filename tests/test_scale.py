@@ -95,3 +95,17 @@ def test_bench_scale_mode(tmp_path):
         assert len(s["worker_private_mb"]) == 1 and s["worker_private_mb"][0] > 0
     assert "targets at 8192 images" in p.stdout and "worker private MB" in p.stdout
     assert np.isfinite(r["ratios"]["overhead_ratio"])
+
+
+def test_mask_resume_lists_each_folder_once(tmp_path, monkeypatch):
+    from utils.stage_cam import missing_masks
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.png").write_bytes(b"x")
+    (tmp_path / "a" / "3.png").mkdir()  # a folder of that name is no mask
+    (tmp_path / "top.png").write_bytes(b"x")
+    listed = []
+    scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: listed.append(path) or scandir(path))
+    names = ["a/1.jpg", "a/2.jpg", "a/3.jpg", "b/1.jpg", "top.jpg", "a/1.JPEG"]
+    assert missing_masks(str(tmp_path), names) == [1, 2, 3]
+    assert sorted(os.path.relpath(p, tmp_path) for p in listed) == [".", "a", "b"]

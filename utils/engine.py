@@ -20,6 +20,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -123,10 +124,26 @@ def loader(dataset, batch_sampler, num_workers: int, d: Dist, persistent: bool =
                       prefetch_factor=PREFETCH if workers > 0 else None, worker_init_fn=init_loader_worker)
 
 
-def inference_batches(dataset, indices: list, batch_size: int, args, d: Dist) -> DataLoader:
+class InOrder:
+    """Batches of `batch_size` of `indices`, in order, made as they are asked for (a list of 1.28M index lists
+    would be Python objects that every forked loader worker copies as its garbage collector walks them);
+    `numbered`: each key is (batch number, index), as `ring.RingImageSet` takes them."""
+
+    def __init__(self, indices, batch_size: int, numbered: bool = False):
+        self.indices, self.batch_size, self.numbered = np.asarray(indices, dtype=np.int64), batch_size, numbered
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self):
+        for number in range(len(self)):
+            batch = self.indices[number * self.batch_size:(number + 1) * self.batch_size].tolist()
+            yield [(number, i) for i in batch] if self.numbered else batch
+
+
+def inference_batches(dataset, indices, batch_size: int, args, d: Dist) -> DataLoader:
     """One pass over `indices` of `dataset` in batches of `batch_size`, in order."""
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    return loader(dataset, batches, args.num_workers, d, persistent=False)
+    return loader(dataset, InOrder(indices, batch_size), args.num_workers, d, persistent=False)
 
 
 def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False, hwc: bool = False) -> torch.Tensor:

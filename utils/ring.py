@@ -115,9 +115,8 @@ class RingBatches:
     its batches in order; each batch's slot goes back to the workers when the next batch is asked for (or
     the pass ends)."""
 
-    def __init__(self, data: RingImageSet, batches: list, num_workers: int, d: Dist):
-        keyed = [[(number, i) for i in batch] for number, batch in enumerate(batches)]
-        self.data, self.loader = data, engine.loader(data, keyed, num_workers, d, persistent=False, collate_fn=_as_is)
+    def __init__(self, data: RingImageSet, batches: engine.InOrder, num_workers: int, d: Dist):
+        self.data, self.loader = data, engine.loader(data, batches, num_workers, d, persistent=False, collate_fn=_as_is)
         self.started = False
 
     def __len__(self) -> int:
@@ -151,7 +150,7 @@ def ring_batches(samples: list, indices: list, batch_size: int, fill: Callable, 
                  d: Dist, read: Callable = read_image) -> RingBatches:
     """One pass over `indices` of `samples` in batches of `batch_size`, in order, each image read by `read(path)`
     and written by `fill(image, out)` into a `shape` float32 row of a ring of shared batches."""
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    batches = engine.InOrder(indices, batch_size, numbered=True)
     slots, rows = slots_for(num_workers), max(1, min(batch_size, len(indices)))
     check_shared_memory(slots, rows, shape)
     ring = BatchRing(slots, rows, shape)
