@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from network import load_mffnet
 from network.resnet import BACKBONES
-from utils import cli, distributed
+from utils import cli, distributed, validate
 from utils.checkpoint import load_weights
 from utils.data import IMAGE_EXTENSIONS, BadImage, read_class_names, read_image, read_synsets
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, place_model,
@@ -330,6 +330,7 @@ def localize(args, d) -> dict:
         raise UserError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if args.classifier is None and args.classifier_arch_given:
         raise UserError("--classifier_arch is for --classifier SNAPSHOT, which was not given")
+    validate.check_writable(os.path.join(args.savepath, "localize"), "--savepath")
     paths = find_images(args.images)
     names = output_names(paths)
     classes = class_names(args.dataset, args.datapath, args.classifier_clsnum) if args.classifier else None

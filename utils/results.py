@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import numbers
 import os
 import pickle
 import sys
@@ -39,10 +40,18 @@ def write_top1top5(path: str, names: list, top1: list, top5: list) -> None:
     """A NumPy structured array (name, top1, top5): loads with allow_pickle=False."""
     width = max([len(n) for n in names] + [1])
     arr = np.array(list(zip(names, top1, top5)), dtype=[("name", f"U{width}"), ("top1", "?"), ("top5", "?")])
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder: give the file to write, e.g. {os.path.join(path, 'top1top5.npy')}")
     tmp = path + ".tmp.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
+    finally:
+        if os.path.exists(tmp):  # a failed write leaves no temporary behind
+            os.remove(tmp)
 
 
 class _Refused(pickle.UnpicklingError):
@@ -58,10 +67,11 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _npy_header(f, path: str) -> np.dtype:
-    """Check the .npy magic and header of an open file; returns the dtype (the file is left at the data)."""
+def npy_header(f, path: str, expected: str = "a top1top5.npy written by a cls stage's test.py") -> np.dtype:
+    """Check the .npy magic and header of an open file; returns the dtype (the file is left at the data).
+    `expected` says, in the error, what the file should be."""
     if f.read(6) != _NPY_MAGIC:
-        raise UserError(f"{path} is not a .npy file (expected a top1top5.npy written by a cls stage's test.py)")
+        raise UserError(f"{path} is not a .npy file (expected {expected})")
     f.seek(0)
     try:
         version = np.lib.format.read_magic(f)
@@ -83,11 +93,26 @@ def _table_from_dict(table: object, path: str) -> dict:
     for name, value in table.items():
         if not isinstance(name, str) or not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 2:
             raise UserError(f"{path}: entry {name!r}: {value!r} is not [top1, top5]")
-        top1, top5 = bool(value[0]), bool(value[1])
-        if top1 and not top5:
-            raise UserError(f"{path}: entry {name!r} is right at top-1 but not at top-5")
-        out[name] = (top1, top5)
+        _add(out, name, value[0], value[1], path)
     return out
+
+
+def _flag(value: object, field: str, name: str, path: str) -> bool:
+    """A top-1/top-5 value: a boolean or the number 0 or 1 (Python or NumPy); anything else (2, 'x') is not
+    a right/wrong answer, and `bool()` would make it True."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Real) and value in (0, 1)):
+        return bool(value)
+    raise UserError(f"{path}: entry {name!r}: {field} value {value!r} is not a boolean or 0/1")
+
+
+def _add(table: dict, name: str, top1: object, top5: object, path: str) -> None:
+    """table[name] = (top1, top5), checked; a name listed again must repeat its values."""
+    entry = (_flag(top1, "top-1", name, path), _flag(top5, "top-5", name, path))
+    if entry[0] and not entry[1]:
+        raise UserError(f"{path}: entry {name!r} is right at top-1 but not at top-5")
+    if table.setdefault(name, entry) != entry:
+        raise UserError(f"{path} lists {name!r} twice with different values ({table[name]} and {entry}): "
+                        f"which is right? Write the file again with the cls stage's test.py")
 
 
 def read_top1top5(path: str, allow_pickle: bool = False) -> dict:
@@ -97,7 +122,7 @@ def read_top1top5(path: str, allow_pickle: bool = False) -> dict:
     if os.path.getsize(path) == 0:
         raise UserError(f"{path} is empty (0 bytes): an interrupted copy? Write it again with the cls stage's test.py")
     with open(path, "rb") as f:
-        dtype = _npy_header(f, path)
+        dtype = npy_header(f, path)
         if dtype.hasobject:
             return _table_from_dict(_read_pickled_item(f, path, allow_pickle), path)
     try:
@@ -108,7 +133,10 @@ def read_top1top5(path: str, allow_pickle: bool = False) -> dict:
     if arr.dtype.names is None or not {"name", "top1", "top5"} <= set(arr.dtype.names):
         raise UserError(f"{path}: expected a structured array with fields name, top1, top5 "
                         f"(or the authors' dict), found dtype {arr.dtype}")
-    return {str(n): (bool(a), bool(b)) for n, a, b in zip(arr["name"], arr["top1"], arr["top5"])}
+    table: dict = {}
+    for name, top1, top5 in zip(arr["name"].tolist(), arr["top1"].tolist(), arr["top5"].tolist()):
+        _add(table, str(name), top1, top5, path)
+    return table
 
 
 def _read_pickled_item(f, path: str, allow_pickle: bool) -> object:
@@ -134,7 +162,8 @@ def _read_pickled_item(f, path: str, allow_pickle: bool) -> object:
 def match_top1top5(table: dict, names: list, path: str) -> dict:
     """{list name: (top1, top5)} for every list name, from a table keyed as in the list, or by bare file
     names when the list has `synset/file` names (ImageNet val in class folders; the authors' file uses
-    `ILSVRC2012_val_XXXXXXXX.JPEG`). A name found neither way is an error naming some of them."""
+    `ILSVRC2012_val_XXXXXXXX.JPEG`). A name found neither way is an error naming some of them, and so is a
+    file name that the table lists under two folders with different values."""
     out, missing = {}, []
     by_file = None
     for name in names:
@@ -144,10 +173,13 @@ def match_top1top5(table: dict, names: list, path: str) -> dict:
         if by_file is None:
             by_file = {}
             for key, value in table.items():
-                by_file.setdefault(os.path.basename(key), []).append(value)
-        hits = by_file.get(os.path.basename(name), [])
-        if len(hits) == 1:
-            out[name] = hits[0]
+                by_file.setdefault(os.path.basename(key), {})[key] = value
+        hits = by_file.get(os.path.basename(name), {})
+        if len(set(hits.values())) > 1:
+            raise UserError(f"{path} lists {os.path.basename(name)} twice with different values "
+                            f"({', '.join(f'{k}: {v}' for k, v in hits.items())}): which is right for {name}?")
+        if hits:
+            out[name] = next(iter(hits.values()))
         else:
             missing.append(name)
     if missing:

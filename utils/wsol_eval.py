@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from utils.errors import UserError, run_main
+from utils.results import npy_header
 from utils.workers import write_atomic
 
 RESIZE_LENGTH = 224  # the protocol evaluates every map and box in a 224 x 224 frame
@@ -365,6 +366,22 @@ def _rows(path: str, n_fields: int, required: bool = True) -> list[tuple[int, li
     return rows
 
 
+def _image_ids(path: str) -> list[str]:
+    """The ids of image_ids.txt: each once (a repeat would be scored twice), none leaving the score-map and
+    mask folders (absolute, or with '..': files elsewhere would be read)."""
+    first: dict = {}
+    for no, (iid,) in _rows(path, 1):
+        if os.path.isabs(iid) or ".." in iid.replace("\\", "/").split("/"):
+            raise UserError(f"{path}:{no}: image id {iid!r} leaves the score-map folder (an absolute path or "
+                            f"'..'): ids are relative, as <class>/<file>.jpg")
+        if first.setdefault(iid, no) != no:
+            raise UserError(f"{path}:{no}: image id {iid} is listed twice (lines {first[iid]} and {no}): "
+                            f"each image is scored once; remove the repeat")
+    if not first:
+        raise UserError(f"{path} lists no image")
+    return list(first)
+
+
 def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
     """Read wsolevaluation metadata.
 
@@ -377,9 +394,7 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
     def path(name: str) -> str:
         return os.path.join(folder, name)
 
-    ids = [f[0] for _, f in _rows(path("image_ids.txt"), 1)]
-    if not ids:
-        raise UserError(f"{path('image_ids.txt')} lists no image")
+    ids = _image_ids(path("image_ids.txt"))
     if dataset_name == "ILSVRC" and split == "val":
         _check_ilsvrc_val(ids, folder)
     meta: dict = {"folder": folder, "image_ids": ids, "class_labels": {}}
@@ -436,10 +451,16 @@ def load_scoremap(scoremap_root: str, image_id: str) -> np.ndarray:
                     if flat != path and os.path.isfile(flat) else "")
             raise UserError(f"score map not found: {path}{hint}")
         path = alt
+    expected = f"a 2-D float .npy array, np.save of the {RESIZE_LENGTH} x {RESIZE_LENGTH} map"
     try:
-        scoremap = np.load(path, allow_pickle=False)  # never unpickle files from elsewhere
+        with open(path, "rb") as f:
+            # the magic first: on other bytes np.load would try a pickle and advise allow_pickle
+            if npy_header(f, path, expected).hasobject:
+                raise UserError(f"{path} holds Python objects, not numbers (expected {expected})")
+            f.seek(0)
+            scoremap = np.load(f, allow_pickle=False)  # never unpickle files from elsewhere
     except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"cannot read score map {path}: {e}") from None
+        raise UserError(f"cannot read score map {path}: {e} (expected {expected})") from None
     check_scoremap(scoremap, path)
     if scoremap.shape != (RESIZE_LENGTH, RESIZE_LENGTH):
         # GT boxes and masks live in the 224 x 224 frame; another size would be scored against the wrong pixels
@@ -476,7 +497,10 @@ def openimages_mask(mask_root: str, mask_paths: Sequence[str], ignore_path: str)
 def cub_mask(mask_root: str, image_id: str) -> np.ndarray:
     """GT mask (224, 224) uint8 from CUB's `segmentations/<class>/<name>.png`: 1 where value > 127, else 0."""
     path = os.path.join(mask_root, os.path.splitext(image_id)[0] + ".png")
-    return (_read_mask(path) > 127).astype(np.uint8)
+    mask = _read_mask(path)
+    if mask.max() == 1:  # a mask saved as 0/1 would be all background here, and PxAP silently lower
+        raise UserError(f"{path} holds only 0 and 1: expected 0/255 masks (foreground where value > 127)")
+    return (mask > 127).astype(np.uint8)
 
 
 V2_IOUS = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds
@@ -646,12 +670,27 @@ def _report(args: argparse.Namespace, res: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_json(path: str) -> None:
+    """Before any work: --json must name a file that can be written (its folder is made if needed)."""
+    if os.path.isdir(path):
+        raise UserError(f"--json {path} is a folder: give a file name, e.g. {os.path.join(path, 'wsol.json')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        reason = "a file, not a folder" if isinstance(e, FileExistsError) else e.strerror or type(e).__name__
+        raise UserError(f"cannot write --json {path}: {folder} ({reason})") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write --json {path}: {folder} is not writable")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.json:
+        _check_json(args.json)
     res = evaluate(args)
     print(_report(args, res), flush=True)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     return res
