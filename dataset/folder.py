@@ -3,7 +3,11 @@
     python dataset/prepare.py folder --root DIR [--val-fraction 0.1 --seed 0] [--boxes boxes.csv]
 
 DIR holds one folder per class, images in it at any depth (`DIR/cat/a.jpg`, `DIR/cat/2021/b.png`);
-the class of an image is its top folder. Written into DIR, in the CUB layout (shared/SPEC.md §6):
+the class of an image is its top folder (which may be a link to a folder elsewhere). Links to folders
+inside a class folder are not followed, each file is listed once (by its real path: the first class in
+sorted order keeps it), and hidden entries (`.*`, `__MACOSX`), files that are not images and files that
+are not regular (a FIFO) are left out; all of these are counted and named on stderr.
+Written into DIR, in the CUB layout (shared/SPEC.md §6):
   classes.txt          `<id> <class folder>` per line, id 1-based in sorted folder-name order; label = id - 1
   train.txt, val.txt   `relpath,label[,x0 y0 x1 y1 ...]`: relpaths start at DIR (DIR is its own image
                        folder, as CUB's lists start in images/); zero, one or more boxes, 4 numbers each
@@ -70,31 +74,58 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk_class(root: str, cls: str) -> tuple:
-    """(image relpaths under DIR/cls, sorted; Counter of ignored file extensions). Follows links to
-    folders once each (a link loop is not walked twice)."""
-    images, ignored, seen = [], Counter(), set()
+def _walk_class(root: str, cls: str, seen: dict, skipped: dict) -> list:
+    """Image relpaths under DIR/cls, sorted. Links to folders inside a class folder are not followed (a
+    loop, or another class's folder, would list files again under this label); a file met before (by its
+    real path, e.g. a link to another class's image) is left out. What is left out is added to `skipped`
+    (reason -> relpaths; "not images" holds extensions); `seen` maps real paths to the relpath listed."""
+    images = []
 
     def fail(e: OSError) -> None:
         raise UserError(f"cannot read folder {e.filename}: {e.strerror}")
 
-    for folder, dirs, files in os.walk(os.path.join(root, cls), onerror=fail, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+    for folder, dirs, files in os.walk(os.path.join(root, cls), onerror=fail):
         rel = os.path.relpath(folder, root).replace(os.sep, "/")
-        for fname in sorted(files):
-            if _hidden(fname):
-                continue
-            ext = os.path.splitext(fname)[1].lower()
-            if ext in IMAGE_EXTENSIONS:  # other files (notes, .DS_Store...) are ignored and counted
-                images.append(posixpath.join(rel, fname))
+        keep = []
+        for d in sorted(dirs):
+            reason = ("hidden" if _hidden(d) else
+                      "links to folders, not followed" if os.path.islink(os.path.join(folder, d)) else None)
+            if reason:
+                skipped[reason].append(posixpath.join(rel, d))
             else:
-                ignored[ext or "(no extension)"] += 1
-    return sorted(images), ignored
+                keep.append(d)
+        dirs[:] = keep
+        for fname in sorted(files):
+            path, relpath = os.path.join(folder, fname), posixpath.join(rel, fname)
+            ext = os.path.splitext(fname)[1].lower()
+            if _hidden(fname):
+                skipped["hidden"].append(relpath)
+            elif ext not in IMAGE_EXTENSIONS:  # other files (notes, ...) are ignored and counted
+                skipped["not images"].append(ext or "(no extension)")
+            elif not os.path.isfile(path):     # a FIFO, device or broken link would block or fail the stages
+                skipped["not a regular file"].append(relpath)
+            elif os.path.realpath(path) in seen:
+                skipped["duplicate"].append(f"{relpath} (= {seen[os.path.realpath(path)]})")
+            else:
+                seen[os.path.realpath(path)] = relpath
+                images.append(relpath)
+    return sorted(images)
+
+
+def _report_skipped(skipped: dict) -> None:
+    """One stderr line counting and naming everything the scan left out."""
+    parts = []
+    if skipped["not images"]:
+        parts.append(f"{len(skipped['not images'])} file(s) that are not images: "
+                     + ", ".join(f"{ext} x{n}" for ext, n in Counter(skipped["not images"]).most_common()))
+    for reason, label in (("hidden", "hidden (names starting with '.', __MACOSX)"),
+                          ("not a regular file", "not a regular file"),
+                          ("links to folders, not followed", "links to folders, not followed"),
+                          ("duplicate", "duplicate(s) of an image listed already")):
+        if skipped[reason]:
+            parts.append(f"{len(skipped[reason])} {label}: {_head(skipped[reason])}")
+    if parts:
+        print("ignored " + "; ".join(parts), file=sys.stderr)
 
 
 def scan_classes(root: str) -> tuple:
@@ -104,7 +135,13 @@ def scan_classes(root: str) -> tuple:
     if not os.path.isdir(root):
         raise UserError(f"folder not found: {root}")
     entries = sorted(os.scandir(root), key=lambda e: e.name)
+    # a class folder that is itself a link is taken as the class (data linked in from elsewhere); its files
+    # are still listed once: one already listed under another class is a counted duplicate
     classes = [e.name for e in entries if e.is_dir() and not _hidden(e.name)]
+    skipped = defaultdict(list)
+    skipped["hidden"] += [e.name for e in entries if _hidden(e.name)]
+    skipped["not a regular file"] += [e.name for e in entries if not e.is_dir() and not e.is_file()
+                                      and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
     stray = [e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
     if stray:
         raise UserError(f"{root}: image(s) {_head(stray)} lie outside any class folder: put every image in "
@@ -119,22 +156,20 @@ def scan_classes(root: str) -> tuple:
     if bad_names:
         raise UserError(f"{root}: class folder name(s) {_head([repr(c) for c in bad_names])} would break "
                         f"classes.txt or the lists (comma, line break, or spaces at either end): rename them")
-    images, ignored, empty = [], Counter(), []
+    images, empty, seen = [], [], {}
     for label, cls in enumerate(classes):
-        found, skipped = _walk_class(root, cls)
-        ignored.update(skipped)
+        found = _walk_class(root, cls, seen, skipped)
         if not found:
             empty.append(cls)
         images += [FolderImage(rel, label) for rel in found]
     if empty:
+        _report_skipped(skipped)  # an empty class may be one whose files were all left out
         raise UserError(f"{root}: class folder(s) {_head(empty)} hold no image ({', '.join(IMAGE_EXTENSIONS)}): "
                         f"add images or remove the folder(s)")
     if len(classes) == 1:
         raise UserError(f"{root}: only one class ({classes[0]}): the cam stage learns where objects are by telling "
                         f"classes apart, so it needs at least two class folders")
-    if ignored:
-        print(f"ignored {sum(ignored.values())} file(s) that are not images: "
-              + ", ".join(f"{ext} x{n}" for ext, n in ignored.most_common()), file=sys.stderr)
+    _report_skipped(skipped)
     unusable = [i.relpath for i in images if any(ch in i.relpath for ch in ",\n\r")]
     if unusable:
         raise UserError(f"{root}: file name(s) {_head(unusable)} hold a comma or line break, which the list format "

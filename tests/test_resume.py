@@ -97,3 +97,83 @@ def test_resume_places_the_model_before_loading_the_optimiser_state(cub, tmp_pat
     assert a["linear.weight"].dtype == torch.float64
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _start(cub, savepath, *extra):
+    cmd = [sys.executable, os.path.join(ROOT, "cub200-cam/train.py"), "--datapath", cub, "--savepath", str(savepath),
+           *ARGS, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="2"))
+
+
+def _wait_for_log(proc, log, lines: int) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= lines:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run ended (or hung) before the signal could be sent")
+
+
+def test_sigterm_says_where_to_resume_and_leaves_no_temporary(cub, tmp_path):
+    out = tmp_path / "out"
+    proc = _start(cub, out)
+    _wait_for_log(proc, out / "log.jsonl", 2)
+    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("stopped by SIGTERM at step ") and "--resume" in line and "Traceback" not in err, err[-2000:]
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+    run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", out, "--resume", *ARGS)
+    assert (out / "model-2.pth").exists()
+
+
+def test_resume_refuses_a_list_that_changed(cub, tmp_path):
+    lines = open(os.path.join(cub, "train.txt")).read().splitlines(True)
+    listed = tmp_path / "edited.txt"
+    listed.write_text("".join(lines))
+    args = ["cub200-cam/train.py", "--datapath", cub, "--list", listed, "--savepath", tmp_path / "out", *ARGS]
+    run_script(*args, "--max_steps", "2")
+    run_script(*args, "--max_steps", "3", "--resume")  # the same list: goes on
+    listed.write_text("".join(lines[1:]))  # one image fewer: epoch and batch would mean other images
+    p = run_script(*args, "--resume", check=False)
+    assert p.returncode == 2 and "now has 17 images" in p.stderr and "edited.txt" in p.stderr, p.stderr[-2000:]
+
+
+def test_a_second_run_into_a_folder_in_use_stops_naming_the_first(cub, tmp_path):
+    from utils import lock
+    out = tmp_path / "out"
+    out.mkdir()
+    lock.hold(str(out), "--savepath")  # this process plays the run that is writing there
+    try:
+        p = run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", out, *ARGS, check=False)
+        assert p.returncode == 2 and f"in use by another run (pid {os.getpid()}" in p.stderr, p.stderr[-2000:]
+        assert not (out / "args.json").exists() and not (out / "log.jsonl").exists()
+    finally:
+        lock.release_all()
+    run_script("cub200-cam/train.py", "--datapath", cub, "--savepath", out, *ARGS[:3], "1", *ARGS[4:])
+    assert (out / "model-1.pth").exists()
+
+
+def test_a_killed_loader_worker_is_one_line_that_says_what_it_means(cub, tmp_path):
+    out = tmp_path / "out"
+    proc = _start(cub, out, "--num_workers", "1")
+    _wait_for_log(proc, out / "log.jsonl", 1)
+    workers = [int(e) for e in os.listdir("/proc") if e.isdigit() and _parent(int(e)) == proc.pid]
+    assert workers, "no loader worker to kill"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)  # what the out-of-memory killer does
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 2, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: a data-loading worker (pid ") and "out-of-memory" in line and "--resume" in line
+    assert "Traceback" not in err, err[-2000:]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1

@@ -18,6 +18,7 @@ and the lists' relpaths start there, as CUB's start in `images/`.
 from __future__ import annotations
 
 import os
+import stat
 import xml.etree.ElementTree as ET
 from array import array
 from dataclasses import dataclass, field
@@ -157,8 +158,11 @@ _DECODE = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 def read_image(path: str) -> np.ndarray:
     """RGB uint8 H x W x 3 image; grayscale and CMYK files are converted. Raises BadImage."""
     try:
+        # a FIFO or device named x.jpg would block open() for ever: check what it is before opening it
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BadImage(f"{path}: not a regular file")
         data = np.fromfile(path, dtype=np.uint8)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         raise BadImage(f"{path}: cannot open ({type(e).__name__})") from None
     if data.size == 0:
         raise BadImage(f"{path}: empty file")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from utils import lock
 from utils.errors import UserError
 
 
@@ -85,6 +86,7 @@ def entry(fn: Callable) -> Callable:
         try:
             return fn(args, d)
         finally:
+            lock.release_all()
             cleanup()
     return run
 

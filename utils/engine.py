@@ -13,6 +13,7 @@ the gradients: up to floating-point summation order, the run is the single-proce
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import time
@@ -26,10 +27,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from utils.checkpoint import save_atomic, torch_load
-from utils.data import collate
+from utils.data import SampleTable, collate
 from utils import distributed
 from utils.distributed import Dist, EpochBatchSampler, sync_batchnorm
-from utils.errors import UserError
+from utils.errors import Stopped, UserError
 from utils.log import RunLog, maybe_tqdm
 from utils.workers import init_loader_worker, loader_threads
 
@@ -303,6 +304,9 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
         start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         if d.main:
             print(f"resumed from {args.resume}: epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+    listed = list_fingerprint(args.list, getattr(dataset, "samples", None) or [])
+    if state is not None:
+        _check_same_list(state, listed, args.resume)
     log = RunLog(args.savepath, args, enabled=d.main, resumed_at=step if state is not None else None)
     sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
     batches = len(sampler)  # per epoch, the same every epoch
@@ -310,7 +314,7 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     bad_log = os.path.join(args.savepath, "skipped.txt")
     last_snapshot, skipped, bad, dropped = None, 0, [], []
     finite = torch.ones((), dtype=torch.bool, device=d.device)
-    first_step, shown = step, None
+    first_step, shown, saved_at = step, None, step if state is not None else None
 
     def show() -> None:
         # the loss of a logged step, read one step later: its copy to the host ran while the next step was
@@ -347,14 +351,16 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
                             f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
 
     def save_state(epoch: int, batch: int) -> None:
+        nonlocal saved_at
         show()
         count_bad()
         check_finite()
         if d.main:
             save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "batch": batch,
-                         "step": step, "args": {k: v for k, v in vars(args).items()}},
+                         "step": step, "args": {k: v for k, v in vars(args).items()}, "list": listed},
                         os.path.join(args.savepath, "checkpoint.pth"))
+        saved_at = step
 
     def snapshot(tag: int) -> str:
         path = os.path.join(args.savepath, f"model-{tag}.pth")
@@ -364,74 +370,104 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
             save_atomic(raw.state_dict(), path)
         return path
 
-    done = False
-    for epoch in range(start_epoch, args.epoch):
-        sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        if lr_factor is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * lr_factor(epoch)
-        batch_idx = start_batch if epoch == start_epoch else 0
-        model.train()
-        seen, t0 = 0, time.time()
-        bar = maybe_tqdm(data, d.main, desc=f"epoch {epoch + 1}/{args.epoch}", initial=batch_idx, total=batches)
-        for batch in bar:
-            bad += batch["bad"]
-            handle_bad(batch, args.on_bad_image, d)
-            batch_idx += 1
-            if "image" not in batch or len(batch["image"]) < 2:
-                if d.enabled:
-                    raise UserError("a batch lost all (or all but one) of its images to bad files under "
-                                    "torchrun; fix or remove them from the list")
-                # BatchNorm cannot train on one image: the good one left goes too, named and counted
-                good = [dataset.samples[i].name for i in batch["index"].tolist()] if "image" in batch else []
-                dropped += good
-                if good and d.main:
-                    print(f"dropped with its batch (the rest were bad files): {', '.join(good)}", flush=True)
-                continue
-            batch["image"] = to_device(batch["image"], d, channels_last)
-            for k in ("label", "mask"):
-                if k in batch:
-                    batch[k] = to_device(batch[k], d)
-            torch.manual_seed(args.seed * 1_000_003 + step)  # dropout: resumable, drawn per global batch
-            loss = train_step(model, loss_fn, batch, optimizer, scaler, d.device, dtype)
+    try:
+        done = False
+        for epoch in range(start_epoch, args.epoch):
+            sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+            if lr_factor is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * lr_factor(epoch)
+            batch_idx = start_batch if epoch == start_epoch else 0
+            model.train()
+            seen, t0 = 0, time.time()
+            bar = maybe_tqdm(data, d.main, desc=f"epoch {epoch + 1}/{args.epoch}", initial=batch_idx, total=batches)
+            for batch in bar:
+                bad += batch["bad"]
+                handle_bad(batch, args.on_bad_image, d)
+                batch_idx += 1
+                if "image" not in batch or len(batch["image"]) < 2:
+                    if d.enabled:
+                        raise UserError("a batch lost all (or all but one) of its images to bad files under "
+                                        "torchrun; fix or remove them from the list")
+                    # BatchNorm cannot train on one image: the good one left goes too, named and counted
+                    good = [dataset.samples[i].name for i in batch["index"].tolist()] if "image" in batch else []
+                    dropped += good
+                    if good and d.main:
+                        print(f"dropped with its batch (the rest were bad files): {', '.join(good)}", flush=True)
+                    continue
+                batch["image"] = to_device(batch["image"], d, channels_last)
+                for k in ("label", "mask"):
+                    if k in batch:
+                        batch[k] = to_device(batch[k], d)
+                torch.manual_seed(args.seed * 1_000_003 + step)  # dropout: resumable, drawn per global batch
+                loss = train_step(model, loss_fn, batch, optimizer, scaler, d.device, dtype)
+                show()
+                finite &= torch.isfinite(loss)
+                step += 1
+                seen += len(batch["image"])
+                if step % args.print_freq == 0 or batch_idx == batches:
+                    # over the global batch, not rank 0's share
+                    shown = (step, HostCopy(distributed.mean(d, loss)), optimizer.param_groups[0]["lr"], epoch + 1,
+                             seen, t0)
+                if args.snapshot_every and step % args.snapshot_every == 0:
+                    last_snapshot = snapshot(step)
+                if args.save_every and step % args.save_every == 0:
+                    save_state(epoch, batch_idx)
+                if args.max_steps and step >= args.max_steps:
+                    done = True
+                    break
             show()
-            finite &= torch.isfinite(loss)
-            step += 1
-            seen += len(batch["image"])
-            if step % args.print_freq == 0 or batch_idx == batches:
-                # over the global batch, not rank 0's share
-                shown = (step, HostCopy(distributed.mean(d, loss)), optimizer.param_groups[0]["lr"], epoch + 1,
-                         seen, t0)
-            if args.snapshot_every and step % args.snapshot_every == 0:
-                last_snapshot = snapshot(step)
-            if args.save_every and step % args.save_every == 0:
+            if step == first_step:  # before any file is written: a snapshot of untrained weights helps no one
+                count_bad()
+                raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
+                                f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
+            if done:
                 save_state(epoch, batch_idx)
-            if args.max_steps and step >= args.max_steps:
-                done = True
                 break
-        show()
-        if step == first_step:  # before any file is written: a snapshot of untrained weights helps no one
-            count_bad()
-            raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
-                            f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
-        if done:
-            save_state(epoch, batch_idx)
-            break
-        save_state(epoch + 1, 0)
-        if not args.snapshot_every and (epoch + 1 >= args.snapshot_from or epoch + 1 == args.epoch):
-            last_snapshot = snapshot(epoch + 1)
-        if on_epoch_end is not None:
-            on_epoch_end(unwrap(model), epoch + 1, log)
-    if args.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
-        last_snapshot = snapshot(step)
-    if last_snapshot is None:
-        last_snapshot = snapshot(step if args.snapshot_every else min(args.epoch, epoch + 1))
-    if skipped and d.main:
-        print(f"{skipped} bad files were skipped (listed in {bad_log})")
-    if dropped and d.main:
-        print(f"{len(dropped)} good images were dropped with batches that bad files left with fewer than 2 images")
-    log.close()
-    return last_snapshot
+            save_state(epoch + 1, 0)
+            if not args.snapshot_every and (epoch + 1 >= args.snapshot_from or epoch + 1 == args.epoch):
+                last_snapshot = snapshot(epoch + 1)
+            if on_epoch_end is not None:
+                on_epoch_end(unwrap(model), epoch + 1, log)
+        if args.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
+            last_snapshot = snapshot(step)
+        if last_snapshot is None:
+            last_snapshot = snapshot(step if args.snapshot_every else min(args.epoch, epoch + 1))
+        if skipped and d.main:
+            print(f"{skipped} bad files were skipped (listed in {bad_log})")
+        if dropped and d.main:
+            print(f"{len(dropped)} good images were dropped with batches that bad files left with fewer than 2 images")
+        log.close()
+        return last_snapshot
+    except Stopped as e:  # SIGTERM (errors.run_main): say what is kept and how to go on
+        kept = (f"continue with --resume (from {os.path.join(args.savepath, 'checkpoint.pth')}, the state of step "
+                f"{saved_at})" if saved_at is not None else
+                "nothing was saved yet (--save_every N keeps the state every N steps): run it again")
+        raise Stopped(e.signum, f"at step {step}: {kept}") from None
+
+
+def list_fingerprint(name: str, samples) -> dict:
+    """What a training position (epoch, batch) refers to: the list's name, length and a SHA-1 of its names and
+    labels in order (a `SampleTable` or a list of `Sample`s)."""
+    if isinstance(samples, SampleTable):
+        names, labels = samples.names(), samples.labels
+    else:
+        names, labels = [s.name for s in samples], np.array([s.label for s in samples], dtype=np.int64)
+    digest = hashlib.sha1("".join(n + "\n" for n in names).encode("utf-8"))
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return {"list": name, "images": len(names), "sha1": digest.hexdigest()}
+
+
+def _check_same_list(state: dict, listed: dict, path: str) -> None:
+    """A resumed run trains on the list the checkpoint's position refers to (checkpoints written before the
+    list was recorded cannot tell, and are taken as they are)."""
+    saved = state.get("list")
+    if saved and saved.get("sha1") != listed["sha1"]:
+        how = "other names or labels" if saved["images"] == listed["images"] else f"{listed['images']} images"
+        raise UserError(f"--resume: {path} stopped at epoch {state['epoch'] + 1}, batch {state['batch']} of "
+                        f"{saved['list']} as it was then ({saved['images']} images); {listed['list']} now has {how}: "
+                        f"that position would be other images. Resume with the list it was trained on, or start "
+                        f"anew without --resume")
 
 
 def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:

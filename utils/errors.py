@@ -1,10 +1,15 @@
 """User-facing errors: a bad path, list, image or flag stops the run with one line that says what to do.
 
 `UserError` carries such a message; `run_main` wraps a stage's `main` so that the user sees that line
-(and exit status 2) instead of a traceback from deep inside a library.
+(and exit status 2) instead of a traceback from deep inside a library. It also turns SIGTERM (what a
+cluster scheduler sends before it kills a job) into `Stopped`, raised where the run is: `finally` blocks
+run (no torn temporary file is left), the training loop says where to resume, and the exit status is
+143 (128 + SIGTERM), as a job killed by the signal would have.
 """
 from __future__ import annotations
 
+import re
+import signal
 import sys
 from typing import Callable
 
@@ -13,12 +18,52 @@ class UserError(Exception):
     """An input the user can fix (missing file, malformed list, corrupt image...)."""
 
 
+class Stopped(Exception):
+    """The run was stopped by a signal; `where` (may be empty) says at which point and how to go on."""
+
+    def __init__(self, signum: int, where: str = ""):
+        super().__init__(signum, where)
+        self.signum, self.where = signum, where
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}{' ' + self.where if self.where else ''}"
+
+
+def _worker_killed(message: str) -> str:
+    """torch's "DataLoader worker (pid N) is killed by signal: S" (or "... (pid(s) N) exited unexpectedly") as
+    one clause, or '' for other errors."""
+    match = re.search(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (?:is killed by signal: ([A-Za-z ]+)|"
+                      r"exited unexpectedly)", message)
+    if not match:
+        return ""
+    how = f"was killed by signal {match.group(2).strip()}" if match.group(2) else "ended unexpectedly"
+    return f"a data-loading worker (pid {match.group(1).strip()}) {how}"
+
+
+def _stop(signum, frame) -> None:
+    raise Stopped(signum)
+
+
 def run_main(main: Callable[[], object]) -> None:
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Stopped as e:
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as e:
+        if not _worker_killed(str(e)):
+            raise
+        print(f"error: {_worker_killed(str(e))}: most often the out-of-memory killer (see `dmesg`); lower "
+              f"--num_workers or --batch_size, or give the job more memory. Training continues with --resume from "
+              f"its last saved state; mask generation, run again, skips the masks already written",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

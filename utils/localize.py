@@ -25,7 +25,8 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-from collections import Counter
+import sys
+from collections import Counter, defaultdict
 from typing import Optional
 
 import cv2
@@ -53,10 +54,14 @@ JPEG_QUALITY = 90
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def find_images(inputs: list) -> list:
-    """Image files from files and folders (folders recursively, hidden entries skipped, sorted); each
-    file once. A file given by name is taken whatever its extension."""
-    found, seen = [], set()
+def find_images(inputs: list, exclude: Optional[str] = None, quiet: bool = False) -> list:
+    """Image files from files and folders (folders recursively, sorted); each file once. A file given by
+    name is taken whatever its extension. In folders, links to folders are not followed (a loop would never
+    end), and hidden entries (`.*`, `__MACOSX`), files that are not regular (a FIFO would block the read for
+    ever) and the folder `exclude` (localize's own output, when it lies inside an input) are left out,
+    counted and named on stderr unless `quiet`."""
+    found, seen, skipped = [], set(), defaultdict(list)
+    exclude = os.path.realpath(exclude) if exclude else None
 
     def add(path: str) -> None:
         real = os.path.realpath(path)
@@ -69,16 +74,43 @@ def find_images(inputs: list) -> list:
             add(item)
         elif os.path.isdir(item):
             before = len(found)
-            for folder, dirs, files in os.walk(item, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for folder, dirs, files in os.walk(item):
+                keep = []
+                for d in sorted(dirs):
+                    path = os.path.join(folder, d)
+                    reason = ("hidden" if d.startswith(".") or d == "__MACOSX" else
+                              "links to folders, not followed" if os.path.islink(path) else
+                              "output folder of this run" if os.path.realpath(path) == exclude else None)
+                    if reason:
+                        skipped[reason].append(path)
+                    else:
+                        keep.append(d)
+                dirs[:] = keep
                 for f in sorted(files):
-                    if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
-                        add(os.path.join(folder, f))
+                    path = os.path.join(folder, f)
+                    if not f.lower().endswith(IMAGE_EXTENSIONS):
+                        continue  # notes, list files ...: not images, as ever
+                    if f.startswith("."):
+                        skipped["hidden"].append(path)
+                    elif os.path.isfile(path):
+                        add(path)
+                    else:
+                        skipped["not a regular file"].append(path)
             if len(found) == before:
                 raise UserError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) in {item}")
+        elif os.path.exists(item):
+            raise UserError(f"{item}: not a regular file")
         else:
             raise UserError(f"not found: {item}")
+    if skipped and not quiet:
+        print("left out " + "; ".join(f"{len(v)} {reason}: {_head(v)}" for reason, v in skipped.items()),
+              file=sys.stderr)
     return found
+
+
+def _head(items: list, n: int = 5) -> str:
+    shown = ", ".join(items[:n])
+    return shown if len(items) <= n else f"{shown}, ... ({len(items)} in all)"
 
 
 def output_names(paths: list) -> list:
@@ -331,7 +363,7 @@ def localize(args, d) -> dict:
     if args.classifier is None and args.classifier_arch_given:
         raise UserError("--classifier_arch is for --classifier SNAPSHOT, which was not given")
     validate.check_writable(os.path.join(args.savepath, "localize"), "--savepath")
-    paths = find_images(args.images)
+    paths = find_images(args.images, exclude=os.path.join(args.savepath, "localize"), quiet=not d.main)
     names = output_names(paths)
     classes = class_names(args.dataset, args.datapath, args.classifier_clsnum) if args.classifier else None
     model = load_mffnet(args.snapshot, 1, args.backbone, seg=True)  # the network the snapshot records (ablations)

@@ -56,7 +56,7 @@ def train(args, d) -> str:
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
                                    skip=args.on_bad_image == "skip", main=d.main)
-    validate.check_writable(args.savepath, "--savepath")
+    validate.check_writable(args.savepath, "--savepath", lock=d.main)
     dual = args.dataset == "cub"
     model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual, **cli.architecture(args))
     if args.snapshot:
@@ -122,7 +122,7 @@ def make_masks(args, d) -> dict:
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum, masks=True,
                                    skip=args.on_bad_image == "skip", main=d.main)
-    validate.check_writable(args.maskpath, "--maskpath")
+    validate.check_writable(args.maskpath, "--maskpath", lock=d.main)
     out = args.maskpath
     todo = list(range(len(samples))) if args.overwrite else missing_masks(out, samples.names())
     writer = png.resolve(args.png_writer)

@@ -35,7 +35,7 @@ def _checked_list(args, d) -> list:
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
                                    skip=args.on_bad_image == "skip", main=d.main)
-    validate.check_writable(args.savepath, "--savepath")
+    validate.check_writable(args.savepath, "--savepath", lock=d.main)
     return samples
 
 

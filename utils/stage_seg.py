@@ -49,7 +49,7 @@ def train(args, d) -> str:
     samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), masks=True,
                                    skip=args.on_bad_image == "skip", main=d.main)
-    validate.check_writable(args.savepath, "--savepath")
+    validate.check_writable(args.savepath, "--savepath", lock=d.main)
     model = build_mffnet(1, args.backbone, args.pretrained, seg=True, **cli.architecture(args))
     if args.snapshot:
         load_weights(model, args.snapshot)
@@ -92,7 +92,7 @@ def evaluate(args, d) -> dict:
         raise UserError(f"--vis takes a number of images >= 0, got {args.vis}")
     samples, bad_boxes = eval_samples(args.dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
                                       main=d.main, workers=max(1, args.num_workers))
-    validate.check_writable(args.savepath, "--savepath")
+    validate.check_writable(args.savepath, "--savepath", lock=d.main)
     if args.protocol == "wsol":
         _wsol_notes(args, samples, d)
         return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples)

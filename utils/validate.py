@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Optional
@@ -138,6 +139,8 @@ def read_headers(paths: list, workers: int = 8) -> list:
 
     def header(path: str):
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open: the loader names it
+                return None
             with Image.open(path) as im:
                 orientation = im.getexif().get(0x0112) if im.format in ("JPEG", "TIFF", "WEBP", "PNG") else None
                 return im.size[0], im.size[1], orientation
@@ -148,8 +151,9 @@ def read_headers(paths: list, workers: int = 8) -> list:
         return list(pool.map(header, paths, chunksize=64))
 
 
-def check_writable(folder: str, flag: str) -> None:
-    """Create `folder` if needed and make sure a file can be written there, before any work is done."""
+def check_writable(folder: str, flag: str, lock: bool = False) -> None:
+    """Create `folder` if needed and make sure a file can be written there, before any work is done; `lock`:
+    also take the folder for this run (`utils.lock`: a second run into it stops, naming the first)."""
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
@@ -157,6 +161,9 @@ def check_writable(folder: str, flag: str) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise UserError(f"cannot write to {folder} ({reason}): pass a writable {flag}") from None
+    if lock:
+        from utils import lock as locks
+        locks.hold(folder, flag)
 
 
 def list_file(datapath: str, listname: str) -> str:
