@@ -141,3 +141,10 @@ def test_localize_savepath_that_is_a_file_stops_before_any_work(tmp_path, script
     p = run_inprocess(script, "--snapshot", snap, "--backbone", "resnet18", "--device", "cpu", "--num_workers", 0,
                       image, "--savepath", savepath, check=False)
     clear_error(p, f"cannot write to {savepath / 'localize'}", "--savepath")
+
+
+def test_a_written_table_may_be_right_at_top_1_and_wrong_at_top_5(tmp_path):
+    # not a contradiction this reader judges (the fidelity check's ImageNet table holds such rows): read as written
+    from utils.results import read_top1top5, write_top1top5
+    write_top1top5(str(tmp_path / "t.npy"), ["a.jpg", "b.jpg"], [True, False], [False, False])
+    assert read_top1top5(str(tmp_path / "t.npy")) == {"a.jpg": (True, False), "b.jpg": (False, False)}

@@ -1,20 +1,20 @@
 """One run per output folder: a second run into a folder that another run is writing would mix their files
 (`args.json` of one, `checkpoint.pth` and `log.jsonl` of the other) and both would exit 0.
 
-`hold(folder, flag)` takes an exclusive `flock` on `<folder>/.lock` (without waiting) and writes this process's
-pid and command line into it; when another process holds it, one error line names that process. The lock goes
-with the process (the kernel drops it when the process ends, however it ends), or with `release_all()` at the end
-of a stage (`distributed.entry`), so that runs in one process, one after another, can use the same folder.
+`hold(folder, flag)` takes an exclusive `flock` on the folder itself (an open directory; no file is added to
+the outputs), without waiting; when another process holds it, one error line names that process (found by
+its open descriptor of the folder in /proc). The lock goes with the process (the kernel drops it when the
+process ends, however it ends), or with `release_all()` at the end of a stage (`distributed.entry`), so that
+runs in one process, one after another, can use the same folder.
 """
 from __future__ import annotations
 
 import fcntl
 import os
-import sys
 
 from utils.errors import UserError
 
-_HELD: dict = {}  # folder -> open lock file
+_HELD: dict = {}  # real path of the folder -> its open descriptor
 
 
 def hold(folder: str, flag: str) -> None:
@@ -22,28 +22,37 @@ def hold(folder: str, flag: str) -> None:
     key = os.path.realpath(folder)
     if key in _HELD:
         return
-    path = os.path.join(folder, ".lock")
-    f = open(path, "a+")
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        other = f.read().strip() or "another process"
-        f.close()
-        raise UserError(f"{folder} is in use by another run ({other}): wait for it to end, or pass another "
+        os.close(fd)
+        raise UserError(f"{folder} is in use by another run ({holder(key)}): wait for it to end, or pass another "
                         f"{flag}") from None
     except OSError as e:  # a file system without locks: say so, and go on as before
-        print(f"warning: cannot lock {path} ({e.strerror}): make sure no other run writes to {folder}")
-        f.close()
+        os.close(fd)
+        print(f"warning: cannot lock {folder} ({e.strerror}): make sure no other run writes to it")
         return
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}\n")
-    f.flush()
-    _HELD[key] = f
+    _HELD[key] = fd
+
+
+def holder(folder: str) -> str:
+    """'pid N: its command line' of another process that has `folder` open, or 'another process'."""
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == folder for fd in fds):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {pid}: {command}"
+        except OSError:
+            continue
+    return "another process"
 
 
 def release_all() -> None:
-    for f in _HELD.values():
-        f.close()
+    for fd in _HELD.values():
+        os.close(fd)
     _HELD.clear()

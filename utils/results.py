@@ -94,6 +94,8 @@ def _table_from_dict(table: object, path: str) -> dict:
         if not isinstance(name, str) or not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 2:
             raise UserError(f"{path}: entry {name!r}: {value!r} is not [top1, top5]")
         _add(out, name, value[0], value[1], path)
+        if out[name][0] and not out[name][1]:
+            raise UserError(f"{path}: entry {name!r} is right at top-1 but not at top-5")
     return out
 
 
@@ -108,8 +110,6 @@ def _flag(value: object, field: str, name: str, path: str) -> bool:
 def _add(table: dict, name: str, top1: object, top5: object, path: str) -> None:
     """table[name] = (top1, top5), checked; a name listed again must repeat its values."""
     entry = (_flag(top1, "top-1", name, path), _flag(top5, "top-5", name, path))
-    if entry[0] and not entry[1]:
-        raise UserError(f"{path}: entry {name!r} is right at top-1 but not at top-5")
     if table.setdefault(name, entry) != entry:
         raise UserError(f"{path} lists {name!r} twice with different values ({table[name]} and {entry}): "
                         f"which is right? Write the file again with the cls stage's test.py")
