@@ -13,7 +13,6 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from conftest import ROOT, run_inprocess, run_script

@@ -144,7 +144,8 @@ def run(sizes: tuple = SIZES, steps: int = 80, warmup: int = 10, batch_size: int
             p = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
                 os.path.abspath(__file__))), env=dict(os.environ, PYTHONUNBUFFERED="1"))
             if p.returncode != 0:
-                raise RuntimeError(f"the scale measurement of {n} images failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+                raise RuntimeError(f"the scale measurement of {n} images failed:\n"
+                                   f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
             if verbose:
                 print(p.stdout + p.stderr)
             rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
@@ -169,7 +170,8 @@ def table(r: dict) -> str:
     for s in r["sizes"]:
         workers = ", ".join(f"{m:.0f}" for m in s["worker_private_mb"]) or "-"
         lines.append(f"{s['images']:10d} {s['startup_s']:10.1f} {s['read_list_s']:7.1f} {s['check_names_s']:7.1f} "
-                     f"{s['overhead_ms']:12.2f} {s['overhead_cpu_ms']:9.2f} {s['model_step_ms']:9.2f} {s['main_rss_mb']:12.0f} {workers:>18s}")
+                     f"{s['overhead_ms']:12.2f} {s['overhead_cpu_ms']:9.2f} {s['model_step_ms']:9.2f} "
+                     f"{s['main_rss_mb']:12.0f} {workers:>18s}")
     c, t, met = r["ratios"], r["targets"], r["met"]
     mark = {True: "met", False: "NOT met"}
     lines.append(f"targets at {r['sizes'][-1]['images']} images: overhead {c['overhead_ratio']:.2f} x the "
