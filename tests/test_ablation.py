@@ -286,3 +286,14 @@ def test_runner_resumes_a_half_finished_grid_without_redoing_finished_work(grid)
         runner("--datapath", data, "--out", out, "--grid", name, *TINY)
     with pytest.raises(UserError, match="another recipe"):
         runner("--datapath", data, "--out", out, "--grid", name, "--resume", *TINY, "--seed", "1")
+
+
+def test_a_resumed_grid_of_other_settings_keeps_the_finished_ones(grid):
+    # fuse2-add-no-mca shares the cam network of the fixture's setting: only its masks and seg stage run
+    out, data, first, other = grid["out"], grid["data"], "fuse2-add-no-mca-no-prior", "fuse2-add-no-mca"
+    again = runner("--datapath", data, "--out", out, "--grid", other, "--resume", *TINY)
+    assert f"kept from the earlier grid in {out} (finished): {first}" in again
+    rows = [r["name"] for r in json.load(open(out / "ablation.json"))["rows"]]
+    assert rows == [other, first]
+    table = open(out / "ablation.md").read()
+    assert f"| {first} |" in table and f"| {other} |" in table

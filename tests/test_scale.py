@@ -4,6 +4,7 @@ the training loop's costs as the list grows."""
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -100,12 +101,13 @@ def test_bench_scale_mode(tmp_path):
 def test_mask_resume_lists_each_folder_once(tmp_path, monkeypatch):
     from utils.stage_cam import missing_masks
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "1.png").write_bytes(b"x")
+    png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
+    (tmp_path / "a" / "1.png").write_bytes(png)
     (tmp_path / "a" / "3.png").mkdir()  # a folder of that name is no mask
-    (tmp_path / "top.png").write_bytes(b"x")
+    (tmp_path / "top.png").write_bytes(png)
     listed = []
     scandir = os.scandir
     monkeypatch.setattr(os, "scandir", lambda path: listed.append(path) or scandir(path))
     names = ["a/1.jpg", "a/2.jpg", "a/3.jpg", "b/1.jpg", "top.jpg", "a/1.JPEG"]
-    assert missing_masks(str(tmp_path), names) == [1, 2, 3]
+    assert missing_masks(str(tmp_path), names) == ([1, 2, 3], 0, 0)
     assert sorted(os.path.relpath(p, tmp_path) for p in listed) == [".", "a", "b"]

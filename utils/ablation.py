@@ -47,6 +47,7 @@ from network.resnet import BACKBONES  # noqa: E402
 from utils.data import count_classes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.log import write_json  # noqa: E402
+from utils.outputs import write_text  # noqa: E402
 
 DEFAULT_GRID = ("fuse1", "fuse2-add", "fuse2-concat", "fuse2-mul", "fuse3-add", "fuse3-concat", "spol",
                 "fuse4-add", "fuse4-concat", "fuse4-mul", "spol-no-mca", "spol-no-prior")
@@ -177,7 +178,7 @@ class Runner:
                 tail = "" if self.a.verbose else "".join(open(log).readlines()[-15:])
                 raise UserError(f"{label}: {step} failed (exit {p.returncode}); its output is in {log}\n{tail}")
             if step == "masks":  # test.py skips masks already written: this marks the folder complete
-                open(output, "w").write("done\n")
+                write_text(output, "done\n")
             times[step] = round(time.time() - t, 1)
             cpu_times[step] = round(_children_cpu() - cpu, 1)
             write_json(record, times)
@@ -253,8 +254,7 @@ def write_table(path: str, rows: list, config: dict, runs: list, fixed: dict) ->
               + "; ".join(f"run {k} (started {r['started']}): {r['wall_seconds']:.0f} s wall, {r['cpu_seconds']:.0f} s "
                           f"CPU, load average {r['load_start']} at its start, {r['load_end']} at its end (1, 5, 15 min)"
                           for k, r in enumerate(runs, 1)) + "."]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def plot(path: str, rows: list, title: str, fixed: Optional[dict] = None) -> None:
@@ -378,6 +378,11 @@ def main(argv=None) -> dict:
     config = {k: getattr(a, k) for k in RECIPE}
     config.update(device=a.device, grid=[s.name for s in settings])
     state = open_grid(a, config)
+    # a resumed grid that names other settings keeps the finished ones of the earlier grid in its table
+    earlier = [name for name in state["settings"] if name not in config["grid"]]
+    if earlier:
+        print(f"kept from the earlier grid in {a.out} (finished): {', '.join(earlier)}", flush=True)
+        config["grid"] = config["grid"] + earlier
     prepare_lists(a.datapath)
     runner = Runner(a, count_classes(a.datapath))  # classes.txt, as the stage scripts count them
     t0, cpu0 = time.time(), _children_cpu()
@@ -389,6 +394,7 @@ def main(argv=None) -> dict:
 
     def save() -> list:
         rows = [state["settings"][s.name] for s in settings if s.name in state["settings"]]
+        rows += [state["settings"][name] for name in earlier]
         conditions.update(load_end=[round(x, 2) for x in os.getloadavg()], wall_seconds=round(time.time() - t0, 1),
                           cpu_seconds=round(_children_cpu() - cpu0, 1))
         write_json(json_path, dict(state, rows=rows, fixed_boxes=fixed))

@@ -9,9 +9,12 @@ Accepted on load, always with `weights_only=True` (a weights file from elsewhere
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from collections import OrderedDict
 
@@ -20,6 +23,7 @@ import torch.nn as nn
 
 from network.mffnet import recorded_architecture, resolve_architecture
 from utils.errors import UserError
+from utils.outputs import write_error
 
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -39,15 +43,35 @@ def strip_prefixes(state: dict) -> dict:
 
 
 def torch_load(path: str) -> object:
+    """`torch.load` with `weights_only=True` of a file from elsewhere: any failure is one line naming it, and a
+    file that needs more than tensors to load (a pickle calling a function) is refused, with no advice to load
+    it the unsafe way."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a weights file: name the .pth file in it")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
         raise UserError(f"{path} is empty (0 bytes): an interrupted copy or save? Copy or write it again")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"cannot read checkpoint {path}: {reason} (truncated or not a PyTorch weights file?)") from None
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise UserError(f"cannot read checkpoint {path}: {_first_line(e)} (truncated or not a PyTorch weights "
+                            f"file?)") from None
+        called = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise UserError(f"cannot read checkpoint {path}: not a weights file (or not a safe one): refused"
+                        + (f": it would call {called.group(1)}" if called else "")
+                        + ". Expected a PyTorch state dict or training-state file, read as tensors only; "
+                          "nothing in a file from elsewhere is run") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(e)} (truncated or not a PyTorch weights "
+                        f"file?)") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def read_state_dict(path: str) -> dict:
@@ -114,11 +138,28 @@ def save_atomic(obj: object, path: str) -> None:
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: readable like any other output instead
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's writer turns a full disk into "[enforce fail at inline_container.cc]"
+            if "inline_container" not in str(e) and "write" not in str(e).lower():
+                raise
+            raise write_error(path, OSError(errno.ENOSPC if _full(folder) else errno.EIO,
+                                            os.strerror(errno.ENOSPC if _full(folder) else errno.EIO))) from None
+        except OSError as e:
+            raise write_error(path, e) from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _full(folder: str) -> bool:
+    """Whether the file system of `folder` has no space left for this user (the reason torch's writer hides)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def _umask() -> int:

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from utils.checkpoint import save_atomic, torch_load
+from utils.outputs import write_error
 from utils.data import SampleTable, collate
 from utils import distributed
 from utils.distributed import Dist, EpochBatchSampler, sync_batchnorm
@@ -307,9 +308,13 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
     listed = list_fingerprint(args.list, getattr(dataset, "samples", None) or [])
     if state is not None:
         _check_same_list(state, listed, args.resume)
+    if d.main:
+        remove_torn_saves(args.savepath)
     log = RunLog(args.savepath, args, enabled=d.main, resumed_at=step if state is not None else None)
     sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
     batches = len(sampler)  # per epoch, the same every epoch
+    if start_batch >= batches:  # a state saved after an epoch's last batch (older runs): the next epoch
+        start_epoch, start_batch = start_epoch + 1, 0
     data = loader(dataset, sampler, args.num_workers, d)
     bad_log = os.path.join(args.savepath, "skipped.txt")
     last_snapshot, skipped, bad, dropped = None, 0, [], []
@@ -339,8 +344,11 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
         lines = [line for part in distributed.gather_objects(d, bad) for line in part]
         skipped, bad = skipped + len(lines), []
         if lines and d.main:
-            with open(bad_log, "a") as f:
-                f.writelines(f"{name}\t{reason}\n" for name, reason in lines)
+            try:
+                with open(bad_log, "a") as f:
+                    f.writelines(f"{name}\t{reason}\n" for name, reason in lines)
+            except OSError as e:
+                raise write_error(bad_log, e) from None
 
     def check_finite() -> None:
         # a finite loss can still be followed by an update that blew the weights up, and BatchNorm's running
@@ -421,14 +429,17 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
                 count_bad()
                 raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
                                 f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
-            if done:
+            if done and batch_idx < batches:
                 save_state(epoch, batch_idx)
                 break
+            # the epoch's last batch (--max_steps there too): the epoch ends as any other, its snapshot included
             save_state(epoch + 1, 0)
             if not args.snapshot_every and (epoch + 1 >= args.snapshot_from or epoch + 1 == args.epoch):
                 last_snapshot = snapshot(epoch + 1)
             if on_epoch_end is not None:
                 on_epoch_end(unwrap(model), epoch + 1, log)
+            if done:
+                break
         if args.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
             last_snapshot = snapshot(step)
         if last_snapshot is None:
@@ -444,6 +455,19 @@ def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Cal
                 f"{saved_at})" if saved_at is not None else
                 "nothing was saved yet (--save_every N keeps the state every N steps): run it again")
         raise Stopped(e.signum, f"at step {step}: {kept}") from None
+
+
+def remove_torn_saves(folder: str) -> None:
+    """Remove the `.tmp-*.pth` a run killed while saving (SIGKILL, a power cut) left in its output folder: the
+    folder's lock (utils.lock) makes this run its only writer, so none of them is being written now."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-") and name.endswith(".pth"):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
 
 
 def list_fingerprint(name: str, samples) -> dict:
@@ -482,7 +506,7 @@ def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
 def _load_state(path: str, own: str) -> Optional[dict]:
     """The training state to resume from; None when `path` is this run's own checkpoint (`own`, what a bare
     --resume names) and it does not exist yet. Any other missing file is an error, never a fresh start."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         if os.path.abspath(path) == os.path.abspath(own):
             print(f"--resume: no {path} yet, starting from the beginning")
             return None

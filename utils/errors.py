@@ -8,6 +8,7 @@ run (no torn temporary file is left), the training loop says where to resume, an
 """
 from __future__ import annotations
 
+import errno
 import re
 import signal
 import sys
@@ -57,6 +58,14 @@ def run_main(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write no output helper wrapped (a library's own file): still one line, and what is kept
+        print(f"error: cannot write{' ' + str(e.filename) if e.filename else ''}: {e.strerror}. Free some space; "
+              f"the files written so far are whole, and running again (training: with --resume) goes on from "
+              f"them", file=sys.stderr, flush=True)
+        sys.exit(2)
     except RuntimeError as e:
         if not _worker_killed(str(e)):
             raise

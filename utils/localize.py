@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from collections import Counter, defaultdict
@@ -38,7 +39,7 @@ from torch.utils.data import Dataset
 
 from network import load_mffnet
 from network.resnet import BACKBONES
-from utils import cli, distributed, validate
+from utils import cli, distributed, outputs, validate
 from utils.checkpoint import load_weights
 from utils.data import IMAGE_EXTENSIONS, BadImage, read_class_names, read_image, read_synsets
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, place_model,
@@ -215,15 +216,11 @@ def letterbox(image: np.ndarray) -> np.ndarray:
 
 
 def write_jpeg(path: str, rgb: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
-        raise UserError(f"could not write {path}")
+    outputs.write_image(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
 
 
 def write_mask_png(path: str, mask: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, mask.astype(np.uint8) * 255):
-        raise UserError(f"could not write {path}")
+    outputs.write_image(path, mask.astype(np.uint8) * 255)
 
 
 # --------------------------------------------------------------------------------------- classifier
@@ -328,18 +325,17 @@ def _short(name: str, n: int = 24) -> str:
 def write_tables(outdir: str, records: list, classes: Optional[list], as_json: bool, meta: dict) -> None:
     """boxes.csv (and boxes.json) from the records of every rank, in input order."""
     with_cls = classes is not None
-    tmp = os.path.join(outdir, "boxes.csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "xmin", "ymin", "xmax", "ymax", "score"]
-                   + (["class_index", "class", "class_score"] if with_cls else []))
-        for r in records:
-            if "error" in r:
-                continue
-            extra = [r["class_index"], classes[r["class_index"]], f"{r['class_score']:.4f}"] if with_cls else []
-            for box, score in r["boxes"] or [(["", "", "", ""], None)]:
-                w.writerow([r["path"], *box, "" if score is None else f"{score:.4f}", *extra])
-    os.replace(tmp, os.path.join(outdir, "boxes.csv"))
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["path", "xmin", "ymin", "xmax", "ymax", "score"]
+               + (["class_index", "class", "class_score"] if with_cls else []))
+    for r in records:
+        if "error" in r:
+            continue
+        extra = [r["class_index"], classes[r["class_index"]], f"{r['class_score']:.4f}"] if with_cls else []
+        for box, score in r["boxes"] or [(["", "", "", ""], None)]:
+            w.writerow([r["path"], *box, "" if score is None else f"{score:.4f}", *extra])
+    outputs.write_text(os.path.join(outdir, "boxes.csv"), text.getvalue())
     if as_json:
         images = []
         for r in records:
@@ -362,9 +358,14 @@ def localize(args, d) -> dict:
         raise UserError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if args.classifier is None and args.classifier_arch_given:
         raise UserError("--classifier_arch is for --classifier SNAPSHOT, which was not given")
+    out = outputs.Folder(args.savepath, "--savepath")
+    out.check_folder("localize")  # before it is created: not through a link that leads elsewhere
     validate.check_writable(os.path.join(args.savepath, "localize"), "--savepath")
     paths = find_images(args.images, exclude=os.path.join(args.savepath, "localize"), quiet=not d.main)
     names = output_names(paths)
+    for wanted, sub in ((args.masks, "masks"), (args.vis, "vis")):
+        if wanted:
+            out.check_folders(os.path.join("localize", sub, os.path.dirname(n)) for n in names)
     classes = class_names(args.dataset, args.datapath, args.classifier_clsnum) if args.classifier else None
     model = load_mffnet(args.snapshot, 1, args.backbone, seg=True)  # the network the snapshot records (ablations)
     model = place_model(model.eval(), args, d, train=False)

@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from utils.outputs import Folder, write_error, write_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,9 +26,10 @@ def git_sha() -> str:
 
 class RunLog:
     def __init__(self, outdir: str, args: object, enabled: bool = True, tensorboard: bool = True,
-                 resumed_at: int | None = None):
+                 resumed_at: int | None = None, flag: str = "--savepath"):
         """`resumed_at`: the step a resumed run starts after; the log keeps its records up to that
-        step (later ones were not saved in the state and are trained again). A new run starts a new log."""
+        step (later ones were not saved in the state and are trained again). A new run starts a new log.
+        `flag` names `outdir` in messages."""
         self.enabled, self.outdir, self.tb = enabled, outdir, None
         if not enabled:
             return
@@ -35,20 +38,19 @@ class RunLog:
         config["git"] = git_sha()
         config["command"] = " ".join(sys.argv)
         print("arguments:\n" + "\n".join(f"  {k}: {v}" for k, v in config.items()), flush=True)
-        with open(os.path.join(outdir, "args.json"), "w") as f:
-            json.dump(config, f, indent=1, default=str)
-        path = os.path.join(outdir, "log.jsonl")
+        write_text(os.path.join(outdir, "args.json"), json.dumps(config, indent=1, default=str))
+        self.path = path = os.path.join(outdir, "log.jsonl")
         kept = []
         if resumed_at is not None and os.path.isfile(path):
             with open(path) as f:
                 kept = [line for line in f if _step(line) <= resumed_at]
-        self.jsonl = open(path, "w")
-        self.jsonl.writelines(kept)
-        self.jsonl.flush()
+        write_text(path, "".join(kept))  # replaces the file (or a link in its place), then appended to
+        self.jsonl = open(path, "a")
         if tensorboard:
+            tb = Folder(outdir, flag).check_folder("tb")
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(outdir, "tb"))
+                self.tb = SummaryWriter(tb)
             except ImportError:  # tensorboard is in requirements.txt; tolerate an environment without it
                 self.tb = None
 
@@ -56,8 +58,11 @@ class RunLog:
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), "step": step, **values}
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
+        try:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+        except OSError as e:  # a full disk
+            raise write_error(self.path, e) from None
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
@@ -83,10 +88,7 @@ def _step(line: str) -> float:
 
 
 def write_json(path: str, obj: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def maybe_tqdm(iterable, enabled: bool, **kw):

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from utils import png
-from utils.workers import write_atomic
+from utils.outputs import write_atomic
 
 SIZE = 256          # CAMs are upsampled to 256 x 256 before the prior is fitted
 LOW, HIGH = 0.1, 0.5  # CAM values that make up the regions the Gaussians are fitted to

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from utils import outputs
 from utils.errors import UserError, run_main
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -42,16 +43,11 @@ def write_top1top5(path: str, names: list, top1: list, top5: list) -> None:
     arr = np.array(list(zip(names, top1, top5)), dtype=[("name", f"U{width}"), ("top1", "?"), ("top5", "?")])
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder: give the file to write, e.g. {os.path.join(path, 'top1top5.npy')}")
-    tmp = path + ".tmp.npy"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        np.save(tmp, arr)
-        os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
-    finally:
-        if os.path.exists(tmp):  # a failed write leaves no temporary behind
-            os.remove(tmp)
+        raise outputs.write_error(path, e) from None
+    outputs.write_atomic(path, lambda f: np.save(f, arr))  # into the open file: no .npy appended to a name
 
 
 class _Refused(pickle.UnpicklingError):
@@ -190,14 +186,13 @@ def match_top1top5(table: dict, names: list, path: str) -> dict:
 
 def write_boxes_csv(path: str, records: list) -> None:
     """name,xmin,ymin,xmax,ymax,iou,correct; the box in the evaluation frame, blank when empty."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "xmin", "ymin", "xmax", "ymax", "iou", "correct"])
-        for r in records:
-            box = r["box"] if r["box"] is not None else ["", "", "", ""]
-            w.writerow([r["name"], *box, f"{r['iou']:.6f}", int(r["correct"])])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["name", "xmin", "ymin", "xmax", "ymax", "iou", "correct"])
+    for r in records:
+        box = r["box"] if r["box"] is not None else ["", "", "", ""]
+        w.writerow([r["name"], *box, f"{r['iou']:.6f}", int(r["correct"])])
+    outputs.write_text(path, text.getvalue())
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
-from utils import cli, distributed, png, validate
+from utils import cli, distributed, outputs, png, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
 from utils.engine import (HostPipe, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
@@ -86,23 +86,34 @@ def _gt_class_cam(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
 
 
 # ------------------------------------------------------------------------------------ pseudo masks
-def missing_masks(maskpath: str, names: list) -> list:
-    """Indices of the `names` whose mask is not yet a file in `maskpath`: each folder is listed once (ImageNet's
-    1.28M masks lie in 1,000 folders: 1,000 listings instead of 1.28M stat calls, which a network file system
-    answers one round trip at a time)."""
-    listed = {}
+def missing_masks(maskpath: str, names: list) -> tuple:
+    """(todo, broken, removed): the indices of the `names` whose mask is not yet a whole PNG in `maskpath`, how
+    many of those were files that are not (zero bytes, cut off, another format: written again), and how many
+    temporaries of killed runs (`<mask>.<pid>.tmp`) were removed. Each folder is listed once (ImageNet's 1.28M
+    masks lie in 1,000 folders: 1,000 listings instead of 1.28M stat calls, which a network file system answers
+    one round trip at a time); each mask found is checked by its first and last bytes (`png.whole_pngs`)."""
+    listed, removed = {}, 0
 
     def files(folder: str) -> set:
+        nonlocal removed
         if folder not in listed:
             try:
                 with os.scandir(os.path.join(maskpath, folder)) as entries:
-                    listed[folder] = {e.name for e in entries if e.is_file()}
+                    found = [(e.name, e.is_file()) for e in entries]
             except (FileNotFoundError, NotADirectoryError):
-                listed[folder] = set()
+                found = []
+            removed += outputs.remove_temporaries(os.path.join(maskpath, folder),
+                                                  [n for n, _ in found if outputs.is_temporary(n)])
+            listed[folder] = {n for n, is_file in found if is_file}
         return listed[folder]
 
-    return [i for i, name in enumerate(names) if os.path.basename(mask_name(name)) not in
-            files(os.path.dirname(mask_name(name)))]
+    todo, present = [], []
+    for i, name in enumerate(names):
+        mask = mask_name(name)
+        (present if os.path.basename(mask) in files(os.path.dirname(mask)) else todo).append(i)
+    whole = png.whole_pngs([os.path.join(maskpath, mask_name(names[i])) for i in present])
+    broken = [i for i, ok in zip(present, whole) if not ok]
+    return sorted(todo + broken), len(broken), removed
 
 
 def _start_pool(workers: int) -> tuple:
@@ -124,11 +135,19 @@ def make_masks(args, d) -> dict:
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.maskpath, "--maskpath", lock=d.main)
     out = args.maskpath
-    todo = list(range(len(samples))) if args.overwrite else missing_masks(out, samples.names())
+    folder = outputs.Folder(out, "--maskpath")
+    folder.check_folders(os.path.dirname(mask_name(name)) for name in samples.names())
+    if args.overwrite:
+        todo, broken, removed = list(range(len(samples))), 0, 0
+    else:
+        todo, broken, removed = missing_masks(out, samples.names())
     writer = png.resolve(args.png_writer)
     if d.main:
         print(f"{len(samples)} images in {args.list}; {len(samples) - len(todo)} masks already in {out}, "
-              f"{len(todo)} to write (PNG writer: {png.describe(writer)})")
+              f"{len(todo)} to write (PNG writer: {png.describe(writer)})"
+              + (f"; {broken} files there were not whole PNGs (cut off, empty or of another format) and are "
+                 f"written again" if broken else "")
+              + (f"; {removed} temporaries of an interrupted run removed" if removed else ""))
     pool, ready = _start_pool(args.post_workers)
     try:
         written, bad, rate = _run_masks(args, d, samples, todo[d.rank::d.world], pool, ready, writer)
@@ -140,7 +159,7 @@ def make_masks(args, d) -> dict:
         print(f"wrote {counts[0]} pseudo masks to {out}" + (f"; {counts[1]} bad images skipped" if counts[1] else "")
               + (f" ({rate.images_per_s:.1f} images/s after the first batch)" if rate.images else ""))
         if args.vis > 0:  # drawn from the PNGs: what the seg stage will read, masks written earlier included
-            vis = os.path.join(os.path.dirname(os.path.normpath(out)), "vis")
+            vis = outputs.Folder(os.path.dirname(os.path.normpath(out)), "--maskpath's parent").check_folder("vis")
             paths = pseudo_mask_pictures(samples, out, args.vis, vis)
             print(f"wrote {len(paths)} pictures to {vis}")
     return {"written": counts[0], "bad": counts[1], "existing": len(samples) - len(todo),

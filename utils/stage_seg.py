@@ -24,6 +24,7 @@ from utils.engine import (HostPipe, Throughput, amp_dtype, autocast, channels_la
                           inference_batches, place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
+from utils.outputs import Folder
 from utils.results import match_top1top5, read_top1top5, write_boxes_csv
 from utils.transforms import boxes_to_eval_frame, eval_transform, train_transform
 from utils.vis import EvalPictures, tensorboard_hook
@@ -161,7 +162,8 @@ def evaluate(args, d) -> dict:
             box = largest_box(mask.astype(np.uint8))
             return mask, box, best_iou(box, gt)
 
-        paths = pictures.write(os.path.join(args.savepath, "vis"), decide, f"p > {args.threshold:g}")
+        paths = pictures.write(Folder(args.savepath, "--savepath").check_folder("vis"), decide,
+                               f"p > {args.threshold:g}")
         print(f"wrote {len(paths)} pictures to {os.path.join(args.savepath, 'vis')}")
     return dict(metrics, images_per_s=rate.images_per_s, seconds=rate.seconds)  # speed: not in metrics.json
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils import distributed
+from utils import distributed, outputs
 from utils.data import BadImage, ImageSet, collate, mask_name, read_image, read_pseudo_mask
 from utils.transforms import MEAN, STD, eval_transform
 
@@ -127,9 +127,7 @@ def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] = (), foote
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    outputs.write_image(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def picture_name(index: int, name: str) -> str:

@@ -10,7 +10,6 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import BinaryIO, Callable
 
 
 def post_pool(workers: int) -> ProcessPoolExecutor:
@@ -100,16 +99,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):  # no C library to load this way, or not glibc's
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-
-
-def write_atomic(path: str, fill: Callable[[BinaryIO], None]) -> None:
-    """A pool task's file: `fill(f)` writes it into a temporary file named by this process, which then
-    replaces `path` (a crash never leaves a torn file, and two workers never share a temporary)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        fill(f)
-    os.replace(tmp, path)
 
 
 def die_with_parent(parent: int) -> None:

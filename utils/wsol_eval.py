@@ -28,7 +28,7 @@ import numpy as np
 
 from utils.errors import UserError, run_main
 from utils.results import npy_header
-from utils.workers import write_atomic
+from utils.outputs import write_atomic, write_text
 
 RESIZE_LENGTH = 224  # the protocol evaluates every map and box in a 224 x 224 frame
 DATASETS = ("CUB", "ILSVRC", "OpenImages")
@@ -691,8 +691,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     res = evaluate(args)
     print(_report(args, res), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_text(args.json, json.dumps(res, indent=1))
     return res
 
 

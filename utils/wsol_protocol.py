@@ -27,6 +27,7 @@ from utils.data import ImageSet
 from utils.engine import (HostPipe, Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,
                           to_device)
 from utils.log import maybe_tqdm, write_json
+from utils.outputs import Folder
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
 from utils.workers import post_pool
@@ -81,6 +82,9 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
     if mask_root and not os.path.isdir(mask_root):
         mask_root = None
     root = os.path.join(args.savepath, "scoremaps") if args.save_scoremaps else None
+    if root:  # each image id's folder (CUB: 200 classes), before any map is written through a link
+        Folder(args.savepath, "--savepath").check_folders(
+            os.path.join("scoremaps", os.path.dirname(wsol_image_id(args.dataset, s.name))) for s in samples)
     channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, resize_transform(RESIZE_LENGTH))
@@ -165,7 +169,7 @@ def _write_pictures(pictures: EvalPictures, threshold: float, savepath: str) -> 
         box = boxes_at_thresholds(scoremap, [threshold], multi_contour=False)[0][0]
         return mask, (box if mask.any() else None), float(iou_plus1(box, gt).max()) if mask.any() else 0.0
 
-    paths = pictures.write(os.path.join(savepath, "vis"), decide, f"t = {threshold:.2f}")
+    paths = pictures.write(Folder(savepath, "--savepath").check_folder("vis"), decide, f"t = {threshold:.2f}")
     print(f"wrote {len(paths)} pictures to {os.path.join(savepath, 'vis')}")
 
 
