@@ -6,7 +6,8 @@ authors' library: `EfficientNet.from_name`), so its parameter names (`_conv_stem
 `_bn1.weight`, `_fc.weight`) are the ones in the authors' snapshots and in efficientnet_pytorch's
 ImageNet weight files, which therefore load strictly. The ImageNet file of an architecture has a fixed
 name (`efficientnet-b7-dcc49843.pth`, `resnet50-19c8e357.pth`); `resolve_imagenet_weights` finds it in
-resource/ and, for EfficientNet when it is absent, downloads it from efficientnet_pytorch's release URL.
+resource/ and, when it is absent, downloads it there (network/weights.py: torchvision's URL for a ResNet,
+efficientnet_pytorch's release URL for an EfficientNet).
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import os
 
 import torch.nn as nn
 
+from network import weights
 from network.resnet import BACKBONES, build_resnet, load_backbone_weights
 
-RESOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resource")
+RESOURCE = weights.RESOURCE
 EFFICIENTNETS = tuple(f"efficientnet-b{i}" for i in range(8))
 # torchvision's ImageNet files of the ResNets (https://download.pytorch.org/models/<file>)
 RESNET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
@@ -77,25 +79,22 @@ def imagenet_weights_file(arch: str) -> str:
 
 
 def resolve_imagenet_weights(arch: str, path: str) -> str:
-    """`path` if it exists; for an EfficientNet's default file, download it there from efficientnet_pytorch's
-    release URL when absent (needs the internet); otherwise a clear error naming the file."""
+    """`path` if it exists; when absent and it is the architecture's default file (or any torchvision ResNet
+    file in resource/), download it there: torchvision's URL for a ResNet (hash checked), efficientnet_pytorch's
+    release URL for an EfficientNet. Otherwise, or offline, a clear error naming the file."""
     from utils.errors import UserError
     if os.path.isfile(path):
         return path
-    default = arch in EFFICIENTNETS and os.path.abspath(path) == os.path.abspath(imagenet_weights_file(arch))
-    if not default:
+    url = None
+    if arch in EFFICIENTNETS and os.path.abspath(path) == os.path.abspath(imagenet_weights_file(arch)):
+        url = _efficientnet_pytorch().utils.url_map[arch]
+    elif arch in RESNET_FILES and os.path.abspath(path) == os.path.abspath(imagenet_weights_file(arch)):
+        url = weights.TORCHVISION_URL + RESNET_FILES[arch]
+    # efficientnet_pytorch itself loads its files unchecked (torch.hub's load_url without check_hash), so
+    # only torchvision's names are held to their SHA-256 prefix
+    if not weights.ensure(path, url, check_hash=url is None or arch not in EFFICIENTNETS):
         raise UserError(f"pretrained weights not found: {path}\n  (see resource/README.md; --pretrained none "
                         f"trains from scratch)")
-    url = _efficientnet_pytorch().utils.url_map[arch]
-    print(f"{path} not found: downloading {url}", flush=True)
-    try:
-        import torch.hub
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.hub.download_url_to_file(url, path, progress=True)
-    except Exception as e:  # offline, proxy, disk: whichever, the user needs the file and the URL
-        raise UserError(f"pretrained weights not found: {path}, and downloading {url} failed "
-                        f"({type(e).__name__}: {str(e)[:100]}).\n  Download that file on a machine with internet "
-                        f"and put it at {path} (see resource/README.md), or pass --pretrained PATH / none") from None
     return path
 
 

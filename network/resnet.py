@@ -8,7 +8,6 @@ backbone is small enough to own. The classifier `fc` exists only when `num_class
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -129,10 +128,11 @@ def load_backbone_weights(model: ResNet, path: str, keep_fc: bool = False) -> No
     number of classes gets a fresh one); any other missing or unexpected key is an error, so a
     file of the wrong depth never loads half-way.
     """
+    from network.weights import ensure
     from utils.checkpoint import read_state_dict  # local imports: network/ stays importable alone
     from utils.errors import UserError
 
-    if not os.path.isfile(path):
+    if not ensure(path):  # resource/<torchvision file>: downloaded from torchvision when absent and online
         raise UserError(
             f"pretrained weights not found: {path}\n"
             f"  Put torchvision's ImageNet weights there (e.g. resnet50-19c8e357.pth, see resource/README.md),"
