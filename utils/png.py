@@ -3,7 +3,7 @@
 Writing 1.28M ImageNet masks, the PNG encoder is the largest CPU share per mask after the forward
 pass moves to a GPU. fpng (PyPI `fpng`, a binding of Rich Geldreich's fpng) encodes a 500 x 375 mask
 ~5x faster than OpenCV's writer at its defaults (zlib level 1, RLE strategy, SUB filter: what the cam
-stage used before); its files are 12 % smaller to 37 % larger (README "Speed"). Both are lossless: any
+stage used before); its files are 12 % smaller to 37 % larger (docs/speed.md). Both are lossless: any
 PNG reader returns the same pixels (`cv2.imread` the same array).
 
 The binding is young, so each process checks it once: the first image it encodes is decoded again and

@@ -2,7 +2,7 @@
 
 DataLoader's workers collate every batch into fresh shared memory, and the main process maps it again:
 on a virtual machine the fresh pages cost more than the decode (~1 ms per 786 KB image for the worker
-here, mostly the kernel allocating and zeroing shared pages; README "Speed"). Pseudo-mask generation
+here, mostly the kernel allocating and zeroing shared pages; docs/speed.md). Pseudo-mask generation
 (1.28M images on ImageNet, where the GPU leaves the CPU the bound) uses this ring instead: a fixed set of
 `slots` batches of images in shared memory, allocated once; a worker decodes and transforms each image
 of batch m straight into slot m % slots (no collate copy), and the main process reads the batch there.

@@ -73,7 +73,7 @@ def loader_threads() -> None:
 
 def init_loader_worker(worker_id: int) -> None:
     """`worker_init_fn` of the DataLoaders: a malloc that keeps the memory it frees (`keep_freed_memory`);
-    ~0.6 ms of CPU less per image at batch 4 to 128 (README "Speed"), the same tensors. SIGTERM ends a
+    ~0.6 ms of CPU less per image at batch 4 to 128 (docs/speed.md), the same tensors. SIGTERM ends a
     worker quietly (a forked worker would inherit `errors.run_main`'s handler; the main process reports)."""
     import signal
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
