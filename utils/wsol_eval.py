@@ -305,7 +305,7 @@ class PxAPEvaluator:
 # Where the project's val lists sit in wsolevaluation's `metadata/<dataset>/<split>/`. Their ILSVRC split `test`
 # is the official 50,000-image ILSVRC2012 val set (ids `val/ILSVRC2012_val_XXXXXXXX.JPEG`); their split `val` is
 # ImageNetV2 (ids `val2/<class>/<n>.jpeg`). CUB's split `test` is the official test set (ids `<class>/<file>.jpg`).
-WSOL_FOLDERS = {"cub": ("CUB", "test"), "imagenet": ("ILSVRC", "test")}
+WSOL_FOLDERS = {"cub": ("CUB", "test"), "imagenet": ("ILSVRC", "test"), "openimages": ("OpenImages", "test")}
 IMAGENETV2_PREFIX = "val2/"
 
 
@@ -319,7 +319,7 @@ def wsol_image_id(dataset: str, list_name: str) -> str:
     """
     if dataset == "imagenet":
         return "val/" + os.path.basename(list_name)
-    return list_name
+    return list_name  # CUB, and OpenImages, whose list names are their ids (test/<class>/<file>.jpg)
 
 
 def _metadata_folder(metadata_root: str, dataset_name: str, split: str) -> str:
@@ -506,21 +506,29 @@ def cub_mask(mask_root: str, image_id: str) -> np.ndarray:
 V2_IOUS = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds
 
 
-def score_image(scoremap: np.ndarray, gt: np.ndarray, interval: float, mask_root: Optional[str], image_id: str,
-                save_path: Optional[str], failed: bool = False) -> tuple:
+def score_image(scoremap: np.ndarray, gt: Optional[np.ndarray], interval: float, mask_root: Optional[str],
+                image_id: str, save_path: Optional[str], failed: bool = False,
+                instance_masks: Optional[tuple] = None) -> tuple:
     """One image's share of the figures of `test.py --protocol wsol`: best IoU per CAM threshold for MaxBoxAcc
-    and for MaxBoxAccV2, and the PxAP histograms (None without masks). Saves the map first when `save_path`
+    and for MaxBoxAccV2 (None when `gt` is None: OpenImages has no boxes), and the PxAP histograms (None without
+    masks). The GT mask is CUB's `<mask_root>/<id>.png`, or, given `instance_masks` = (mask paths, ignore path)
+    of OpenImages' localization.txt, `openimages_mask(mask_root, ...)`. Saves the map first when `save_path`
     is given. A `failed` image (unreadable) localises nothing: zero IoUs, and its mask's pixels all score 0.
     Here, in a torch-free module, because it runs in the post-processing pool's workers (utils.workers)."""
     if save_path:  # into the open file: np.save(path) would append .npy to the temporary name
         write_atomic(save_path, lambda f: np.save(f, scoremap.astype(np.float32, copy=False)))
-    v1 = BoxEvaluator(interval, (50,), multi_contour=False)
-    v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
-    if failed:
-        best_v1, best_v2 = np.zeros(len(v1.thresholds)), np.zeros(len(v2.thresholds))
-    else:
-        best_v1, best_v2 = v1.best_ious(scoremap, gt), v2.best_ious(scoremap, gt)
-    hists = PxAPEvaluator(interval).histograms(scoremap, cub_mask(mask_root, image_id)) if mask_root else None
+    best_v1 = best_v2 = hists = None
+    if gt is not None:
+        v1 = BoxEvaluator(interval, (50,), multi_contour=False)
+        v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
+        if failed:
+            best_v1, best_v2 = np.zeros(len(v1.thresholds)), np.zeros(len(v2.thresholds))
+        else:
+            best_v1, best_v2 = v1.best_ious(scoremap, gt), v2.best_ious(scoremap, gt)
+    if instance_masks is not None:
+        hists = PxAPEvaluator(interval).histograms(scoremap, openimages_mask(mask_root, *instance_masks))
+    elif mask_root:
+        hists = PxAPEvaluator(interval).histograms(scoremap, cub_mask(mask_root, image_id))
     return best_v1, best_v2, hists
 
 
