@@ -510,10 +510,10 @@ def make_cub(root: str, num_classes: int = 4, train_per_class: int = 60, val_per
     return root
 
 
-def _write_lines(path: str, lines: Sequence[str]) -> None:
-    # "\n" endings on every platform, like the official files.
+def _write_lines(path: str, lines: Sequence[str], last_newline: bool = True) -> None:
+    # "\n" endings on every platform, like the official files (wsolevaluation's end without a final one).
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in lines))
+        f.write("\n".join(lines) + ("\n" if last_newline and lines else ""))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -719,7 +719,8 @@ def make_openimages(root: str, num_classes: int = 4, train_per_class: int = 40, 
     two annotated instances of its class if i % 4 == 1; if i % 4 == 2 a second, unannotated instance whose
     box is the ignore region (as Open Images marks group-of and unlabelled objects); otherwise one instance and
     an empty ignore mask. `localization.txt` has one line per instance mask; only an image's first line names
-    its ignore mask. Objects are placed off-centre at 7-45 % of the image area, so a centre blob scores low.
+    its ignore mask. As in their metadata, the files end without a newline, `image_sizes.txt` is empty in every
+    split and so is train's `localization.txt`. Objects are placed off-centre at 7-45 % of the image area, so a centre blob scores low.
     """
     if not 1 <= num_classes <= len(OPENIMAGES_CLASSES):
         raise ValueError(f"num_classes must be 1..{len(OPENIMAGES_CLASSES)}, got {num_classes}")
@@ -757,10 +758,12 @@ def make_openimages(root: str, num_classes: int = 4, train_per_class: int = 40, 
                     _write_png(os.path.join(images, mask_path), mask)
                     loc.append(f"{iid}.jpg,{mask_path},{ignore_path if k == 0 else ''}")
         os.makedirs(os.path.join(meta, split), exist_ok=True)
-        _write_lines(os.path.join(meta, split, "image_ids.txt"), ids)
-        _write_lines(os.path.join(meta, split, "class_labels.txt"), [f"{i},{c}" for i, c in zip(ids, labels)])
-        if split != "train":
-            _write_lines(os.path.join(meta, split, "localization.txt"), loc)
+        # as their metadata/OpenImages/: no final newline; image_sizes.txt empty, and train's localization.txt
+        _write_lines(os.path.join(meta, split, "image_ids.txt"), ids, last_newline=False)
+        _write_lines(os.path.join(meta, split, "class_labels.txt"), [f"{i},{c}" for i, c in zip(ids, labels)],
+                     last_newline=False)
+        _write_lines(os.path.join(meta, split, "image_sizes.txt"), [])
+        _write_lines(os.path.join(meta, split, "localization.txt"), loc, last_newline=False)
     return {"images": images, "metadata": meta}
 
 

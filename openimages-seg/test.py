@@ -28,7 +28,7 @@ def main(argv=None):
                         help="wsolevaluation's split: val to choose, test to report (the list: <split>.txt)")
     # protocol wsol: OpenImages is evaluated only by wsolevaluation's PxAP; --list: <split>.txt when not given
     parser.set_defaults(dataset="openimages", datapath="../dataset/OpenImages", list=None, clsnum=None,
-                        protocol="wsol", released="model-2", cls_stage="openimages-cls")
+                        protocol="wsol", released="model-2")
     return stage_seg.evaluate(cli.parse(parser, __file__, argv))
 
 

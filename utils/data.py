@@ -34,6 +34,8 @@ from utils.errors import UserError
 
 # image files OpenCV decodes (GIF: its first frame): what class folders and localize.py's folders may hold
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# OpenImages30k's masks, which lie beside its images: `<id>_ignore.png`, `<id>_m<class>_<8 hex digits>.png`
+OPENIMAGES_MASK_FILES = r"_(ignore|m[0-9a-z_]+_[0-9a-f]{8})\.png$"
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 from typing import Optional
@@ -54,14 +55,17 @@ JPEG_QUALITY = 90
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def find_images(inputs: list, exclude: Optional[str] = None, quiet: bool = False) -> list:
+def find_images(inputs: list, exclude: Optional[str] = None, quiet: bool = False,
+                annotations: Optional[str] = None) -> list:
     """Image files from files and folders (folders recursively, sorted); each file once. A file given by
     name is taken whatever its extension. In folders, links to folders are not followed (a loop would never
     end), and hidden entries (`.*`, `__MACOSX`), files that are not regular (a FIFO would block the read for
-    ever) and the folder `exclude` (localize's own output, when it lies inside an input) are left out,
-    counted and named on stderr unless `quiet`."""
+    ever), the folder `exclude` (localize's own output, when it lies inside an input) and files whose name
+    matches the regular expression `annotations` (a data set's masks beside its images, as OpenImages') are
+    left out, counted and named on stderr unless `quiet`."""
     found, seen, skipped = [], set(), defaultdict(list)
     exclude = os.path.realpath(exclude) if exclude else None
+    annotation = re.compile(annotations) if annotations else None
 
     def add(path: str) -> None:
         real = os.path.realpath(path)
@@ -92,6 +96,8 @@ def find_images(inputs: list, exclude: Optional[str] = None, quiet: bool = False
                         continue  # notes, list files ...: not images, as ever
                     if f.startswith("."):
                         skipped["hidden"].append(path)
+                    elif annotation is not None and annotation.search(f):
+                        skipped["annotation masks"].append(path)
                     elif os.path.isfile(path):
                         add(path)
                     else:
@@ -363,7 +369,8 @@ def localize(args, d) -> dict:
     if args.classifier is None and args.classifier_arch_given:
         raise UserError("--classifier_arch is for --classifier SNAPSHOT, which was not given")
     validate.check_writable(os.path.join(args.savepath, "localize"), "--savepath")
-    paths = find_images(args.images, exclude=os.path.join(args.savepath, "localize"), quiet=not d.main)
+    paths = find_images(args.images, exclude=os.path.join(args.savepath, "localize"), quiet=not d.main,
+                        annotations=getattr(args, "annotation_files", None))
     names = output_names(paths)
     classes = class_names(args.dataset, args.datapath, args.classifier_clsnum) if args.classifier else None
     model = load_mffnet(args.snapshot, 1, args.backbone, seg=True)  # the network the snapshot records (ablations)

@@ -170,7 +170,15 @@ def evaluate(args, d) -> dict:
 
 def _evaluate_openimages(args, d) -> dict:
     """OpenImages30k: wsolevaluation's protocol on the `--split` (val: where choices are made; test: reported),
-    PxAP on its instance masks. The list is `<split>.txt` unless --list names another."""
+    PxAP on its instance masks. The list is `<split>.txt` unless --list names another. Flags of the box protocols
+    would be ignored here, so they are refused rather than silently dropped."""
+    unused = [flag for flag, given in (("--protocol spol", args.protocol != "wsol"), ("--vis", args.vis > 0),
+                                       ("--threshold", args.threshold is not None),
+                                       ("--top1top5", args.top1top5 is not None)) if given]
+    if unused:
+        raise UserError(f"{', '.join(unused)}: not used on OpenImages, which is scored by PxAP alone (no mask "
+                        f"threshold, no boxes, no classifier); to look at masks, run localize.py --vis on the val "
+                        f"images")
     listname = args.list or f"{args.split}.txt"
     samples = read_list(args.dataset, args.datapath, listname, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, listname), args.clsnum,
