@@ -53,7 +53,10 @@ def read_split(root: str, metadata: str, split: str) -> dict:
             raise UserError(f"{ids_path}:{line_of[iid]}: image id {iid} is not in its split's folder (expected "
                             f"{split}/<class>/<file>.jpg)")
         if not os.path.isfile(os.path.join(root, iid)):
-            raise UserError(f"{ids_path}:{line_of[iid]}: image not found: {os.path.join(root, iid)}")
+            nested = os.path.join(root, "OpenImages")
+            hint = (f" (give --root {nested}: ids are relative to their OpenImages folder)"
+                    if os.path.isfile(os.path.join(nested, iid)) else "")
+            raise UserError(f"{ids_path}:{line_of[iid]}: image not found: {os.path.join(root, iid)}{hint}")
     labels, label_line = {}, {}
     for no, (iid, label) in _rows(labels_path, 2):
         try:
@@ -69,15 +72,25 @@ def read_split(root: str, metadata: str, split: str) -> dict:
     if split == "train":
         return meta
     loc = os.path.join(folder, "localization.txt")
-    known = set(ids)
+    known, first_line = set(ids), {}
     for no, (iid, mask, ignore) in _rows(loc, 3):
         if iid not in known:
             raise UserError(f"{loc}:{no}: image id {iid} is not in {ids_path}")
-        for rel in (mask, ignore):
-            if rel and not os.path.isfile(os.path.join(root, rel)):
-                raise UserError(f"{loc}:{no}: mask not found: {os.path.join(root, rel)}")
         if not mask:
             raise UserError(f"{loc}:{no}: {iid} has no mask path (expected id,mask_path,ignore_path)")
+        first = first_line.setdefault(iid, no) == no
+        if first and not ignore:
+            raise UserError(f"{loc}:{no}: the first line of {iid} names no ignore mask (wsolevaluation's format: "
+                            f"an image's first line names its <id>_ignore.png, its other lines leave it empty)")
+        if ignore and not first:
+            raise UserError(f"{loc}:{no}: a second ignore mask for {iid} (line {first_line[iid]} names its first; "
+                            f"only an image's first line names one, wsolevaluation's reader refuses others)")
+        for rel in (mask, ignore):
+            if rel and (os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/")):
+                raise UserError(f"{loc}:{no}: mask path {rel!r} leaves the OpenImages folder (an absolute path or "
+                                f"'..'): paths are relative to it, as {split}/<class>/<id>_ignore.png")
+            if rel and not os.path.isfile(os.path.join(root, rel)):
+                raise UserError(f"{loc}:{no}: mask not found: {os.path.join(root, rel)}")
         meta["lines"].append((iid, mask, ignore))
     masked = {iid for iid, _, _ in meta["lines"]}
     missing = [i for i in ids if i not in masked]

@@ -10,10 +10,15 @@ threshold t in `arange(0, 1, interval)` the map is quantised to uint8, binarised
 δ is the accuracy at the best t. PxAP is the area under the pixel precision-recall curve.
 
 Image ids, and so score-map names, are wsolevaluation's: CUB `<class>/<file>.jpg`; ILSVRC2012 val
-`val/ILSVRC2012_val_XXXXXXXX.JPEG`, in their split `test` (their ILSVRC `val` is ImageNetV2).
+`val/ILSVRC2012_val_XXXXXXXX.JPEG`, in their split `test` (their ILSVRC `val` is ImageNetV2); OpenImages
+`test/<class>/<id>.jpg`, its masks under `--mask_root` (their `dataset/`, or its `OpenImages/` folder).
+`--centre_baseline` scores one fixed centre blob on every image instead of a folder of maps (the paper's
+"center baseline"): the figure a method has to beat.
 
     python -m utils.wsol_eval --scoremap_root out/scoremaps --metadata_root metadata --dataset_name CUB \\
         --split test --cam_curve_interval 0.001 --multi_contour_eval true --json out/wsol.json
+    python -m utils.wsol_eval --centre_baseline --metadata_root metadata --mask_root dataset \\
+        --dataset_name OpenImages --split test
 """
 from __future__ import annotations
 
@@ -439,6 +444,16 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- files
+def centre_scoremap(size: int = RESIZE_LENGTH) -> np.ndarray:
+    """The centre baseline's map: (size, size) float32, an isotropic Gaussian at the image centre (sigma =
+    size / 4), min-max normalised to [0, 1]. PxAP depends only on the order of the pixel scores (up to the
+    CAM-threshold bins), so every sigma ranks pixels alike: by their distance to the centre."""
+    y, x = np.mgrid[:size, :size] + 0.5  # pixel centres
+    d2 = (x - size / 2) ** 2 + (y - size / 2) ** 2
+    g = np.exp(-d2 / (2 * (size / 4) ** 2))
+    return ((g - g.min()) / (g.max() - g.min())).astype(np.float32)
+
+
 def load_scoremap(scoremap_root: str, image_id: str) -> np.ndarray:
     """`<scoremap_root>/<image_id>.npy` (wsolevaluation's name), else `<image_id without extension>.npy`."""
     path = os.path.join(scoremap_root, image_id + ".npy")
@@ -547,8 +562,11 @@ def str2bool(value: str | bool) -> bool:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m utils.wsol_eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scoremap_root", required=True,
+    p.add_argument("--scoremap_root",
                    help="folder of score maps, one <image_id>.npy (224 x 224, values in [0, 1]) per image")
+    p.add_argument("--centre_baseline", action="store_true",
+                   help="score a fixed centre blob (an isotropic Gaussian) on every image instead of "
+                        "--scoremap_root's maps")
     p.add_argument("--metadata_root", required=True,
                    help="wsolevaluation metadata root holding <dataset_name>/<split>/, or that folder itself")
     p.add_argument("--mask_root", default=None,
@@ -586,14 +604,18 @@ def _set_job(job: dict, parent: Optional[int] = None) -> None:
     _JOB.clear()
     _JOB.update(job)
     if parent is not None:  # a pool worker: it must not outlive a killed evaluation
+        import signal
+
         from utils.workers import die_with_parent
+        # forked with run_main's SIGTERM handler: pool.terminate() would print a Stopped trace per worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         die_with_parent(parent)
 
 
 def _score_image(image_id: str) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """One image's contribution: best IoU per CAM threshold (box datasets), PxAP histograms (with masks)."""
     args, meta, boxes, pixels = _JOB["args"], _JOB["meta"], _JOB["boxes"], _JOB["pixels"]
-    scoremap = load_scoremap(args.scoremap_root, image_id)
+    scoremap = _JOB["centre"] if args.centre_baseline else load_scoremap(args.scoremap_root, image_id)
     best = hists = None
     if boxes is not None:
         w, h = meta["image_sizes"][image_id]
@@ -610,6 +632,9 @@ def _score_image(image_id: str) -> tuple[np.ndarray | None, tuple[np.ndarray, np
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the protocol the arguments describe; returns the figures written to --json."""
     openimages = args.dataset_name == "OpenImages"
+    if bool(args.scoremap_root) == args.centre_baseline:
+        raise UserError("give --scoremap_root (the maps to score) or --centre_baseline (a fixed centre blob), "
+                        "one of the two")
     if openimages and not args.mask_root:
         raise UserError("OpenImages is evaluated on masks: give --mask_root")
     if not args.multi_iou_eval and not openimages and 50 not in args.iou_threshold_list:
@@ -623,7 +648,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         print(f"note: --mask_root is not used for {args.dataset_name}", file=sys.stderr)
 
     ids = meta["image_ids"]
-    job = {"args": args, "meta": meta, "boxes": boxes, "pixels": pixels}
+    job = {"args": args, "meta": meta, "boxes": boxes, "pixels": pixels, "centre": centre_scoremap()}
     workers = min(args.workers, len(ids) // 16)  # a pool does not pay for itself on a handful of maps
     if workers > 1:
         import multiprocessing as mp
@@ -658,7 +683,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _report(args: argparse.Namespace, res: dict) -> str:
-    lines = [f"{args.dataset_name} {args.split}: {res['count']} images, CAM thresholds every "
+    what = "images (centre baseline: one fixed map)" if args.centre_baseline else "images"
+    lines = [f"{args.dataset_name} {args.split}: {res['count']} {what}, CAM thresholds every "
              f"{args.cam_curve_interval}, multi_contour_eval {str(args.multi_contour_eval).lower()}"]
     if "maxboxacc" in res:
         lines.append(f"  {'IoU δ':>7}  {'MaxBoxAcc':>9}  {'best CAM threshold':>18}")
