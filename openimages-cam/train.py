@@ -15,8 +15,10 @@ SPOL has no OpenImages recipe; these defaults, and where each comes from:
 - 10 epochs: wsolevaluation's OpenImages schedule (their README's OpenImages command, --epochs 10); with
   29,819 images and batch 64 that is 4,660 steps, between SPOL's CUB (3,000) and ImageNet (10,000) cam runs.
 - batch 64, lr 0.02 (head) / 0.002 (backbone), constant: SPOL's CUB cam recipe, the fine-tuning recipe of a
-  data set of CUB's size (ImageNet's 128 at the same lr was for 1.28M images); the 10x ratio is also
-  wsolevaluation's --lr_classifier_ratio. Their tuned ResNet-50 learning rate is only in their spreadsheet.
+  data set of CUB's size (ImageNet's 128 at the same lr was for 1.28M images); batch 64 is also wsolevaluation's
+  config.py default and the 10x ratio their --lr_classifier_ratio. Their tuned ResNet-50 learning rate is only in
+  their spreadsheet; their README's command decays the lr 10x every 3 epochs (--lr_decay_frequency 3), while
+  SPOL keeps it constant in every stage, as here.
 - one head, CE on the spatial mean of the fused maps: SPOL's ImageNet model. The CUB dual head (deep maps
   distilled into the fused ones) is SPOL's fine-grained recipe; OpenImages' 100 classes are generic objects,
   as ImageNet's, and wsolevaluation's CAM baseline is plain CE.

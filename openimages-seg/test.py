@@ -1,7 +1,7 @@
 """OpenImages30k, seg stage: PxAP with wsolevaluation's protocol (Choe et al., CVPR 2020; SPEC §4.4, §4.5).
 
     python test.py                               # the test split; out/model-2(.pth), else the last out/model-N
-    python test.py --split val                   # the val split: where choices (snapshot, recipe) are made
+    python test.py --split val --savepath out/val   # the val split: where choices (snapshot, recipe) are made
     python test.py --snapshot out/model-2.pth --cam_curve_interval 0.001
     torchrun --nproc_per_node 8 test.py
 
@@ -11,6 +11,8 @@ min-max normalised, saved as out/scoremaps/<split>/<class>/<id>.jpg.npy (wsoleva
 same PxAP from the files. The GT is <datapath>/wsol_metadata/OpenImages/<split>/ (dataset/prepare.py openimages):
 instance masks and ignore masks, 224 x 224 by nearest neighbour, ignore pixels left out. Prints PxAP and
 writes out/metrics.json ("pxap"). PxAP needs no threshold: nothing here is tuned on the test split.
+--cam_curve_interval 0.01: the default of wsolevaluation's evaluation.py (and of the project's other stages);
+their training script main.py evaluates at 0.001 (config.py), which can move PxAP by a few tenths.
 """
 import os
 import sys
