@@ -500,7 +500,8 @@ def openimages_mask(mask_root: str, mask_paths: Sequence[str], ignore_path: str)
         for path in (os.path.join(mask_root, "OpenImages", rel), os.path.join(mask_root, rel)):
             if os.path.isfile(path):
                 return path
-        raise UserError(f"mask not found: {os.path.join(mask_root, 'OpenImages', rel)} (nor under {mask_root})")
+        raise UserError(f"mask not found: {rel} (looked for {os.path.join(mask_root, 'OpenImages', rel)} and "
+                        f"{os.path.join(mask_root, rel)})")
 
     fg = np.stack([_read_mask(resolve(p)) > 0.5 for p in mask_paths]).any(axis=0)
     ignore = np.zeros_like(fg)
