@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import cv2
@@ -233,6 +234,17 @@ def test_seg_test_refuses_flags_openimages_does_not_use(chain, flag):
                       chain["seg"] / "model-2.pth", "--savepath", chain["seg"] / "x", *SMALL, *flag, check=False)
     assert p.returncode == 2 and f"{flag[0]}" in p.stderr and "not used on OpenImages" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_seg_test_names_a_gt_mask_gone_after_prepare(chain, tmp_path):
+    images = tmp_path / "OpenImages"
+    shutil.copytree(chain["images"], images)
+    rel = _mask_of_second_instance(chain["metadata"])
+    os.remove(images / rel)
+    p = run_inprocess("openimages-seg/test.py", "--datapath", images, "--snapshot", chain["seg"] / "model-2.pth",
+                      "--savepath", tmp_path / "out", "--post_workers", 0, *SMALL, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"error: mask not found: {rel} " in p.stderr and str(images / rel) in p.stderr
 
 
 @pytest.mark.parametrize("script, defaults", [
