@@ -3,6 +3,7 @@
     python dataset/prepare.py cub --root dataset/CUB_200_2011 [--check-images] [--force]
     python dataset/prepare.py imagenet --root dataset/ILSVRC2012 [--force]
     python dataset/prepare.py folder --root DIR [--val-fraction 0.1 --seed 0] [--boxes boxes.csv]   # your own images
+    python dataset/prepare.py openimages --root dataset/OpenImages --metadata <wsolevaluation>/metadata/OpenImages
 
 CUB-200-2011: from the official annotation files, `train.txt` / `val.txt` with lines
 `relpath,label,xmin ymin xmax ymax` (label 0-based, box x0y0x1y1 = x, y, x + width, y + height in
@@ -34,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from utils.data import BadImage, cub_image_dir, read_image, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from dataset.folder import add_parser as add_folder_parser, prepare_folder  # noqa: E402
+from dataset.openimages import add_parser as add_openimages_parser, prepare_openimages  # noqa: E402
 from utils.wsol_eval import wsol_image_id  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -529,8 +531,9 @@ box/<file>.xml. Every val image needs box/<file>.xml with a box of its own class
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter,
                                      epilog="`prepare.py cub --help` / `prepare.py imagenet --help` / "
-                                            "`prepare.py folder --help` show the folder layout each expects.")
-    sub = parser.add_subparsers(dest="dataset", required=True, metavar="{cub,imagenet,folder}")
+                                            "`prepare.py folder --help` / `prepare.py openimages --help` show the "
+                                            "folder layout each expects.")
+    sub = parser.add_subparsers(dest="dataset", required=True, metavar="{cub,imagenet,folder,openimages}")
     cub = sub.add_parser("cub", help="CUB-200-2011 lists and metadata", description=CUB_LAYOUT,
                          formatter_class=_Formatter)
     inet = sub.add_parser("imagenet", help="ImageNet (ILSVRC2012) lists and metadata",
@@ -542,6 +545,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cub.add_argument("--check-images", action="store_true",
                      help="read every image's size and warn about boxes reaching outside it (slow)")
     add_folder_parser(sub, _Formatter)
+    add_openimages_parser(sub, _Formatter)
     return parser
 
 
@@ -549,6 +553,8 @@ def main(argv: Optional[list] = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.dataset == "cub":
         prepare_cub(args.root, args.force, args.check_images)
+    elif args.dataset == "openimages":
+        prepare_openimages(args.root, args.metadata, args.force)
     elif args.dataset == "folder":
         prepare_folder(args.root, args.val_fraction, args.seed, args.boxes, args.force, args.skip_unreadable)
     else:

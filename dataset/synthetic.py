@@ -1,4 +1,4 @@
-"""Deterministic synthetic data sets in the official CUB-200-2011 and ILSVRC2012 on-disk layouts.
+"""Deterministic synthetic data sets in the official CUB-200-2011, ILSVRC2012 and OpenImages30k on-disk layouts.
 
 The real data sets cannot be downloaded where the demo and the tests run, so this module draws small,
 photo-like stand-ins with numpy and OpenCV only, written byte-for-byte in the layouts the loaders
@@ -8,6 +8,8 @@ read, so the very same loaders, list tools and evaluation run on them:
   `images.txt`, `image_class_labels.txt`, `train_test_split.txt`, `bounding_boxes.txt`
   (`<id> <x> <y> <width> <height>`, floats, x + width = rightmost object pixel + 1), `classes.txt`
   and `segmentations/<NNN.Class_Name>/<file>.png` (0 / 255 masks).
+* `make_openimages(root, ...)` writes OpenImages30k as wsolevaluation publishes it: images, instance and
+  ignore masks under `dataset/OpenImages/<split>/<class>/`, metadata under `metadata/OpenImages/<split>/`.
 * `make_folder(root, ...)` writes a user's own data as it often comes: class folders (nested, PNG and
   JPEG), a `boxes.csv` of the objects and a folder of new unlabelled images (for `prepare.py folder`).
 * `make_imagenet(root, ...)` writes `train/<synset>/<synset>_<k>.JPEG`, `val/ILSVRC2012_val_%08d.JPEG`
@@ -41,6 +43,7 @@ Command line (from any directory):
     python dataset/synthetic.py cub --root /tmp/CUB_200_2011 --classes 4 --train_per_class 60
     python dataset/synthetic.py imagenet --root /tmp/ILSVRC --val_layout synset
     python dataset/synthetic.py folder --root /tmp/my-images      # data/<class>/..., boxes.csv, new/
+    python dataset/synthetic.py openimages --root /tmp/oi   # dataset/OpenImages/, metadata/OpenImages/ (masks)
 """
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ _BASE_HUES = (4, 112, 62, 148, 26, 88, 168, 44, 128, 78)
 
 # Stream tags: each (seed, tag, index) triple gets its own generator, so e.g. adding training images
 # does not change the validation images.
-_TAG_CUB, _TAG_IN_TRAIN, _TAG_IN_VAL, _TAG_IN_ORDER, _TAG_MISC, _TAG_FOLDER = 1, 2, 3, 4, 5, 6
+_TAG_CUB, _TAG_IN_TRAIN, _TAG_IN_VAL, _TAG_IN_ORDER, _TAG_MISC, _TAG_FOLDER, _TAG_OPENIMAGES = 1, 2, 3, 4, 5, 6, 7
 
 
 # --------------------------------------------------------------------------------------------------
@@ -507,10 +510,10 @@ def make_cub(root: str, num_classes: int = 4, train_per_class: int = 60, val_per
     return root
 
 
-def _write_lines(path: str, lines: Sequence[str]) -> None:
-    # "\n" endings on every platform, like the official files.
+def _write_lines(path: str, lines: Sequence[str], last_newline: bool = True) -> None:
+    # "\n" endings on every platform, like the official files (wsolevaluation's end without a final one).
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in lines))
+        f.write("\n".join(lines) + ("\n" if last_newline and lines else ""))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -694,6 +697,76 @@ def write_corrupt_file(path: str, size: int = 4096, seed: int = 0) -> str:
 # Command line
 # --------------------------------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------------------------------
+# OpenImages30k (wsolevaluation's layout)
+# --------------------------------------------------------------------------------------------------
+
+# Open Images class ids of the form wsolevaluation's folders use (`01226z`, `0bt9lr`, ...)
+OPENIMAGES_CLASSES = ("01226z", "0bt9lr", "0bt_c3", "0by6g", "01yrx", "0cmf2", "0dzct", "0k4j")
+
+
+def _openimages_id(rng: np.random.Generator) -> str:
+    return "".join(f"{int(b):02x}" for b in rng.integers(0, 256, 8))  # 16 hex digits, as Open Images ids
+
+
+def make_openimages(root: str, num_classes: int = 4, train_per_class: int = 40, val_per_class: int = 5,
+                    test_per_class: int = 10, seed: int = 0, min_size: int = 160, max_size: int = 260) -> dict:
+    """Write `<root>/dataset/OpenImages/{train,val,test}/<class>/<id>.jpg` and `<root>/metadata/OpenImages/<split>/`
+    as wsolevaluation publishes them; returns {"images": ..., "metadata": ...} (the two OpenImages folders).
+
+    Val and test images carry their instance masks beside them (`<id>_m<class>_<8 hex>.png`, 0/255, one per
+    annotated instance) and an ignore mask (`<id>_ignore.png`). Image i (0-based, per class and split) holds
+    two annotated instances of its class if i % 4 == 1; if i % 4 == 2 a second, unannotated instance whose
+    box is the ignore region (as Open Images marks group-of and unlabelled objects); otherwise one instance and
+    an empty ignore mask. `localization.txt` has one line per instance mask; only an image's first line names
+    its ignore mask. As in their metadata, the files end without a newline, `image_sizes.txt` is empty in every
+    split and so is train's `localization.txt`. Objects are placed off-centre at 7-45 % of the image area, so a centre blob scores low.
+    """
+    if not 1 <= num_classes <= len(OPENIMAGES_CLASSES):
+        raise ValueError(f"num_classes must be 1..{len(OPENIMAGES_CLASSES)}, got {num_classes}")
+    if min(train_per_class, val_per_class, test_per_class) < 1:
+        raise ValueError("image counts must be >= 1")
+    _check_sizes(min_size, max_size)
+    images, meta = os.path.join(root, "dataset", "OpenImages"), os.path.join(root, "metadata", "OpenImages")
+    classes = sorted(OPENIMAGES_CLASSES[:num_classes])
+    for tag, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class),
+                                              ("test", test_per_class))):
+        ids, labels, loc = [], [], []
+        for c, cls in enumerate(classes):
+            os.makedirs(os.path.join(images, split, cls), exist_ok=True)
+            for i in range(per_class):
+                rng = _rng(seed, _TAG_OPENIMAGES, tag, c, i)
+                h, w = _image_size(rng, min_size, max_size)
+                iid = f"{split}/{cls}/{_openimages_id(rng)}"
+                two = split != "train" and i % 4 in (1, 2)
+                img, masks = render_scene(rng, h, w, [c, c] if two else [c],
+                                          area_range=(0.07, 0.18) if two else (0.10, 0.45))
+                _write_jpeg(os.path.join(images, iid + ".jpg"), img)
+                ids.append(iid + ".jpg")
+                labels.append(c)
+                if split == "train":
+                    continue
+                annotated, ignore = (masks, np.zeros((h, w), np.uint8)) if i % 4 != 2 else (masks[:1], masks[1])
+                if i % 4 == 2:  # the unannotated instance's box, a few pixels wider
+                    x0, y0, x1, y1 = mask_box(ignore)
+                    ignore = np.zeros((h, w), np.uint8)
+                    ignore[max(0, y0 - 2):y1 + 3, max(0, x0 - 2):x1 + 3] = 255
+                ignore_path = iid + "_ignore.png"
+                _write_png(os.path.join(images, ignore_path), ignore)
+                for k, mask in enumerate(annotated):
+                    mask_path = f"{iid}_m{cls}_{_openimages_id(rng)[:8]}.png"
+                    _write_png(os.path.join(images, mask_path), mask)
+                    loc.append(f"{iid}.jpg,{mask_path},{ignore_path if k == 0 else ''}")
+        os.makedirs(os.path.join(meta, split), exist_ok=True)
+        # as their metadata/OpenImages/: no final newline; image_sizes.txt empty, and train's localization.txt
+        _write_lines(os.path.join(meta, split, "image_ids.txt"), ids, last_newline=False)
+        _write_lines(os.path.join(meta, split, "class_labels.txt"), [f"{i},{c}" for i, c in zip(ids, labels)],
+                     last_newline=False)
+        _write_lines(os.path.join(meta, split, "image_sizes.txt"), [])
+        _write_lines(os.path.join(meta, split, "localization.txt"), loc, last_newline=False)
+    return {"images": images, "metadata": meta}
+
+
 def _count_files(root: str, ext: str) -> int:
     return sum(f.endswith(ext) for _, _, files in os.walk(root) for f in files)
 
@@ -722,7 +795,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     fold.add_argument("--classes", type=int, default=3, help="number of class folders")
     fold.add_argument("--per_class", type=int, default=40, help="images per class folder")
     fold.add_argument("--new_images", type=int, default=8, help="unlabelled images in new/")
-    for sp in (cub, inet, fold):
+    oi = sub.add_parser("openimages", help="OpenImages30k as wsolevaluation publishes it (dataset/OpenImages/, "
+                        "metadata/OpenImages/)", formatter_class=fmt)
+    oi.add_argument("--root", required=True, help="folder to create dataset/OpenImages/ and metadata/OpenImages/ in")
+    oi.add_argument("--classes", type=int, default=4, help="number of classes")
+    oi.add_argument("--train_per_class", type=int, default=40, help="train images per class")
+    oi.add_argument("--val_per_class", type=int, default=5, help="val images per class")
+    oi.add_argument("--test_per_class", type=int, default=10, help="test images per class")
+    for sp in (cub, inet, fold, oi):
         sp.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same files)")
         sp.add_argument("--min_size", type=int, default=160, help="smallest image side, px")
         sp.add_argument("--max_size", type=int, default=260, help="largest image side, px")
@@ -736,6 +816,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   f"{a.classes * a.train_per_class} train + {a.classes * a.val_per_class} test images"
                   f"{', with segmentations' if not a.no_segmentations else ''} "
                   f"({time.time() - t0:.1f} s)")
+        elif a.dataset == "openimages":
+            paths = make_openimages(a.root, a.classes, a.train_per_class, a.val_per_class, a.test_per_class, a.seed,
+                                    a.min_size, a.max_size)
+            print(f"wrote OpenImages30k layout: images and masks in {paths['images']}, metadata in "
+                  f"{paths['metadata']}: {a.classes} classes, {a.classes * a.train_per_class} train / "
+                  f"{a.classes * a.val_per_class} val / {a.classes * a.test_per_class} test images, "
+                  f"{_count_files(paths['images'], '.png')} masks ({time.time() - t0:.1f} s)")
         elif a.dataset == "folder":
             paths = make_folder(a.root, a.classes, a.per_class, a.new_images, a.seed, a.min_size, a.max_size)
             print(f"wrote {a.classes} class folders of {a.per_class} images to {paths['data']}, their boxes to "

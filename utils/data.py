@@ -34,6 +34,8 @@ from utils.errors import UserError
 
 # image files OpenCV decodes (GIF: its first frame): what class folders and localize.py's folders may hold
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# OpenImages30k's masks, which lie beside its images: `<id>_ignore.png`, `<id>_m<class>_<8 hex digits>.png`
+OPENIMAGES_MASK_FILES = r"_(ignore|m[0-9a-z_]+_[0-9a-f]{8})\.png$"
 
 
 @dataclass
@@ -232,7 +234,7 @@ def _list_path(datapath: str, listname: str) -> str:
     path = listname if os.path.isabs(listname) else os.path.join(datapath, listname)
     if not os.path.isfile(path):
         raise UserError(f"list file not found: {path}\n  Write it with: python dataset/prepare.py "
-                        f"{{cub|imagenet}} --root {datapath}")
+                        f"{{cub|imagenet|openimages}} --root {datapath}")
     return path
 
 
@@ -384,9 +386,35 @@ def read_imagenet_list(datapath: str, listname: str, split: str, with_boxes: boo
     return samples
 
 
+def read_openimages_list(datapath: str, listname: str) -> SampleTable:
+    """OpenImages30k list (`dataset/prepare.py openimages`): `relpath,label` per line, relpath = wsolevaluation's
+    image id (`train/01226z/7af766bd43da900b.jpg`) under `datapath`. No boxes: its ground truth is pixel masks,
+    read from `<datapath>/wsol_metadata/OpenImages/<split>/localization.txt` by the evaluation."""
+    check_datapath(datapath)
+    path = _list_path(datapath, listname)
+    samples = TableBuilder()
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.strip().split(",")
+            try:
+                if len(fields) != 2:
+                    raise ValueError
+                samples.add(fields[0], datapath, int(fields[1]), [])
+            except ValueError:
+                raise UserError(f"{path}:{n}: expected 'relpath,label', got {line.strip()!r}") from None
+    samples = samples.table()
+    if not len(samples):
+        raise UserError(f"{path} is empty")
+    return samples
+
+
 def read_list(dataset: str, datapath: str, listname: str, with_boxes: bool = True) -> SampleTable:
     """The samples of a list file (UTF-8, a leading byte-order mark ignored)."""
     try:
+        if dataset == "openimages":
+            return read_openimages_list(datapath, listname)
         if dataset == "cub":
             return read_cub_list(datapath, listname, require_boxes=with_boxes)
         split = "train" if os.path.basename(listname).startswith("train") else "val"

@@ -26,6 +26,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 from typing import Optional
@@ -55,14 +56,17 @@ JPEG_QUALITY = 90
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def find_images(inputs: list, exclude: Optional[str] = None, quiet: bool = False) -> list:
+def find_images(inputs: list, exclude: Optional[str] = None, quiet: bool = False,
+                annotations: Optional[str] = None) -> list:
     """Image files from files and folders (folders recursively, sorted); each file once. A file given by
     name is taken whatever its extension. In folders, links to folders are not followed (a loop would never
     end), and hidden entries (`.*`, `__MACOSX`), files that are not regular (a FIFO would block the read for
-    ever) and the folder `exclude` (localize's own output, when it lies inside an input) are left out,
-    counted and named on stderr unless `quiet`."""
+    ever), the folder `exclude` (localize's own output, when it lies inside an input) and files whose name
+    matches the regular expression `annotations` (a data set's masks beside its images, as OpenImages') are
+    left out, counted and named on stderr unless `quiet`."""
     found, seen, skipped = [], set(), defaultdict(list)
     exclude = os.path.realpath(exclude) if exclude else None
+    annotation = re.compile(annotations) if annotations else None
 
     def add(path: str) -> None:
         real = os.path.realpath(path)
@@ -93,6 +97,8 @@ def find_images(inputs: list, exclude: Optional[str] = None, quiet: bool = False
                         continue  # notes, list files ...: not images, as ever
                     if f.startswith("."):
                         skipped["hidden"].append(path)
+                    elif annotation is not None and annotation.search(f):
+                        skipped["annotation masks"].append(path)
                     elif os.path.isfile(path):
                         add(path)
                     else:
@@ -361,7 +367,8 @@ def localize(args, d) -> dict:
     out = outputs.Folder(args.savepath, "--savepath")
     out.check_folder("localize")  # before it is created: not through a link that leads elsewhere
     validate.check_writable(os.path.join(args.savepath, "localize"), "--savepath")
-    paths = find_images(args.images, exclude=os.path.join(args.savepath, "localize"), quiet=not d.main)
+    paths = find_images(args.images, exclude=os.path.join(args.savepath, "localize"), quiet=not d.main,
+                        annotations=getattr(args, "annotation_files", None))
     names = output_names(paths)
     for wanted, sub in ((args.masks, "masks"), (args.vis, "vis")):
         if wanted:

@@ -91,6 +91,8 @@ def evaluate(args, d) -> dict:
         raise UserError("--snapshot is required: the seg model to evaluate (e.g. out/model-2.pth)")
     if args.vis < 0:
         raise UserError(f"--vis takes a number of images >= 0, got {args.vis}")
+    if args.dataset == "openimages":
+        return _evaluate_openimages(args, d)
     samples, bad_boxes = eval_samples(args.dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
                                       main=d.main, workers=max(1, args.num_workers))
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
@@ -166,6 +168,26 @@ def evaluate(args, d) -> dict:
                                f"p > {args.threshold:g}")
         print(f"wrote {len(paths)} pictures to {os.path.join(args.savepath, 'vis')}")
     return dict(metrics, images_per_s=rate.images_per_s, seconds=rate.seconds)  # speed: not in metrics.json
+
+
+def _evaluate_openimages(args, d) -> dict:
+    """OpenImages30k: wsolevaluation's protocol on the `--split` (val: where choices are made; test: reported),
+    PxAP on its instance masks. The list is `<split>.txt` unless --list names another. Flags of the box protocols
+    would be ignored here, so they are refused rather than silently dropped."""
+    unused = [flag for flag, given in (("--protocol spol", args.protocol != "wsol"), ("--vis", args.vis > 0),
+                                       ("--threshold", args.threshold is not None),
+                                       ("--top1top5", args.top1top5 is not None)) if given]
+    if unused:
+        raise UserError(f"{', '.join(unused)}: not used on OpenImages, which is scored by PxAP alone (no mask "
+                        f"threshold, no boxes, no classifier); to look at masks, run localize.py --vis on the val "
+                        f"images")
+    listname = args.list or f"{args.split}.txt"
+    samples = read_list(args.dataset, args.datapath, listname, with_boxes=False)
+    samples = validate.check_names(samples, validate.list_file(args.datapath, listname), args.clsnum,
+                                   skip=args.on_bad_image == "skip", main=d.main)
+    validate.check_writable(args.savepath, "--savepath", lock=d.main)
+    args.list = listname  # recorded in metrics.json
+    return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples, split=args.split)
 
 
 def _eval_model(args, d):

@@ -10,10 +10,15 @@ threshold t in `arange(0, 1, interval)` the map is quantised to uint8, binarised
 δ is the accuracy at the best t. PxAP is the area under the pixel precision-recall curve.
 
 Image ids, and so score-map names, are wsolevaluation's: CUB `<class>/<file>.jpg`; ILSVRC2012 val
-`val/ILSVRC2012_val_XXXXXXXX.JPEG`, in their split `test` (their ILSVRC `val` is ImageNetV2).
+`val/ILSVRC2012_val_XXXXXXXX.JPEG`, in their split `test` (their ILSVRC `val` is ImageNetV2); OpenImages
+`test/<class>/<id>.jpg`, its masks under `--mask_root` (their `dataset/`, or its `OpenImages/` folder).
+`--centre_baseline` scores one fixed centre blob on every image instead of a folder of maps (the paper's
+"center baseline"): the figure a method has to beat.
 
     python -m utils.wsol_eval --scoremap_root out/scoremaps --metadata_root metadata --dataset_name CUB \\
         --split test --cam_curve_interval 0.001 --multi_contour_eval true --json out/wsol.json
+    python -m utils.wsol_eval --centre_baseline --metadata_root metadata --mask_root dataset \\
+        --dataset_name OpenImages --split test
 """
 from __future__ import annotations
 
@@ -305,7 +310,7 @@ class PxAPEvaluator:
 # Where the project's val lists sit in wsolevaluation's `metadata/<dataset>/<split>/`. Their ILSVRC split `test`
 # is the official 50,000-image ILSVRC2012 val set (ids `val/ILSVRC2012_val_XXXXXXXX.JPEG`); their split `val` is
 # ImageNetV2 (ids `val2/<class>/<n>.jpeg`). CUB's split `test` is the official test set (ids `<class>/<file>.jpg`).
-WSOL_FOLDERS = {"cub": ("CUB", "test"), "imagenet": ("ILSVRC", "test")}
+WSOL_FOLDERS = {"cub": ("CUB", "test"), "imagenet": ("ILSVRC", "test"), "openimages": ("OpenImages", "test")}
 IMAGENETV2_PREFIX = "val2/"
 
 
@@ -319,7 +324,7 @@ def wsol_image_id(dataset: str, list_name: str) -> str:
     """
     if dataset == "imagenet":
         return "val/" + os.path.basename(list_name)
-    return list_name
+    return list_name  # CUB, and OpenImages, whose list names are their ids (test/<class>/<file>.jpg)
 
 
 def _metadata_folder(metadata_root: str, dataset_name: str, split: str) -> str:
@@ -439,6 +444,16 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- files
+def centre_scoremap(size: int = RESIZE_LENGTH) -> np.ndarray:
+    """The centre baseline's map: (size, size) float32, an isotropic Gaussian at the image centre (sigma =
+    size / 4), min-max normalised to [0, 1]. PxAP depends only on the order of the pixel scores (up to the
+    CAM-threshold bins), so every sigma ranks pixels alike: by their distance to the centre."""
+    y, x = np.mgrid[:size, :size] + 0.5  # pixel centres
+    d2 = (x - size / 2) ** 2 + (y - size / 2) ** 2
+    g = np.exp(-d2 / (2 * (size / 4) ** 2))
+    return ((g - g.min()) / (g.max() - g.min())).astype(np.float32)
+
+
 def load_scoremap(scoremap_root: str, image_id: str) -> np.ndarray:
     """`<scoremap_root>/<image_id>.npy` (wsolevaluation's name), else `<image_id without extension>.npy`."""
     path = os.path.join(scoremap_root, image_id + ".npy")
@@ -485,7 +500,8 @@ def openimages_mask(mask_root: str, mask_paths: Sequence[str], ignore_path: str)
         for path in (os.path.join(mask_root, "OpenImages", rel), os.path.join(mask_root, rel)):
             if os.path.isfile(path):
                 return path
-        raise UserError(f"mask not found: {os.path.join(mask_root, 'OpenImages', rel)} (nor under {mask_root})")
+        raise UserError(f"mask not found: {rel} (looked for {os.path.join(mask_root, 'OpenImages', rel)} and "
+                        f"{os.path.join(mask_root, rel)})")
 
     fg = np.stack([_read_mask(resolve(p)) > 0.5 for p in mask_paths]).any(axis=0)
     ignore = np.zeros_like(fg)
@@ -506,21 +522,29 @@ def cub_mask(mask_root: str, image_id: str) -> np.ndarray:
 V2_IOUS = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds
 
 
-def score_image(scoremap: np.ndarray, gt: np.ndarray, interval: float, mask_root: Optional[str], image_id: str,
-                save_path: Optional[str], failed: bool = False) -> tuple:
+def score_image(scoremap: np.ndarray, gt: Optional[np.ndarray], interval: float, mask_root: Optional[str],
+                image_id: str, save_path: Optional[str], failed: bool = False,
+                instance_masks: Optional[tuple] = None) -> tuple:
     """One image's share of the figures of `test.py --protocol wsol`: best IoU per CAM threshold for MaxBoxAcc
-    and for MaxBoxAccV2, and the PxAP histograms (None without masks). Saves the map first when `save_path`
+    and for MaxBoxAccV2 (None when `gt` is None: OpenImages has no boxes), and the PxAP histograms (None without
+    masks). The GT mask is CUB's `<mask_root>/<id>.png`, or, given `instance_masks` = (mask paths, ignore path)
+    of OpenImages' localization.txt, `openimages_mask(mask_root, ...)`. Saves the map first when `save_path`
     is given. A `failed` image (unreadable) localises nothing: zero IoUs, and its mask's pixels all score 0.
     Here, in a torch-free module, because it runs in the post-processing pool's workers (utils.workers)."""
     if save_path:  # into the open file: np.save(path) would append .npy to the temporary name
         write_atomic(save_path, lambda f: np.save(f, scoremap.astype(np.float32, copy=False)))
-    v1 = BoxEvaluator(interval, (50,), multi_contour=False)
-    v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
-    if failed:
-        best_v1, best_v2 = np.zeros(len(v1.thresholds)), np.zeros(len(v2.thresholds))
-    else:
-        best_v1, best_v2 = v1.best_ious(scoremap, gt), v2.best_ious(scoremap, gt)
-    hists = PxAPEvaluator(interval).histograms(scoremap, cub_mask(mask_root, image_id)) if mask_root else None
+    best_v1 = best_v2 = hists = None
+    if gt is not None:
+        v1 = BoxEvaluator(interval, (50,), multi_contour=False)
+        v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
+        if failed:
+            best_v1, best_v2 = np.zeros(len(v1.thresholds)), np.zeros(len(v2.thresholds))
+        else:
+            best_v1, best_v2 = v1.best_ious(scoremap, gt), v2.best_ious(scoremap, gt)
+    if instance_masks is not None:
+        hists = PxAPEvaluator(interval).histograms(scoremap, openimages_mask(mask_root, *instance_masks))
+    elif mask_root:
+        hists = PxAPEvaluator(interval).histograms(scoremap, cub_mask(mask_root, image_id))
     return best_v1, best_v2, hists
 
 
@@ -539,8 +563,11 @@ def str2bool(value: str | bool) -> bool:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m utils.wsol_eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scoremap_root", required=True,
+    p.add_argument("--scoremap_root",
                    help="folder of score maps, one <image_id>.npy (224 x 224, values in [0, 1]) per image")
+    p.add_argument("--centre_baseline", action="store_true",
+                   help="score a fixed centre blob (an isotropic Gaussian) on every image instead of "
+                        "--scoremap_root's maps")
     p.add_argument("--metadata_root", required=True,
                    help="wsolevaluation metadata root holding <dataset_name>/<split>/, or that folder itself")
     p.add_argument("--mask_root", default=None,
@@ -578,14 +605,18 @@ def _set_job(job: dict, parent: Optional[int] = None) -> None:
     _JOB.clear()
     _JOB.update(job)
     if parent is not None:  # a pool worker: it must not outlive a killed evaluation
+        import signal
+
         from utils.workers import die_with_parent
+        # forked with run_main's SIGTERM handler: pool.terminate() would print a Stopped trace per worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         die_with_parent(parent)
 
 
 def _score_image(image_id: str) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """One image's contribution: best IoU per CAM threshold (box datasets), PxAP histograms (with masks)."""
     args, meta, boxes, pixels = _JOB["args"], _JOB["meta"], _JOB["boxes"], _JOB["pixels"]
-    scoremap = load_scoremap(args.scoremap_root, image_id)
+    scoremap = _JOB["centre"] if args.centre_baseline else load_scoremap(args.scoremap_root, image_id)
     best = hists = None
     if boxes is not None:
         w, h = meta["image_sizes"][image_id]
@@ -602,6 +633,9 @@ def _score_image(image_id: str) -> tuple[np.ndarray | None, tuple[np.ndarray, np
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the protocol the arguments describe; returns the figures written to --json."""
     openimages = args.dataset_name == "OpenImages"
+    if bool(args.scoremap_root) == args.centre_baseline:
+        raise UserError("give --scoremap_root (the maps to score) or --centre_baseline (a fixed centre blob), "
+                        "one of the two")
     if openimages and not args.mask_root:
         raise UserError("OpenImages is evaluated on masks: give --mask_root")
     if not args.multi_iou_eval and not openimages and 50 not in args.iou_threshold_list:
@@ -615,7 +649,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         print(f"note: --mask_root is not used for {args.dataset_name}", file=sys.stderr)
 
     ids = meta["image_ids"]
-    job = {"args": args, "meta": meta, "boxes": boxes, "pixels": pixels}
+    job = {"args": args, "meta": meta, "boxes": boxes, "pixels": pixels, "centre": centre_scoremap()}
     workers = min(args.workers, len(ids) // 16)  # a pool does not pay for itself on a handful of maps
     if workers > 1:
         import multiprocessing as mp
@@ -650,7 +684,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _report(args: argparse.Namespace, res: dict) -> str:
-    lines = [f"{args.dataset_name} {args.split}: {res['count']} images, CAM thresholds every "
+    what = "images (centre baseline: one fixed map)" if args.centre_baseline else "images"
+    lines = [f"{args.dataset_name} {args.split}: {res['count']} {what}, CAM thresholds every "
              f"{args.cam_curve_interval}, multi_contour_eval {str(args.multi_contour_eval).lower()}"]
     if "maxboxacc" in res:
         lines.append(f"  {'IoU δ':>7}  {'MaxBoxAcc':>9}  {'best CAM threshold':>18}")

@@ -8,7 +8,9 @@ name; ImageNet: `val/<file>.JPEG`, utils.wsol_eval.wsol_image_id), so `python -m
 wsolevaluation itself, gives the same figures from the files, with their published metadata or ours. GT boxes
 are scaled to 224 from the original pixels with int truncation. Figures, all from utils.wsol_eval's evaluators:
 MaxBoxAcc (largest contour, IoU 50), MaxBoxAccV2 (all contours, mean over IoU 30/50/70) and, on CUB when
-`<datapath>/segmentations/` exists, PxAP. Every image of the list is evaluated, as wsolevaluation does.
+`<datapath>/segmentations/` exists, PxAP. OpenImages30k has masks and no boxes: PxAP alone, its GT from
+`<datapath>/wsol_metadata/OpenImages/<split>/localization.txt` (instance masks, ignore mask), score maps under
+their ids (`scoremaps/test/<class>/<file>.jpg.npy`). Every image of the list is evaluated, as wsolevaluation does.
 
 Scoring a map (up to 100 contour searches per evaluator) is CPU work, done by `--post_workers` processes;
 under torchrun each rank scores its shard and the evaluators' counts are merged on rank 0.
@@ -26,13 +28,14 @@ from utils import distributed, validate
 from utils.data import ImageSet
 from utils.engine import (HostPipe, Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,
                           to_device)
+from utils.errors import UserError
 from utils.log import maybe_tqdm, write_json
 from utils.outputs import Folder
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
 from utils.workers import post_pool
 from utils.wsol_eval import (RESIZE_LENGTH, V2_IOUS, WSOL_FOLDERS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds,
-                             iou_plus1, resize_box_224, score_image, wsol_image_id)
+                             iou_plus1, read_metadata, resize_box_224, score_image, wsol_image_id)
 
 
 def scoremaps(logits: torch.Tensor) -> torch.Tensor:
@@ -50,37 +53,61 @@ def scoremaps(logits: torch.Tensor) -> torch.Tensor:
 class WsolScores:
     """The three evaluators of the protocol; per-rank instances merge into one."""
 
-    def __init__(self, interval: float, pxap: bool) -> None:
+    def __init__(self, interval: float, pxap: bool, boxes: bool = True) -> None:
+        self.boxes = boxes  # OpenImages: masks only, PxAP is its figure
         self.v1 = BoxEvaluator(interval, (50,), multi_contour=False)
         self.v2 = BoxEvaluator(interval, V2_IOUS, multi_contour=True)
         self.pxap = PxAPEvaluator(interval) if pxap else None
+        self.count = 0
 
     def add(self, result: tuple) -> None:
         best_v1, best_v2, hists = result
-        self.v1.add(best_v1)
-        self.v2.add(best_v2)
+        self.count += 1
+        if self.boxes:
+            self.v1.add(best_v1)
+            self.v2.add(best_v2)
         if self.pxap is not None:
             self.pxap.add(*hists)
 
     def merge(self, other: "WsolScores") -> None:
+        self.count += other.count
         self.v1.merge(other.v1)
         self.v2.merge(other.v2)
         if self.pxap is not None:
             self.pxap.merge(other.pxap)
 
     def compute(self) -> dict:
-        v1, v2 = self.v1.compute(), self.v2.compute()
-        return {"maxboxacc": v1["maxboxacc"]["50"], "maxboxacc_best_threshold": v1["best_threshold"]["50"],
-                "maxboxacc_v2": {**v2["maxboxacc"], "mean": v2["mean"]},
-                "maxboxacc_v2_best_threshold": v2["best_threshold"],
-                "pxap": self.pxap.compute() if self.pxap is not None else None}
+        out = {"pxap": self.pxap.compute() if self.pxap is not None else None}
+        if self.boxes:
+            v1, v2 = self.v1.compute(), self.v2.compute()
+            out.update(maxboxacc=v1["maxboxacc"]["50"], maxboxacc_best_threshold=v1["best_threshold"]["50"],
+                       maxboxacc_v2={**v2["maxboxacc"], "mean": v2["mean"]},
+                       maxboxacc_v2_best_threshold=v2["best_threshold"])
+        return out
 
 
-def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -> dict:
-    """Score every image of `samples` with the eval-mode, placed `model`; rank 0 returns the figures."""
+def openimages_masks(datapath: str, split: str, samples) -> dict:
+    """{list name: (instance mask paths, ignore path)} of OpenImages' `<datapath>/wsol_metadata/OpenImages/<split>/`
+    (written by dataset/prepare.py openimages); every listed image must have its masks there."""
+    meta = read_metadata(os.path.join(datapath, "wsol_metadata"), "OpenImages", split)
+    names = samples.names()
+    missing = [n for n in names if n not in meta["mask_paths"]]
+    if missing:
+        raise UserError(f"{meta['folder']}/localization.txt has no mask for {len(missing)} listed image(s), e.g. "
+                        f"{missing[0]}: rerun python dataset/prepare.py openimages --force")
+    return {n: (meta["mask_paths"][n], meta["ignore_paths"][n]) for n in names}
+
+
+def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, split: Optional[str] = None) -> dict:
+    """Score every image of `samples` with the eval-mode, placed `model`; rank 0 returns the figures.
+    OpenImages (`split` = its metadata split): PxAP on the instance masks, no boxes."""
+    openimages = args.dataset == "openimages"
+    instance_masks = openimages_masks(args.datapath, split, samples) if openimages else None
     mask_root = os.path.join(args.datapath, "segmentations") if args.dataset == "cub" else None
     if mask_root and not os.path.isdir(mask_root):
         mask_root = None
+    if openimages:  # ids and mask paths are relative to their OpenImages/ folder: our datapath
+        mask_root = args.datapath
     root = os.path.join(args.savepath, "scoremaps") if args.save_scoremaps else None
     if root:  # each image id's folder (CUB: 200 classes), before any map is written through a link
         Folder(args.savepath, "--savepath").check_folders(
@@ -88,7 +115,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
     channels_last = channels_last_for(args, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, resize_transform(RESIZE_LENGTH))
-    scores = WsolScores(args.cam_curve_interval, pxap=mask_root is not None)
+    scores = WsolScores(args.cam_curve_interval, pxap=mask_root is not None, boxes=not openimages)
     pictures = EvalPictures(args.vis, args.maskpath, RESIZE_LENGTH) if args.vis else None
     pool = None
     if args.post_workers > 0:
@@ -106,9 +133,10 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
         validate.check_finite_maps(finite, batch["index"].tolist(), samples, args.snapshot)
         for j, (scoremap, index, (h, w)) in enumerate(zip(maps, batch["index"].tolist(), batch["size"].tolist())):
             s = samples[index]
-            gt = np.array([resize_box_224(b, w, h) for b in s.boxes])
+            gt = None if openimages else np.array([resize_box_224(b, w, h) for b in s.boxes])
             submit(scoremap, gt, args.cam_curve_interval, mask_root, s.name,
-                   os.path.join(root, wsol_image_id(args.dataset, s.name) + ".npy") if root else None)
+                   os.path.join(root, wsol_image_id(args.dataset, s.name) + ".npy") if root else None, False,
+                   instance_masks[s.name] if openimages else None)
             if pictures is not None and pictures.wants(index):
                 pictures.add(index, s.name, batch["image"][j], scoremap, gt)
         pending.settle(8 * max(1, args.post_workers) * args.batch_size)  # the device must not outrun the pool
@@ -120,9 +148,9 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
                                                       args, d), d.main, desc="evaluate (wsol)"):
                 for name, reason in batch["bad"]:
                     handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
-                    gt = np.zeros((1, 4))  # unused: a failed image scores zero IoU
+                    gt = None if openimages else np.zeros((1, 4))  # unused: a failed image scores zero IoU
                     submit(np.zeros((RESIZE_LENGTH, RESIZE_LENGTH)), gt, args.cam_curve_interval, mask_root,
-                           name, None, True)
+                           name, None, True, instance_masks[name] if openimages else None)
                     bad += 1
                 if "image" not in batch:
                     continue
@@ -141,21 +169,26 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list) -
         return {}
     for other, _ in parts[1:]:
         scores.merge(other)
-    assert scores.v1.count == len(samples), (scores.v1.count, len(samples))
+    assert scores.count == len(samples), (scores.count, len(samples))
     metrics = {"protocol": "wsol", "count": len(samples), "bad_images": sum(b for _, b in parts),
                "cam_curve_interval": args.cam_curve_interval, **scores.compute(), "scoremaps": root,
-               "snapshot": args.snapshot, "list": args.list}
+               "snapshot": args.snapshot, "list": args.list, **({"split": split} if openimages else {})}
     os.makedirs(args.savepath, exist_ok=True)
     write_json(os.path.join(args.savepath, "metrics.json"), metrics)
     print_metrics(metrics, args.datapath if args.dataset == "cub" else None)
-    if pictures is not None:
+    if pictures is not None and not openimages:
         _write_pictures(pictures, metrics["maxboxacc_best_threshold"], args.savepath)
     print(f"wrote {os.path.join(args.savepath, 'metrics.json')}"
           + (f" and {len(samples) - metrics['bad_images']} score maps to {root}" if root else ""))
-    if root:
-        name, split = WSOL_FOLDERS[args.dataset]
+    if root and openimages:
+        print(f"PxAP from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
+              f"{os.path.join(args.datapath, 'wsol_metadata')} --mask_root {args.datapath} --dataset_name OpenImages "
+              f"--split {split} --cam_curve_interval {args.cam_curve_interval} "
+              f"(or wsolevaluation's metadata/ as published)")
+    elif root:
+        name, wsol_split = WSOL_FOLDERS[args.dataset]
         print(f"MaxBoxAccV2 from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
-              f"{os.path.join(args.datapath, 'wsol_metadata')} --dataset_name {name} --split {split} "
+              f"{os.path.join(args.datapath, 'wsol_metadata')} --dataset_name {name} --split {wsol_split} "
               f"--cam_curve_interval {args.cam_curve_interval} --multi_contour_eval true "
               f"(or wsolevaluation's metadata/ as published)")
     return metrics
@@ -176,6 +209,9 @@ def _write_pictures(pictures: EvalPictures, threshold: float, savepath: str) -> 
 def print_metrics(m: dict, cub_root: Optional[str]) -> None:
     print(f"images: {m['count']} (resized to 224 x 224, no crop; CAM thresholds every {m['cam_curve_interval']})"
           f"   unreadable (counted as failures): {m['bad_images']}")
+    if "maxboxacc" not in m:  # OpenImages: masks only
+        print(f"{'PxAP':12s} {m['pxap']:8.2f}   (OpenImages {m.get('split', '')}, wsolevaluation's MaskEvaluator)")
+        return
     print(f"{'':12s} {'IoU':>5s} {'value':>8s} {'best CAM threshold':>19s}")
     print(f"{'MaxBoxAcc':12s} {'50':>5s} {m['maxboxacc']:8.2f} {m['maxboxacc_best_threshold']:19.2f}")
     for i, d in enumerate(map(str, V2_IOUS)):
