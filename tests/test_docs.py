@@ -81,7 +81,8 @@ def test_every_docs_page_is_linked_from_the_readme():
 
 def test_headings_name_every_stage_and_the_main_tasks():
     headings = "\n".join(re.findall(r"^#{1,6}\s+(.*)$", prose(read("README.md")), flags=re.M)).lower()
-    for word in STAGES + ["torchrun", "authors", "own data", "what happens when", "speed", "developing"]:
+    tasks = ["torchrun", "authors", "own data", "openimages30k", "what happens when", "speed", "developing"]
+    for word in STAGES + tasks:
         assert word in headings, word
 
 
