@@ -101,12 +101,12 @@ def resolve_imagenet_weights(arch: str, path: str) -> str:
 def load_imagenet_weights(model: nn.Module, arch: str, path: str) -> None:
     """Load ImageNet weights; the classifier layer is kept when its class count matches the file's and left
     as initialised otherwise (a new head). Any other missing, unexpected or mis-shaped key is an error."""
-    from utils.checkpoint import read_state_dict
+    from utils.checkpoint import fill_batchnorm_counters, read_state_dict
     from utils.errors import UserError
     if arch in BACKBONES:
         load_backbone_weights(model, path, keep_fc=True)
         return
-    state = read_state_dict(path)
+    state = fill_batchnorm_counters(model, read_state_dict(path))
     own = model.state_dict()
     head = ({"_fc.weight", "_fc.bias"} if arch in EFFICIENTNETS else
             {n for n, p in model.named_parameters()

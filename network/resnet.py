@@ -129,7 +129,8 @@ def load_backbone_weights(model: ResNet, path: str, keep_fc: bool = False) -> No
     file of the wrong depth never loads half-way.
     """
     from network.weights import ensure
-    from utils.checkpoint import read_state_dict  # local imports: network/ stays importable alone
+    # local imports: network/ stays importable alone
+    from utils.checkpoint import fill_batchnorm_counters, read_state_dict
     from utils.errors import UserError
 
     if not ensure(path):  # resource/<torchvision file>: downloaded from torchvision when absent and online
@@ -140,6 +141,7 @@ def load_backbone_weights(model: ResNet, path: str, keep_fc: bool = False) -> No
     state = read_state_dict(path)
     if not keep_fc or model.fc is None or state.get("fc.weight", torch.empty(0)).shape != model.fc.weight.shape:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = fill_batchnorm_counters(model, state)  # torchvision's pre-0.4.1 files have none
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.startswith("fc.")]
     unexpected = [k for k in state if k not in own]

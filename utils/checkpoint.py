@@ -97,6 +97,25 @@ def read_state_dict(path: str) -> dict:
     return state
 
 
+def fill_batchnorm_counters(model: nn.Module, state: dict) -> dict:
+    """`state` with each BatchNorm `num_batches_tracked` buffer it lacks set to 0, as BatchNorm's own
+    `load_state_dict` does. Files written before PyTorch 0.4.1 have no such buffers: among them torchvision's
+    `resnet50-19c8e357.pth`, the file SPOL's stages start from, and the other ResNet depths of that era. Every
+    other key stays as it was, so a loader that works out missing keys itself sees only real mismatches."""
+    counters = [f"{name}.num_batches_tracked" if name else "num_batches_tracked"
+                for name, m in model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None]
+    absent = [k for k in counters if k not in state]
+    if not absent:
+        return state
+    filled = OrderedDict(state)
+    for k in absent:
+        filled[k] = torch.tensor(0, dtype=torch.long)
+    if hasattr(state, "_metadata"):
+        filled._metadata = state._metadata
+    return filled
+
+
 def load_weights(model: nn.Module, path: str) -> None:
     """Load a snapshot with strict=True, turning a key mismatch into a readable error."""
     load_state(model, read_state_dict(path), path)
@@ -107,6 +126,7 @@ def load_state(model: nn.Module, state: dict, path: str) -> None:
     whose recorded or visible switches (fusion, levels, MCA) differ from the model's is refused first."""
     if hasattr(model, "architecture") and ("linear5.weight" in state or recorded_architecture(state)):
         resolve_architecture(state, path, **model.architecture)
+    state = fill_batchnorm_counters(model, state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
