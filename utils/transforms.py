@@ -1,8 +1,8 @@
 """Image transforms, in the authors' order: normalise the uint8 image to float FIRST, then resize.
 
 That order (albumentations `Normalize` before `Resize`, as in the original code) changes the maps by
-several grey levels compared with resizing the uint8 image, so it is kept everywhere (shared/SPEC.md
-§4.1, §4.3). Random transforms are seeded per sample (see `ImageSet`), which makes a run independent
+several grey levels compared with resizing the uint8 image, so it is kept everywhere (docs/method.md
+§4, §6). Random transforms are seeded per sample (see `ImageSet`), which makes a run independent
 of the number of loader workers and lets `--resume` reproduce the uninterrupted run.
 
 Speed (every image of every stage passes here; 1.28M per ImageNet pass): albumentations' Normalize acts
@@ -73,7 +73,7 @@ class Pipeline:
 
     The pseudo mask (H x W x 3 float, ch0 = CAM, ch1 = Gaussian prior) follows the image geometry
     (NEAREST resize, same crop and flip) and comes back as 2 x h x w: the segmentation target and
-    its weight (SPEC §4.2: target = CAM > 0.25 or prior > 0.25; pixels that are neither target nor
+    its weight (docs/method.md §5: target = CAM > 0.25 or prior > 0.25; pixels that are neither target nor
     clear background (CAM < 0.01) get weight 0).
     """
 
@@ -194,7 +194,7 @@ def boxes_to_eval_frame(boxes: np.ndarray, width: int, height: int, size: int = 
     """GT boxes (x0 y0 x1 y1, original pixels) -> the evaluation frame (floats).
 
     Clip to the image ([0, W-1] x [0, H-1]), scale to size x size, shift by the centre-crop offset
-    and clip to the crop [0, crop] (SPEC §4.3). `crop=0`: no crop, the frame is size x size.
+    and clip to the crop [0, crop] (docs/method.md §6). `crop=0`: no crop, the frame is size x size.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
     b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width - 1) * size / width
