@@ -7,7 +7,7 @@ the class of an image is its top folder (which may be a link to a folder elsewhe
 inside a class folder are not followed, each file is listed once (by its real path: the first class in
 sorted order keeps it), and hidden entries (`.*`, `__MACOSX`), files that are not images and files that
 are not regular (a FIFO) are left out; all of these are counted and named on stderr.
-Written into DIR, in the CUB layout (shared/SPEC.md §6):
+Written into DIR, in the CUB layout (docs/formats.md):
   classes.txt          `<id> <class folder>` per line, id 1-based in sorted folder-name order; label = id - 1
   train.txt, val.txt   `relpath,label[,x0 y0 x1 y1 ...]`: relpaths start at DIR (DIR is its own image
                        folder, as CUB's lists start in images/); zero, one or more boxes, 4 numbers each

@@ -36,9 +36,6 @@ What the images look like, and why:
 Everything is drawn from `numpy.random.default_rng` streams keyed by (seed, split, index), so the same
 arguments give byte-identical files on the same numpy/OpenCV build and CPU.
 
-Helpers for bad-input tests write a grayscale JPEG, a CMYK JPEG (needs Pillow: OpenCV cannot encode
-CMYK), a truncated JPEG and random bytes named `.jpg`.
-
 Command line (from any directory):
     python dataset/synthetic.py cub --root /tmp/CUB_200_2011 --classes 4 --train_per_class 60
     python dataset/synthetic.py imagenet --root /tmp/ILSVRC --val_layout synset
@@ -91,8 +88,9 @@ _PATTERNS = ("stripes", "dots", "checker", "rings", "chevrons")
 _BASE_HUES = (4, 112, 62, 148, 26, 88, 168, 44, 128, 78)
 
 # Stream tags: each (seed, tag, index) triple gets its own generator, so e.g. adding training images
-# does not change the validation images.
-_TAG_CUB, _TAG_IN_TRAIN, _TAG_IN_VAL, _TAG_IN_ORDER, _TAG_MISC, _TAG_FOLDER, _TAG_OPENIMAGES = 1, 2, 3, 4, 5, 6, 7
+# does not change the validation images. (Tag 5 drew the bad-input test files, now tests/bad_files.py: the
+# others keep their numbers, so the data sets stay byte for byte what they were.)
+_TAG_CUB, _TAG_IN_TRAIN, _TAG_IN_VAL, _TAG_IN_ORDER, _TAG_FOLDER, _TAG_OPENIMAGES = 1, 2, 3, 4, 6, 7
 
 
 # --------------------------------------------------------------------------------------------------
@@ -642,55 +640,6 @@ def make_folder(root: str, num_classes: int = 3, per_class: int = 40, new_images
         _write_jpeg(os.path.join(new, f"photo_{k + 1:03d}.jpg"), img)
     _write_lines(os.path.join(root, "boxes.csv"), rows)
     return {"data": data, "boxes": os.path.join(root, "boxes.csv"), "new": new}
-
-
-# --------------------------------------------------------------------------------------------------
-# Bad inputs for the loaders' error paths
-# --------------------------------------------------------------------------------------------------
-
-def _demo_scene(h: int, w: int, seed: int) -> np.ndarray:
-    rng = _rng(seed, _TAG_MISC, h, w)
-    img, _ = render_scene(rng, h, w, [int(rng.integers(0, 4))])
-    return img
-
-
-def write_grayscale_jpeg(path: str, h: int = 120, w: int = 160, seed: int = 0) -> str:
-    """A valid 1-channel (grayscale) JPEG scene: loaders must convert it to 3 channels."""
-    _write_jpeg(path, cv2.cvtColor(_demo_scene(h, w, seed), cv2.COLOR_BGR2GRAY))
-    return path
-
-
-def write_cmyk_jpeg(path: str, h: int = 120, w: int = 160, seed: int = 0) -> str:
-    """A valid CMYK JPEG scene (as some real CUB/ImageNet files are). Needs Pillow: OpenCV cannot
-    encode CMYK."""
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise ImportError("write_cmyk_jpeg needs Pillow (pip install pillow): OpenCV cannot write "
-                          "CMYK JPEGs") from e
-    rgb = cv2.cvtColor(_demo_scene(h, w, seed), cv2.COLOR_BGR2RGB)
-    Image.fromarray(rgb).convert("CMYK").save(path, "JPEG", quality=JPEG_QUALITY)
-    return path
-
-
-def write_truncated_jpeg(path: str, h: int = 120, w: int = 160, seed: int = 0, keep: float = 0.5) -> str:
-    """A valid JPEG cut to `keep` of its bytes (an interrupted download): header intact, no EOI."""
-    ok, buf = cv2.imencode(".jpg", _demo_scene(h, w, seed), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise OSError(f"cannot encode JPEG for {path}")
-    data = buf.tobytes()
-    with open(path, "wb") as f:
-        f.write(data[:max(64, int(len(data) * keep))])
-    return path
-
-
-def write_corrupt_file(path: str, size: int = 4096, seed: int = 0) -> str:
-    """Random bytes (named whatever `path` says, e.g. .jpg): not an image in any format."""
-    data = bytearray(_rng(seed, _TAG_MISC, size).integers(0, 256, size, dtype=np.uint8).tobytes())
-    data[0] = 0x00  # never a JPEG/PNG/BMP magic number by chance
-    with open(path, "wb") as f:
-        f.write(bytes(data))
-    return path
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """MFF-Net: the ResNet backbone with SPOL's multi-scale channel attention and shallow x deep fusion head.
 
-One definition serves every stage (shared/SPEC.md §2):
+One definition serves every stage (docs/method.md §2):
   * CAM model (`out_channels` = number of classes): class maps `ReLU(linear(fused))`;
     with `dual=True` (CUB) training also returns the maps of the deep feature alone.
   * segmentation model (`out_channels=1`, `seg=True`): one-channel logits, no ReLU.

@@ -1,4 +1,4 @@
-"""Hand-computed answers for the algorithms of shared/SPEC.md §4: IoU, box extraction, the Gaussian
+"""Hand-computed answers for the algorithms of docs/method.md §4 to §6: IoU, box extraction, the Gaussian
 prior, segmentation targets and ignore weights, GT-box geometry and the metrics."""
 import math
 

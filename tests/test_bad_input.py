@@ -16,8 +16,9 @@ import cv2
 import pytest
 import torch
 
+from bad_files import write_corrupt_file
 from conftest import ROOT, run_inprocess, run_script
-from dataset.synthetic import make_cub, make_imagenet, write_corrupt_file
+from dataset.synthetic import make_cub, make_imagenet
 from network import build_mffnet
 
 RUN = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "48", "--crop", "40"]

@@ -1,7 +1,10 @@
 """The manual's own checks: README.md stays short, every relative link and anchor in it and in docs/ leads
-somewhere, and CI runs exactly the README's test command."""
+somewhere, CI runs exactly the README's test command, and no file of the repository cites a document the
+repository does not hold."""
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -92,3 +95,47 @@ def test_ci_runs_the_readmes_test_command():
     assert len(commands) == 2 and ".venv" in commands[0]
     ci = [line.strip() for line in read(".ci/run").splitlines()]
     assert commands[1].strip() in ci
+
+
+# Documents that earlier copies of this code cited and this repository does not hold: a working note named in
+# capitals, and anything under a folder named `shared` beside the checkout. The brackets ("SPE[C]", "shared[/]")
+# keep this file's own patterns from matching themselves.
+FOREIGN = re.compile(r"\bSPE[C]\b|(?<![\w./-])shared[/]")
+DOCS_PATH = re.compile(r"\bdocs/[\w.-]+\.md")
+METHOD_CITE = re.compile(r"docs/method\.md((?:,?\s*§\d+)+)")
+
+
+def tracked_texts():
+    """(path, text) of every file git tracks here that is UTF-8 text (images and other binaries are left out)."""
+    if shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")):  # a worktree's is a file
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for path in names.decode().split("\0"):
+        full = os.path.join(ROOT, path)
+        if not path or not os.path.isfile(full):
+            continue
+        with open(full, "rb") as f:
+            data = f.read()
+        try:
+            yield path, data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+
+
+def test_no_file_cites_a_document_the_repository_lacks():
+    found = [f"{path}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+             for path, text in tracked_texts() for m in FOREIGN.finditer(text)]
+    assert not found, "cite docs/method.md §N or the paper instead: " + "; ".join(found)
+
+
+def test_every_docs_page_named_in_the_code_exists():
+    sections = {int(n) for n in re.findall(r"^## §(\d+) ", read("docs/method.md"), flags=re.M)}
+    missing = []
+    for path, text in tracked_texts():
+        if not path.endswith(".py"):
+            continue
+        missing += [f"{path}: {name}" for name in DOCS_PATH.findall(text)
+                    if not os.path.isfile(os.path.join(ROOT, name))]
+        for cited in METHOD_CITE.findall(text):
+            missing += [f"{path}: docs/method.md §{n}" for n in re.findall(r"\d+", cited) if int(n) not in sections]
+    assert not missing, "no such page or section: " + "; ".join(missing)

@@ -18,8 +18,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bad_files import write_corrupt_file  # noqa: E402
 from dataset.folder import val_count  # noqa: E402
-from dataset.synthetic import write_corrupt_file  # noqa: E402
 from utils.data import count_classes, read_class_names, read_cub_list  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 

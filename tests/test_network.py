@@ -1,4 +1,4 @@
-"""The network: SPEC §2 parameter names, shapes, variants, and checkpoint formats that must load."""
+"""The network: docs/method.md §2 parameter names, shapes, variants, and checkpoint formats that must load."""
 import torch
 
 from network import build_mffnet, build_resnet, load_backbone_weights

@@ -52,7 +52,7 @@ def test_masks_read_back_exactly_as_before(tmp_path, fresh, writer):
     for k, (cam, width, height) in enumerate(cases()):
         path = str(tmp_path / "sub" / f"{k}.png")
         write_mask(cam, width, height, path, writer=writer)
-        got = cv2.imread(path)  # 3 channels: ch0 = CAM, ch1 = prior, ch2 = 0 (SPEC §4.1)
+        got = cv2.imread(path)  # 3 channels: ch0 = CAM, ch1 = prior, ch2 = 0 (docs/method.md §4)
         assert got.shape == (height, width, 3) and np.array_equal(got, today(cam, width, height)), (width, height)
         assert not got[..., 2].any()
         with open(path, "rb") as f:

@@ -1,4 +1,4 @@
-"""The optimised pseudo mask (windowed Gaussians, reused buffers, float32 prior) against SPEC §4.1
+"""The optimised pseudo mask (windowed Gaussians, reused buffers, float32 prior) against docs/method.md §4
 written out the plain way: moments and Gaussians over the whole 256 x 256 grid, no windowing."""
 import cv2
 import numpy as np
@@ -9,7 +9,7 @@ from utils.pseudo_mask import gaussian_prior, make_pseudo_mask, normalise_cam
 
 
 def spec_pseudo_mask(cam: np.ndarray, width: int, height: int) -> np.ndarray:
-    """SPEC §4.1 step by step, float64, full grid (the reference: slow and obvious)."""
+    """docs/method.md §4 step by step, float64, full grid (the reference: slow and obvious)."""
     cam = cam.astype(np.float32)
     cam = cv2.resize(cam / (cam.max() + 1e-6), (256, 256), interpolation=cv2.INTER_LINEAR)
     w = np.where((cam >= 0.1) & (cam <= 0.5), cam, 0).astype(np.float64)
@@ -118,9 +118,9 @@ def test_narrow_gaussians_together_give_the_bits_of_one_by_one(monkeypatch):
 
 
 def test_fill_poly_fills_what_draw_contours_fills():
-    """`gaussian_prior` fills each region with `cv2.fillPoly` (less overhead) where SPEC §4.1 says `drawContours`
-    with thickness -1: the pixels must be the same, for every contour of noisy maps (holes, islands, lines,
-    single pixels) and smooth ones, drawn at the region's offset as there."""
+    """`gaussian_prior` fills each region with `cv2.fillPoly` (less overhead) where the authors' code has
+    `drawContours` with thickness -1: the pixels must be the same, for every contour of noisy maps (holes, islands,
+    lines, single pixels) and smooth ones, drawn at the region's offset as there."""
     rng = np.random.default_rng(5)
     cams = [rng.random((32, 32)).astype(np.float32) for _ in range(6)]
     cams += [cv2.GaussianBlur(rng.random((32, 32)).astype(np.float32), (0, 0), s) for s in (0.5, 1, 2)]

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from bad_files import write_cmyk_jpeg, write_corrupt_file, write_grayscale_jpeg, write_truncated_jpeg
 from conftest import run_script
-from dataset.synthetic import (make_cub, write_cmyk_jpeg, write_corrupt_file, write_grayscale_jpeg,
-                               write_truncated_jpeg)
+from dataset.synthetic import make_cub
 
 SMALL = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "64", "--crop", "56"]
 TRAIN = ["--pretrained", "none", "--batch_size", "8"]

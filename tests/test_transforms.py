@@ -1,6 +1,8 @@
 """The fast transforms (Normalize as float32 arithmetic, OpenCV called directly for
 resize + centre crop) give bit for bit the tensors of the plain albumentations pipeline:
 A.Compose([A.Normalize, ...ops])."""
+from typing import Optional
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -40,9 +42,36 @@ def images():
             yield smooth.astype(np.uint8)
 
 
+def normalize_table() -> np.ndarray:
+    """256 x 1 x 3 float32: albumentations' Normalize of every uint8 value in each channel."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
+    return A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)(image=values)["image"]
+
+
+def affine_constants(table: np.ndarray) -> Optional[np.ndarray]:
+    """2 x 3 float32 (mean, scale) per channel such that the float32 `(v - mean) * scale` has the bits of
+    `table[v, 0, c]` (256 x 1 x 3) for every uint8 v, or None: how `transforms._AFFINE` was found. Tried:
+    float32(mean * 255) and float32(1 / (std * 255)) and their neighbours up to 2 ulps, each checked on all
+    256 values."""
+    values = np.arange(256, dtype=np.float32)
+    steps = sorted(((i, j) for i in range(-2, 3) for j in range(-2, 3)), key=lambda ij: abs(ij[0]) + abs(ij[1]))
+    constants = []
+    for c in range(3):
+        want = table[:, 0, c].view(np.uint32)
+        start = np.float32(MEAN[c] * 255.0), np.float32(1.0 / (STD[c] * 255.0))
+        for i, j in steps:
+            mean, scale = (x + np.spacing(x) * k for x, k in zip(start, (i, j)))  # ~k ulps from x
+            if np.array_equal(((values - mean) * scale).view(np.uint32), want):
+                constants.append((mean, scale))
+                break
+        else:
+            return None
+    return np.array(constants, dtype=np.float32).T
+
+
 def test_normalise_is_albumentations_normalize():
     # the fixed constants are the ones the search finds in this albumentations' table
-    assert np.array_equal(transforms.affine_constants(transforms.normalize_table()).view(np.uint32),
+    assert np.array_equal(affine_constants(normalize_table()).view(np.uint32),
                           transforms._AFFINE.view(np.uint32))
     norm = A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
     every = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)          # each value in each channel
@@ -116,7 +145,7 @@ def test_read_image_is_the_bgr_decode_in_rgb_order(tmp_path):
     16 bits)."""
     import cv2
 
-    from dataset.synthetic import write_cmyk_jpeg, write_grayscale_jpeg
+    from bad_files import write_cmyk_jpeg, write_grayscale_jpeg
     from utils.data import read_image
     rng = np.random.default_rng(5)
     smooth = next(images())

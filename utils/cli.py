@@ -220,7 +220,7 @@ def _say(message: str) -> None:
 
 
 def _default_snapshot(folders: list, released: str) -> str:
-    """test.py without --snapshot: the released name in out/, else the last model-<N> there (SPEC §8);
+    """test.py without --snapshot: the released name in out/, else the last model-<N> there (the authors' default);
     the first of `folders` that has either."""
     whys = []
     for folder in folders:

@@ -1,4 +1,4 @@
-"""Data sets: the SPOL list files (shared/SPEC.md §6), robust image reading, and the torch Datasets of
+"""Data sets: the SPOL list files (docs/formats.md), robust image reading, and the torch Datasets of
 every stage.
 
 A list line becomes a `Sample`: the list's relative name (the key of every artefact: masks, boxes.csv,

@@ -91,11 +91,6 @@ def entry(fn: Callable) -> Callable:
     return run
 
 
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
 def mean(d: Dist, x: torch.Tensor) -> torch.Tensor:
     """The mean of `x` over the processes (`x` itself without torchrun)."""
     if not d.enabled:
@@ -112,14 +107,6 @@ def gather_objects(d: Dist, obj: object) -> list:
     out = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(d: Dist, obj: object) -> object:
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shard(n: int, d: Dist) -> list:

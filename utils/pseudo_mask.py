@@ -1,4 +1,4 @@
-"""Gaussian-enhanced pseudo masks from class activation maps (shared/SPEC.md §4.1).
+"""Gaussian-enhanced pseudo masks from class activation maps (docs/method.md §4).
 
 `make_pseudo_mask(cam, width, height)` turns the 32 x 32 map of the ground-truth class into the
 H x W x 3 uint8 mask written as PNG: channel 0 = the normalised CAM, channel 1 = the Gaussian prior
@@ -76,7 +76,7 @@ def normalise_cam(cam: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarr
 
 
 def _window(ux: float, uy: float, vx: float, vy: float, vxy: float) -> Optional[tuple]:
-    """(c, x0, x1, y0, y1) of the Gaussian of SPEC §4.1 with these moments: its exponent's factor
+    """(c, x0, x1, y0, y1) of the Gaussian of docs/method.md §4 with these moments: its exponent's factor
     c = -1 / (2 (1 - rho^2)) and the pixel box (inclusive) outside which it stays under `_G_FLOOR`;
     None for a degenerate region (a line: no finite Gaussian) or a box off the grid."""
     one_minus_rho2 = 1.0 - vxy * vxy / (vx * vy)
@@ -92,7 +92,8 @@ def _window(ux: float, uy: float, vx: float, vy: float, vxy: float) -> Optional[
 
 def _add_gaussian(prior: np.ndarray, scratch: np.ndarray, ux: float, uy: float, vx: float, vy: float,
                   vxy: float, c: float, x0: int, x1: int, y0: int, y1: int) -> None:
-    """prior = max(prior, g) in the box x0..x1, y0..y1, with g the Gaussian of SPEC §4.1 (peak 1 at (ux, uy)).
+    """prior = max(prior, g) in the box x0..x1, y0..y1, with g the Gaussian of docs/method.md §4
+    (peak 1 at (ux, uy)).
 
     g is computed in float64 by the operations of `exp(c * (dx*dx/vx - 2*dx*dy*vxy/(vx*vy) + dy*dy/vy))`
     in that order, in place in `scratch` (flat, >= 256 * 256 elements); a float32 `prior` receives

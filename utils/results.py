@@ -1,4 +1,4 @@
-"""Result files passed between stages and to the user (shared/SPEC.md §7): the classifier's
+"""Result files passed between stages and to the user (docs/formats.md): the classifier's
 top1top5.npy and the evaluation's boxes.csv.
 
 top1top5.npy comes in two formats, both read here:

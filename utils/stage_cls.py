@@ -1,6 +1,6 @@
 """The cls stage: the classifier whose top-1/top-5 correctness turns GT-known Loc into Top-1/Top-5 Loc.
 
-Default classifier: the authors' EfficientNet-B7 (efficientnet_pytorch), with their recipe (SPEC §3): CUB
+Default classifier: the authors' EfficientNet-B7 (efficientnet_pytorch), with their recipe (docs/method.md §3): CUB
 fine-tunes it from the ImageNet weights with a new `_fc`, ImageNet uses the ImageNet weights as released.
 `--arch resnet50` (the project's ResNet, torchvision layout) and `--arch timm:<name>` are the options
 (network/classifier.py). `test.py` writes out/top1top5.npy: per image of the list, is the class right at

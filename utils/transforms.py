@@ -1,14 +1,14 @@
 """Image transforms, in the authors' order: normalise the uint8 image to float FIRST, then resize.
 
 That order (albumentations `Normalize` before `Resize`, as in the original code) changes the maps by
-several grey levels compared with resizing the uint8 image, so it is kept everywhere (shared/SPEC.md
-§4.1, §4.3). Random transforms are seeded per sample (see `ImageSet`), which makes a run independent
+several grey levels compared with resizing the uint8 image, so it is kept everywhere (docs/method.md
+§4, §6). Random transforms are seeded per sample (see `ImageSet`), which makes a run independent
 of the number of loader workers and lets `--resume` reproduce the uninterrupted run.
 
 Speed (every image of every stage passes here; 1.28M per ImageNet pass): albumentations' Normalize acts
 on each uint8 value alone (its output is a table of 256 floats per channel), so any computation that gives
 that table's 768 floats gives its output. Here: float32 `(v - mean) * scale` per channel with fixed float32
-constants (`_AFFINE`, found by `affine_constants`), in three numpy passes over the image seen as rows of
+constants (`_AFFINE`, found by the tests), in three numpy passes over the image seen as rows of
 W x 3 values (0.3 ms for 500 x 375, against 0.5 for OpenCV's look-up with a per-channel table and 1 for
 Normalize itself). The inference transforms (resize, centre crop, no mask) call `cv2.resize` directly, as
 A.Resize does, without `A.Compose`'s per-call cost, and without importing albumentations at all: only
@@ -31,7 +31,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # (mean, scale) per channel as float32 bits: float32(mean * 255) and float32(1 / (std * 255)), channel 1's scale
 # one ulp under that. `(v - mean) * scale` in float32 then gives albumentations' Normalize for every uint8 v
-# (`normalize_table`, checked by tests/test_transforms.py with `affine_constants`); fixed here rather than
+# (checked, and found, by `affine_constants` in tests/test_transforms.py); fixed here rather than
 # worked out at import, so that processes which never train need not import albumentations (~1.2 s: it
 # pulls in scipy), and a later albumentations cannot change the normalisation the original code used.
 _AFFINE = np.array([[float.fromhex(h) for h in ("0x1.eeb334p+6", "0x1.d11eb8p+6", "0x1.9e1eb8p+6")],
@@ -48,33 +48,6 @@ def albumentations():
 def albumentations_normalize():
     """albumentations' Normalize with the ImageNet statistics, made once (the reference `normalise` follows)."""
     return albumentations().Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
-
-
-def normalize_table() -> np.ndarray:
-    """256 x 1 x 3 float32: albumentations' Normalize of every uint8 value in each channel."""
-    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
-    return albumentations_normalize()(image=values)["image"]
-
-
-def affine_constants(table: np.ndarray) -> Optional[np.ndarray]:
-    """2 x 3 float32 (mean, scale) per channel such that the float32 `(v - mean) * scale` has the bits of
-    `table[v, 0, c]` (256 x 1 x 3) for every uint8 v, or None: how `_AFFINE` was found. Tried:
-    float32(mean * 255) and float32(1 / (std * 255)) and their neighbours up to 2 ulps, each checked on all
-    256 values."""
-    values = np.arange(256, dtype=np.float32)
-    steps = sorted(((i, j) for i in range(-2, 3) for j in range(-2, 3)), key=lambda ij: abs(ij[0]) + abs(ij[1]))
-    constants = []
-    for c in range(3):
-        want = table[:, 0, c].view(np.uint32)
-        start = np.float32(MEAN[c] * 255.0), np.float32(1.0 / (STD[c] * 255.0))
-        for i, j in steps:
-            mean, scale = (x + np.spacing(x) * k for x, k in zip(start, (i, j)))  # ~k ulps from x
-            if np.array_equal(((values - mean) * scale).view(np.uint32), want):
-                constants.append((mean, scale))
-                break
-        else:
-            return None
-    return np.array(constants, dtype=np.float32).T
 
 
 _ROWS = np.empty((2, 0), dtype=np.float32)  # _AFFINE's (mean, scale) repeated along a row of pixels: r, g, b, r, ...
@@ -100,7 +73,7 @@ class Pipeline:
 
     The pseudo mask (H x W x 3 float, ch0 = CAM, ch1 = Gaussian prior) follows the image geometry
     (NEAREST resize, same crop and flip) and comes back as 2 x h x w: the segmentation target and
-    its weight (SPEC §4.2: target = CAM > 0.25 or prior > 0.25; pixels that are neither target nor
+    its weight (docs/method.md §5: target = CAM > 0.25 or prior > 0.25; pixels that are neither target nor
     clear background (CAM < 0.01) get weight 0).
     """
 
@@ -221,7 +194,7 @@ def boxes_to_eval_frame(boxes: np.ndarray, width: int, height: int, size: int = 
     """GT boxes (x0 y0 x1 y1, original pixels) -> the evaluation frame (floats).
 
     Clip to the image ([0, W-1] x [0, H-1]), scale to size x size, shift by the centre-crop offset
-    and clip to the crop [0, crop] (SPEC §4.3). `crop=0`: no crop, the frame is size x size.
+    and clip to the crop [0, crop] (docs/method.md §6). `crop=0`: no crop, the frame is size x size.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
     b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width - 1) * size / width

@@ -5,7 +5,7 @@ epoch end of training. OpenCV only (matplotlib is not a dependency).
 Every panel is PANEL x PANEL RGB uint8, drawn from maps and boxes of one frame (the evaluation frame, or
 the original image for pseudo masks) scaled to the panel. Boxes are `x0 y0 x1 y1` in pixels of that
 frame. Colours: predicted box red, ground-truth boxes green, predicted mask outline white; pseudo masks
-(shared/SPEC.md §4.2) red where CAM > 0.25, yellow where only the Gaussian prior > 0.25 (both are
+(docs/method.md §5) red where CAM > 0.25, yellow where only the Gaussian prior > 0.25 (both are
 target), grey where the loss ignores the pixel, the image darkened where it is background.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def draw_outline(panel: np.ndarray, mask: np.ndarray, colour: tuple = WHITE) -> 
 def pseudo_mask_panel(image: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
     """The image with the classes of its pseudo mask (H x W x 3 float in [0, 1]: ch0 CAM, ch1 prior) painted on.
 
-    The classes are the seg stage's (SPEC §4.2): target = CAM > 0.25 or prior > 0.25, background =
+    The classes are the seg stage's (docs/method.md §5): target = CAM > 0.25 or prior > 0.25, background =
     CAM < 0.01 and not target, ignored = the rest.
     """
     pseudo = _fit(np.asarray(pseudo, dtype=np.float32), cv2.INTER_NEAREST)
