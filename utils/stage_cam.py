@@ -70,7 +70,7 @@ def train(args, d) -> str:
         return [(m.head_parameters(), args.lr), (backbone, args.backbone_lr)]
 
     data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
-    last = fit(args, d, model, data, dual_head_loss if dual else single_head_loss, groups,
+    last = fit(cli.train_config(args), d, model, data, dual_head_loss if dual else single_head_loss, groups,
                on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "cam", _gt_class_cam))
     if d.main:
         print(f"done; last snapshot: {last}")
@@ -171,8 +171,8 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
     """Batched CAMs of the samples `mine` -> PNGs (by `writer`), post-processed in `pool` (or here if None)
     once the `ready` futures are done. Returns (written, bad, Throughput)."""
     model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
-    model = place_model(model.eval(), args, d, train=False)
-    channels_last = channels_last_for(args, d.device)
+    model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
+    channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)
     batches = ring_batches(samples, mine, args.batch_size, mask_transform(args.size).into, (args.size, args.size, 3),
