@@ -310,9 +310,9 @@ class TrainConfig:
 class BadFiles:
     """A training run's bad files (unreadable images, missing or mismatched masks).
 
-    `policy` stop ends the run at the first; skip names each on stdout and leaves it out. Rank 0 counts every
-    rank's skipped files and appends them to `path` (skipped.txt) at each `flush`, a collective that every rank
-    calls at the same points (the saves of the state). A batch that bad files leave with fewer than 2 images
+    `policy` stop ends the run at the first; skip names each on stdout and leaves it out. At each `flush`, a
+    collective that every rank calls at the same points (the saves of the state), every rank's skipped files
+    are counted and rank 0 appends them to `path` (skipped.txt). A batch that bad files leave with fewer than 2 images
     is dropped whole, its good image named (BatchNorm cannot train on one image); under torchrun that is an
     error, since every process must take every step. `samples`: the data set's, to name dropped images.
     """
