@@ -18,8 +18,8 @@ import utils.vis as vis  # noqa: E402
 _place_model, _to_device = engine.place_model, engine.to_device
 
 
-def place_model(model, args, d, train):
-    return _place_model(model.double(), args, d, train)
+def place_model(model, *args, **kwargs):
+    return _place_model(model.double(), *args, **kwargs)
 
 
 def to_device(x, d, channels_last=False, hwc=False):

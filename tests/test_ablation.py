@@ -57,6 +57,7 @@ def test_default_network_is_spols_exactly():
     assert explicit._metadata[""]["mffnet"] == SPOL
 
 
+SGD = dict(momentum=0.9, weight_decay=1e-4, nesterov=True)  # the training defaults of every stage
 # every fusion at 2, 3 and 4 stages, one stage alone, and no MCA with each fusion
 SWITCHES = [("mul", 1, True), ("add", 2, True), ("concat", 2, False), ("add", 3, True), ("concat", 3, True),
             ("mul", 3, False), ("mul", 4, True), ("add", 4, False), ("concat", 4, True)]
@@ -76,7 +77,7 @@ def test_each_switch_builds_trains_a_step_and_evaluates(fusion, levels, mca):
     assert cam.linear.weight.shape[1] == (128 * levels if fusion == "concat" else 128)
     before = cam.linear.weight.detach().clone()
     batch = {"image": x, "label": torch.tensor([0, 2])}
-    loss = train_step(cam, dual_head_loss, batch, sgd([(cam.parameters(), 0.01)], _sgd_args()), None,
+    loss = train_step(cam, dual_head_loss, batch, sgd([(cam.parameters(), 0.01)], **SGD), None,
                       torch.device("cpu"), None)
     assert torch.isfinite(loss) and not torch.equal(before, cam.linear.weight)
     cam.eval()
@@ -89,16 +90,11 @@ def test_each_switch_builds_trains_a_step_and_evaluates(fusion, levels, mca):
     target = torch.zeros(2, 2, 64, 64)
     target[:, 0, 16:48, 16:48] = 1
     target[:, 1] = 1
-    loss = train_step(seg, seg_loss, {"image": x, "mask": target}, sgd([(seg.parameters(), 0.01)], _sgd_args()),
+    loss = train_step(seg, seg_loss, {"image": x, "mask": target}, sgd([(seg.parameters(), 0.01)], **SGD),
                       None, torch.device("cpu"), None)
     assert torch.isfinite(loss)
     with torch.no_grad():
         assert seg.eval()(x).shape == (2, 1, 64 // stride, 64 // stride)
-
-
-def _sgd_args():
-    from argparse import Namespace
-    return Namespace(momentum=0.9, weight_decay=1e-4, nesterov=True)
 
 
 def test_bad_switches_are_refused():

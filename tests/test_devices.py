@@ -1,8 +1,6 @@
 """The CUDA branches, through CPU proxies: the device a process runs on, the stream its host copies wait on, the
 precision `--amp` picks, and a training loop whose cost per step does not grow with the list. The GPU suite
 (tests/test_cuda.py, `-m cuda`) runs the same paths on a real GPU."""
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -112,13 +110,11 @@ def _tiny_model():
                                torch.nn.Flatten())
 
 
-def _args(savepath, **kw) -> argparse.Namespace:
-    flags = dict(batch_size=4, amp="off", channels_last=False, compile=False, sync_bn=False, resume=None, seed=0,
-                 epoch=1, num_workers=0, print_freq=1, snapshot_every=0, snapshot_from=1, save_every=0, max_steps=6,
-                 on_bad_image="stop", list="train.txt", momentum=0.9, weight_decay=1e-4, nesterov=True,
-                 savepath=str(savepath), clsnum=2)
-    flags.update(kw)
-    return argparse.Namespace(**flags)
+def _config(savepath) -> engine.TrainConfig:
+    return engine.TrainConfig(epochs=1, batch_size=4, savepath=str(savepath), list_name="train.txt", momentum=0.9,
+                              weight_decay=1e-4, nesterov=True, amp="off", channels_last=False, compile=False,
+                              sync_bn=False, seed=0, resume=None, save_every=0, snapshot_every=0, snapshot_from=1,
+                              print_freq=1, max_steps=6, on_bad_image="stop", num_workers=0)
 
 
 def test_a_training_step_does_not_redo_the_epochs_permutation(tmp_path, monkeypatch):
@@ -131,7 +127,7 @@ def test_a_training_step_does_not_redo_the_epochs_permutation(tmp_path, monkeypa
 
     monkeypatch.setattr(np.random, "default_rng", counted)
     model = _tiny_model()
-    engine.fit(_args(tmp_path), distributed.Dist(), model, Keys(1_281_167),
+    engine.fit(_config(tmp_path), distributed.Dist(), model, Keys(1_281_167),
                lambda m, b: torch.nn.functional.cross_entropy(m(b["image"]), b["label"]),
                lambda m: [(list(m.parameters()), 0.01)])
     assert drawn == [[0, 0]], f"the epoch's order was drawn {len(drawn)} times for 6 steps"

@@ -2,7 +2,6 @@
 of the seg and cam stages, the TensorBoard pictures of training, and the default SPOL protocol left as it
 was. One tiny synthetic CUB set and freshly initialised resnet18 models (the figures need not be good, only
 computed right), so the whole file runs in well under a minute on the CPU."""
-import argparse
 import json
 import os
 import shutil
@@ -202,7 +201,7 @@ def test_tensorboard_pictures_at_epoch_end_leave_the_model_as_it_was(data, tmp_p
     heat = stage_seg._predicted_mask if stage == "seg" else stage_cam._gt_class_cam
     hook = tensorboard_hook(samples, 64, 56, stage, heat)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    log = RunLog(str(tmp_path), argparse.Namespace(), enabled=True)
+    log = RunLog(str(tmp_path), {}, enabled=True)
     model.train()
     hook(model, 1, log)
     log.close()

@@ -82,7 +82,7 @@ from network.resnet import BACKBONES  # noqa: E402
 from utils import cli, engine, png, scale, stage_cam, stage_seg  # noqa: E402
 from utils.data import read_image, read_list  # noqa: E402
 from utils.distributed import Dist, setup  # noqa: E402
-from utils.engine import amp_dtype, autocast, train_step  # noqa: E402
+from utils.engine import amp_dtype, autocast, channels_last_for, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
 from utils.ring import RingBatches, ring_batches, slots_for  # noqa: E402
@@ -613,7 +613,7 @@ def run(a) -> dict:
         raise UserError(f"--images {a.images} < 2 x --batch_size {a.batch_size}: the end-to-end figures leave "
                         f"the first batch out and need at least one more")
     a.dtype = amp_dtype(a.amp, a.device)
-    a.cl = a.channels_last if a.channels_last is not None else a.device.type == "cuda"
+    a.cl = channels_last_for(a.channels_last, a.device)
     # a snapshot's classes; loading it here stops a bad one before any work
     a.classes = cam_model(a.cam_snapshot, a.backbone).linear.out_channels if a.cam_snapshot else CLASSES
     work = a.workdir or tempfile.mkdtemp(prefix="spol-bench-")

@@ -70,8 +70,8 @@ def evaluate(args, d) -> dict:
                                if os.path.basename(name) not in EXCLUDED.get(args.dataset, [])])
     thresholds = sorted(set(CURVE) | {args.threshold})
     model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
-    model = place_model(model.eval(), args, d, train=False)
-    channels_last = channels_last_for(args, d.device)
+    model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
+    channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, eval_transform(args.size, args.crop))
     records, position = [], {s.name: i for i, s in enumerate(samples)}
@@ -84,7 +84,7 @@ def evaluate(args, d) -> dict:
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
-                                                  args, d), d.main, desc="CAM localisation"):
+                                                  args.num_workers, d), d.main, desc="CAM localisation"):
             for name, reason in batch["bad"]:  # unreadable under --on-bad-image skip: a failure, still counted
                 handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
                 records.append((position[name], [0.0] * len(thresholds), True))

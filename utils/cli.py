@@ -15,6 +15,7 @@ from network.mffnet import FUSIONS
 from network.resnet import BACKBONES
 from utils.data import count_classes
 from utils.checkpoint import find_snapshot
+from utils.engine import TrainConfig
 from utils.errors import UserError
 
 PATH_ARGS = ("datapath", "savepath", "snapshot", "top1top5", "maskpath", "pretrained", "resume")
@@ -120,6 +121,17 @@ def add_network_args(p: argparse.ArgumentParser, train: bool) -> None:
 def architecture(args: argparse.Namespace) -> dict:
     """The switches of `add_network_args` that are set, as keyword arguments of build_mffnet / load_mffnet."""
     return {k: getattr(args, k) for k in ("fusion", "levels", "mca") if getattr(args, k, None) is not None}
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The training flags of a train.py (`make_parser(train=True)`) that `engine.fit` uses, with every flag recorded
+    in `flags`."""
+    return TrainConfig(epochs=args.epoch, batch_size=args.batch_size, savepath=args.savepath, list_name=args.list,
+                       momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov, amp=args.amp,
+                       channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn, seed=args.seed,
+                       resume=args.resume, save_every=args.save_every, snapshot_every=args.snapshot_every,
+                       snapshot_from=args.snapshot_from, print_freq=args.print_freq, max_steps=args.max_steps,
+                       on_bad_image=args.on_bad_image, num_workers=args.num_workers, flags=dict(vars(args)))
 
 
 def add_cls_args(p: argparse.ArgumentParser) -> None:

@@ -1,10 +1,12 @@
 """The training engine shared by every stage: mixed precision, the optimiser, one training step, the
-epoch loop with snapshots, resumable state and logging, and the batched inference loader.
+epoch loop (`fit`, configured by a `TrainConfig`), and the batched inference loader with its host copies.
 
-Resumability: the training state (`<savepath>/checkpoint.pth`: model, optimiser, scaler, epoch,
-batch within the epoch, global step, args) is written atomically at every epoch end and every
-`--save_every` steps. Shuffling and augmentation are seeded by (seed, epoch, index) and dropout by
-(seed, step), so a resumed run continues exactly where the interrupted one stopped.
+`fit` reads as a loop: for each epoch, for each batch: leave out bad files (`BadFiles`), move to the device,
+step, log (`log.LossLog`), save (`train_state.Checkpoints`). Resumability: the training state
+(`<savepath>/checkpoint.pth`: model, optimiser, scaler, epoch, batch within the epoch, global step, args) is
+written atomically at every epoch end and every `--save_every` steps. Shuffling and augmentation are seeded by
+(seed, epoch, index) and dropout by (seed, step), so a resumed run continues exactly where the interrupted one
+stopped.
 
 Under torchrun, a global batch is split over the processes, every sample keeps its augmentation and
 dropout mask, BatchNorm uses the whole batch's statistics (`--sync_bn`, the default) and DDP averages
@@ -13,12 +15,11 @@ the gradients: up to floating-point summation order, the run is the single-proce
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
 import os
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -26,13 +27,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from utils.checkpoint import save_atomic, torch_load
 from utils.outputs import write_error
-from utils.data import SampleTable, collate
+from utils.data import collate
 from utils import distributed
 from utils.distributed import Dist, EpochBatchSampler, sync_batchnorm
 from utils.errors import Stopped, UserError
-from utils.log import RunLog, maybe_tqdm
+from utils.log import LossLog, RunLog, maybe_tqdm
+from utils.train_state import Checkpoints, list_fingerprint, read_state, remove_torn_saves, resume
 from utils.workers import init_loader_worker, loader_threads
 
 
@@ -62,21 +63,23 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def channels_last_for(args, device: torch.device) -> bool:
-    """--channels_last as given, else on for CUDA (faster convolutions there) and off on the CPU."""
-    return args.channels_last if args.channels_last is not None else device.type == "cuda"
+def channels_last_for(flag: Optional[bool], device: torch.device) -> bool:
+    """`--channels_last` as given (`flag`), else on for CUDA (faster convolutions there) and off on the CPU."""
+    return flag if flag is not None else device.type == "cuda"
 
 
-def place_model(model: nn.Module, args, d: Dist, train: bool) -> nn.Module:
-    """Move to the device (channels-last on CUDA), wrap in DDP when distributed, compile if asked."""
-    channels_last = channels_last_for(args, d.device)
-    model = model.to(d.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    if train and d.enabled and args.sync_bn:
+def place_model(model: nn.Module, d: Dist, *, channels_last: Optional[bool], compile: bool, train: bool = False,
+                sync_bn: bool = False) -> nn.Module:
+    """Move to the device (channels-last where `channels_last_for(channels_last)`), compile if asked; for
+    training under torchrun also wrap in DDP, BatchNorm over the global batch first where `sync_bn`."""
+    model = model.to(d.device, memory_format=torch.channels_last if channels_last_for(channels_last, d.device)
+                     else torch.preserve_format)
+    if train and d.enabled and sync_bn:
         model = sync_batchnorm(model, d)  # in place for the children: snapshots keep working
     if train and d.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    if args.compile:
+    if compile:
         model = torch.compile(model)
     return model
 
@@ -86,11 +89,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def sgd(groups: list, args) -> torch.optim.SGD:
-    """SGD with the authors' settings; `groups` = [(params, lr), ...]."""
+def sgd(groups: list, momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.SGD:
+    """SGD with the authors' settings; `groups` = [(params, lr), ...] (empty ones left out). Nesterov needs
+    momentum: without it, plain SGD."""
     return torch.optim.SGD([{"params": p, "lr": lr, "initial_lr": lr} for p, lr in groups if p],
-                           lr=groups[0][1], momentum=args.momentum, weight_decay=args.weight_decay,
-                           nesterov=args.nesterov and args.momentum > 0)
+                           lr=groups[0][1], momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
 
 
 def train_step(model: nn.Module, loss_fn: Callable, batch: dict, optimizer: torch.optim.Optimizer,
@@ -143,9 +147,9 @@ class InOrder:
             yield [(number, i) for i in batch] if self.numbered else batch
 
 
-def inference_batches(dataset, indices, batch_size: int, args, d: Dist) -> DataLoader:
+def inference_batches(dataset, indices, batch_size: int, num_workers: int, d: Dist) -> DataLoader:
     """One pass over `indices` of `dataset` in batches of `batch_size`, in order."""
-    return loader(dataset, InOrder(indices, batch_size), args.num_workers, d, persistent=False)
+    return loader(dataset, InOrder(indices, batch_size), num_workers, d, persistent=False)
 
 
 def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False, hwc: bool = False) -> torch.Tensor:
@@ -273,263 +277,191 @@ def handle_bad(batch: dict, policy: str, d: Dist) -> int:
 
 
 # --------------------------------------------------------------------------------------- training
-def fit(args, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Callable,
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `fit` takes from a stage's training flags; `cli.train_config` builds it from the parsed arguments.
+
+    `flags` holds every flag of the run (name -> value): checkpoint.pth records them under "args", args.json and
+    the start-up print show them, and `--resume` names those that change the model's shape where they differ.
+    """
+    epochs: int                     # --epoch
+    batch_size: int                 # over all processes
+    savepath: str
+    list_name: str                  # --list: the position in a checkpoint refers to it
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    amp: str                        # auto | bf16 | fp16 | off (amp_dtype)
+    channels_last: Optional[bool]   # None: on for CUDA (channels_last_for)
+    compile: bool
+    sync_bn: bool
+    seed: int                       # shuffling, augmentation (the data set's own) and dropout
+    resume: Optional[str]           # a training-state file
+    save_every: int                 # steps between states (0: at epoch ends only)
+    snapshot_every: int             # steps between model-<step>.pth (0: model-<epoch>.pth)
+    snapshot_from: int              # the first epoch whose model-<epoch>.pth is kept
+    print_freq: int                 # steps between log lines
+    max_steps: int                  # 0: no limit
+    on_bad_image: str               # stop | skip
+    num_workers: int                # loader workers per process
+    flags: dict = field(default_factory=dict)
+
+
+class BadFiles:
+    """A training run's bad files (unreadable images, missing or mismatched masks).
+
+    `policy` stop ends the run at the first; skip names each on stdout and leaves it out. At each `flush`, a
+    collective that every rank calls at the same points (the saves of the state), every rank's skipped files
+    are counted and rank 0 appends them to `path` (skipped.txt). A batch that bad files leave with fewer than 2 images
+    is dropped whole, its good image named (BatchNorm cannot train on one image); under torchrun that is an
+    error, since every process must take every step. `samples`: the data set's, to name dropped images.
+    """
+
+    def __init__(self, path: str, policy: str, d: Dist, samples):
+        self.path, self.policy, self.d, self.samples = path, policy, d, samples
+        self.unlisted, self.skipped, self.dropped = [], 0, []
+
+    def keep(self, batch: dict) -> bool:
+        """Take the batch's bad files; False when it has too few images left to train on."""
+        self.unlisted += batch["bad"]
+        handle_bad(batch, self.policy, self.d)
+        if "image" in batch and len(batch["image"]) >= 2:
+            return True
+        if self.d.enabled:
+            raise UserError("a batch lost all (or all but one) of its images to bad files under "
+                            "torchrun; fix or remove them from the list")
+        good = [self.samples[i].name for i in batch["index"].tolist()] if "image" in batch else []
+        self.dropped += good
+        if good and self.d.main:
+            print(f"dropped with its batch (the rest were bad files): {', '.join(good)}", flush=True)
+        return False
+
+    def flush(self) -> None:
+        lines = [line for part in distributed.gather_objects(self.d, self.unlisted) for line in part]
+        self.skipped, self.unlisted = self.skipped + len(lines), []
+        if lines and self.d.main:
+            try:
+                with open(self.path, "a") as f:
+                    f.writelines(f"{name}\t{reason}\n" for name, reason in lines)
+            except OSError as e:
+                raise write_error(self.path, e) from None
+
+    def report(self) -> None:
+        """The run's totals, said once at its end."""
+        if self.skipped and self.d.main:
+            print(f"{self.skipped} bad files were skipped (listed in {self.path})")
+        if self.dropped and self.d.main:
+            print(f"{len(self.dropped)} good images were dropped with batches that bad files left with fewer than "
+                  f"2 images")
+
+
+def batch_to_device(batch: dict, d: Dist, channels_last: bool) -> None:
+    """A training batch's image (in the model's memory format), label and mask on the device, in place."""
+    batch["image"] = to_device(batch["image"], d, channels_last)
+    for k in ("label", "mask"):
+        if k in batch:
+            batch[k] = to_device(batch[k], d)
+
+
+def fit(cfg: TrainConfig, d: Dist, model: nn.Module, dataset, loss_fn: Callable, groups: Callable,
         on_epoch_end: Optional[Callable] = None,
         lr_factor: Optional[Callable[[int], float]] = None) -> str:
-    """Train `model` (unwrapped, on the CPU) on `dataset`; returns the path of the last snapshot.
+    """Train `model` (unwrapped, on the CPU) on `dataset` as `cfg` says; returns the path of the last snapshot.
 
-    `groups(model) -> [(params, lr), ...]` builds the optimiser's parameter groups;
-    epochs from `--snapshot_from` on, and the last, leave a model-<epoch>.pth (without `--snapshot_every`);
-    `lr_factor(epoch) -> float` scales every group's initial lr for that 0-based epoch (default: constant).
+    `loss_fn(model, batch) -> loss`; `groups(model) -> [(params, lr), ...]` builds the optimiser's parameter
+    groups; `lr_factor(epoch) -> float` scales every group's initial lr for that 0-based epoch (default:
+    constant); `on_epoch_end(model, epoch, log)` runs after each epoch's save (1-based epoch, the RunLog).
+    Epochs from `snapshot_from` on, and the last, leave a model-<epoch>.pth (without `snapshot_every`).
     """
-    if args.batch_size % d.world:
-        raise UserError(f"--batch_size {args.batch_size} is not divisible by the {d.world} processes")
-    dtype = amp_dtype(args.amp, d.device)
-    channels_last = channels_last_for(args, d.device)
+    if cfg.batch_size % d.world:
+        raise UserError(f"--batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
+    dtype = amp_dtype(cfg.amp, d.device)
+    channels_last = channels_last_for(cfg.channels_last, d.device)
     raw = model
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    start_epoch, start_batch, step = 0, 0, 0
-    state = _load_state(args.resume, os.path.join(args.savepath, "checkpoint.pth")) if args.resume else None
+    own = os.path.join(cfg.savepath, "checkpoint.pth")
+    state = read_state(cfg.resume, own) if cfg.resume else None
     if hasattr(raw, "batch_split"):  # dropout masks per global batch (see MFFNet._dropout)
         raw.batch_split = (d.rank, d.world)
-    model = place_model(raw, args, d, train=True)
+    model = place_model(raw, d, channels_last=cfg.channels_last, compile=cfg.compile, train=True,
+                        sync_bn=cfg.sync_bn)
     # the state goes into the placed parameters (the same objects as raw's): load_state_dict casts it to each
     # parameter's device and dtype, so the optimiser's, loaded before the model moved, would stay on the CPU
-    optimizer = sgd(groups(raw), args)
+    optimizer = sgd(groups(raw), cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    listed = list_fingerprint(cfg.list_name, getattr(dataset, "samples", None) or [])
+    start_epoch, start_batch, step = 0, 0, 0
     if state is not None:
-        _resume_model(raw, state, args.resume, vars(args))
-        optimizer.load_state_dict(state["optimizer"])
-        _lay_out_like_parameters(optimizer)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-        if d.main:
-            print(f"resumed from {args.resume}: epoch {start_epoch + 1}, batch {start_batch}, step {step}")
-    listed = list_fingerprint(args.list, getattr(dataset, "samples", None) or [])
-    if state is not None:
-        _check_same_list(state, listed, args.resume)
+        start_epoch, start_batch, step = resume(state, cfg.resume, raw, optimizer, scaler, cfg.flags, listed, d.main)
+        if (start_epoch, start_batch) > (cfg.epochs, 0):
+            raise UserError(f"--resume: {cfg.resume} stopped at epoch {start_epoch + 1}, batch {start_batch}: past "
+                            f"--epoch {cfg.epochs}; resume with the --epoch it was trained with, or more")
     if d.main:
-        remove_torn_saves(args.savepath)
-    log = RunLog(args.savepath, args, enabled=d.main, resumed_at=step if state is not None else None)
-    sampler = EpochBatchSampler(len(dataset), args.batch_size // d.world, d, seed=args.seed)
+        remove_torn_saves(cfg.savepath)
+    log = RunLog(cfg.savepath, cfg.flags, enabled=d.main, resumed_at=step if state is not None else None)
+    losses = LossLog(log, d.world, own)
+    bad = BadFiles(os.path.join(cfg.savepath, "skipped.txt"), cfg.on_bad_image, d, getattr(dataset, "samples", None))
+    saves = Checkpoints(cfg.savepath, d, raw, optimizer, scaler, {"args": cfg.flags, "list": listed}, losses,
+                        bad.flush, saved_at=step if state is not None else None)
+    sampler = EpochBatchSampler(len(dataset), cfg.batch_size // d.world, d, seed=cfg.seed)
     batches = len(sampler)  # per epoch, the same every epoch
     if start_batch >= batches:  # a state saved after an epoch's last batch (older runs): the next epoch
         start_epoch, start_batch = start_epoch + 1, 0
-    data = loader(dataset, sampler, args.num_workers, d)
-    bad_log = os.path.join(args.savepath, "skipped.txt")
-    last_snapshot, skipped, bad, dropped = None, 0, [], []
-    finite = torch.ones((), dtype=torch.bool, device=d.device)
-    first_step, shown, saved_at = step, None, step if state is not None else None
-
-    def show() -> None:
-        # the loss of a logged step, read one step later: its copy to the host ran while the next step was
-        # queued, so logging never waits for the GPU to finish a step
-        nonlocal shown
-        if shown is None:
-            return
-        at, loss_copy, lr, epoch, seen, t0 = shown
-        shown, value = None, loss_copy.get().item()
-        if not math.isfinite(value):
-            raise UserError(f"loss is {value} at step {at}: stopped; the last good state is "
-                            f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
-        rate = seen * d.world / max(time.time() - t0, 1e-9)
-        log.scalars(at, loss=value, lr=lr, epoch=epoch, images_per_s=round(rate, 1))
-        if d.main and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
-
-    def count_bad() -> None:
-        # every rank's skipped files, counted and written to skipped.txt by rank 0 (a collective: every rank
-        # calls it at the same points, the saves)
-        nonlocal skipped, bad
-        lines = [line for part in distributed.gather_objects(d, bad) for line in part]
-        skipped, bad = skipped + len(lines), []
-        if lines and d.main:
-            try:
-                with open(bad_log, "a") as f:
-                    f.writelines(f"{name}\t{reason}\n" for name, reason in lines)
-            except OSError as e:
-                raise write_error(bad_log, e) from None
-
-    def check_finite() -> None:
-        # a finite loss can still be followed by an update that blew the weights up, and BatchNorm's running
-        # statistics (buffers) can overflow while the loss, on batch statistics, looks fine: check all three
-        if not bool(finite) or not all(bool(torch.isfinite(t).all()) for t in raw.state_dict().values()
-                                       if t.is_floating_point()):
-            raise UserError(f"non-finite loss or weights before step {step}: stopped; the last good state is "
-                            f"{os.path.join(args.savepath, 'checkpoint.pth')} (lower --lr, or --amp off)")
-
-    def save_state(epoch: int, batch: int) -> None:
-        nonlocal saved_at
-        show()
-        count_bad()
-        check_finite()
-        if d.main:
-            save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "batch": batch,
-                         "step": step, "args": {k: v for k, v in vars(args).items()}, "list": listed},
-                        os.path.join(args.savepath, "checkpoint.pth"))
-        saved_at = step
-
-    def snapshot(tag: int) -> str:
-        path = os.path.join(args.savepath, f"model-{tag}.pth")
-        show()
-        check_finite()
-        if d.main:
-            save_atomic(raw.state_dict(), path)
-        return path
-
+    data = loader(dataset, sampler, cfg.num_workers, d)
+    first_step, last_snapshot, done = step, None, False
+    epoch = start_epoch - 1  # the last epoch entered; none when a finished run is resumed
     try:
-        done = False
-        for epoch in range(start_epoch, args.epoch):
-            sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        for epoch in range(start_epoch, cfg.epochs):
+            batch_idx = start_batch if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, batch_idx)
             if lr_factor is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * lr_factor(epoch)
-            batch_idx = start_batch if epoch == start_epoch else 0
             model.train()
-            seen, t0 = 0, time.time()
-            bar = maybe_tqdm(data, d.main, desc=f"epoch {epoch + 1}/{args.epoch}", initial=batch_idx, total=batches)
+            bar = losses.epoch(maybe_tqdm(data, d.main, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=batch_idx,
+                                          total=batches))
             for batch in bar:
-                bad += batch["bad"]
-                handle_bad(batch, args.on_bad_image, d)
                 batch_idx += 1
-                if "image" not in batch or len(batch["image"]) < 2:
-                    if d.enabled:
-                        raise UserError("a batch lost all (or all but one) of its images to bad files under "
-                                        "torchrun; fix or remove them from the list")
-                    # BatchNorm cannot train on one image: the good one left goes too, named and counted
-                    good = [dataset.samples[i].name for i in batch["index"].tolist()] if "image" in batch else []
-                    dropped += good
-                    if good and d.main:
-                        print(f"dropped with its batch (the rest were bad files): {', '.join(good)}", flush=True)
+                if not bad.keep(batch):
                     continue
-                batch["image"] = to_device(batch["image"], d, channels_last)
-                for k in ("label", "mask"):
-                    if k in batch:
-                        batch[k] = to_device(batch[k], d)
-                torch.manual_seed(args.seed * 1_000_003 + step)  # dropout: resumable, drawn per global batch
+                batch_to_device(batch, d, channels_last)
+                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: resumable, drawn per global batch
                 loss = train_step(model, loss_fn, batch, optimizer, scaler, d.device, dtype)
-                show()
-                finite &= torch.isfinite(loss)
+                losses.flush()  # the loss marked a step ago: its copy ran while this step was queued
+                saves.watch(loss)
                 step += 1
-                seen += len(batch["image"])
-                if step % args.print_freq == 0 or batch_idx == batches:
-                    # over the global batch, not rank 0's share
-                    shown = (step, HostCopy(distributed.mean(d, loss)), optimizer.param_groups[0]["lr"], epoch + 1,
-                             seen, t0)
-                if args.snapshot_every and step % args.snapshot_every == 0:
-                    last_snapshot = snapshot(step)
-                if args.save_every and step % args.save_every == 0:
-                    save_state(epoch, batch_idx)
-                if args.max_steps and step >= args.max_steps:
+                losses.count(len(batch["image"]))
+                if step % cfg.print_freq == 0 or batch_idx == batches:  # over the global batch, not this rank's
+                    losses.mark(step, HostCopy(distributed.mean(d, loss)).get, optimizer.param_groups[0]["lr"],
+                                epoch + 1)
+                if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                    last_snapshot = saves.snapshot(step, step)
+                if cfg.save_every and step % cfg.save_every == 0:
+                    saves.state(epoch, batch_idx, step)
+                if cfg.max_steps and step >= cfg.max_steps:
                     done = True
                     break
-            show()
+            losses.flush()
             if step == first_step:  # before any file is written: a snapshot of untrained weights helps no one
-                count_bad()
-                raise UserError(f"no training step ran: every batch of {args.list} was lost to bad files "
-                                f"({skipped} skipped, listed in {bad_log}); fix or remove them, then run again")
-            if done and batch_idx < batches:
-                save_state(epoch, batch_idx)
+                bad.flush()
+                raise UserError(f"no training step ran: every batch of {cfg.list_name} was lost to bad files "
+                                f"({bad.skipped} skipped, listed in {bad.path}); fix or remove them, then run again")
+            if done and batch_idx < batches:  # --max_steps mid-epoch: the state says where to go on
+                saves.state(epoch, batch_idx, step)
                 break
             # the epoch's last batch (--max_steps there too): the epoch ends as any other, its snapshot included
-            save_state(epoch + 1, 0)
-            if not args.snapshot_every and (epoch + 1 >= args.snapshot_from or epoch + 1 == args.epoch):
-                last_snapshot = snapshot(epoch + 1)
+            saves.state(epoch + 1, 0, step)
+            if not cfg.snapshot_every and (epoch + 1 >= cfg.snapshot_from or epoch + 1 == cfg.epochs):
+                last_snapshot = saves.snapshot(epoch + 1, step)
             if on_epoch_end is not None:
                 on_epoch_end(unwrap(model), epoch + 1, log)
             if done:
                 break
-        if args.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
-            last_snapshot = snapshot(step)
-        if last_snapshot is None:
-            last_snapshot = snapshot(step if args.snapshot_every else min(args.epoch, epoch + 1))
-        if skipped and d.main:
-            print(f"{skipped} bad files were skipped (listed in {bad_log})")
-        if dropped and d.main:
-            print(f"{len(dropped)} good images were dropped with batches that bad files left with fewer than 2 images")
+        if cfg.snapshot_every and (last_snapshot is None or not last_snapshot.endswith(f"-{step}.pth")):
+            last_snapshot = saves.snapshot(step, step)
+        if last_snapshot is None:  # stopped by --max_steps before any epoch's snapshot: the weights so far
+            last_snapshot = saves.snapshot(epoch + 1, step)
+        bad.report()
         log.close()
         return last_snapshot
     except Stopped as e:  # SIGTERM (errors.run_main): say what is kept and how to go on
-        kept = (f"continue with --resume (from {os.path.join(args.savepath, 'checkpoint.pth')}, the state of step "
-                f"{saved_at})" if saved_at is not None else
-                "nothing was saved yet (--save_every N keeps the state every N steps): run it again")
-        raise Stopped(e.signum, f"at step {step}: {kept}") from None
-
-
-def remove_torn_saves(folder: str) -> None:
-    """Remove the `.tmp-*.pth` a run killed while saving (SIGKILL, a power cut) left in its output folder: the
-    folder's lock (utils.lock) makes this run its only writer, so none of them is being written now."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        if name.startswith(".tmp-") and name.endswith(".pth"):
-            try:
-                os.remove(os.path.join(folder, name))
-            except OSError:
-                pass
-
-
-def list_fingerprint(name: str, samples) -> dict:
-    """What a training position (epoch, batch) refers to: the list's name, length and a SHA-1 of its names and
-    labels in order (a `SampleTable` or a list of `Sample`s)."""
-    if isinstance(samples, SampleTable):
-        names, labels = samples.names(), samples.labels
-    else:
-        names, labels = [s.name for s in samples], np.array([s.label for s in samples], dtype=np.int64)
-    digest = hashlib.sha1("".join(n + "\n" for n in names).encode("utf-8"))
-    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return {"list": name, "images": len(names), "sha1": digest.hexdigest()}
-
-
-def _check_same_list(state: dict, listed: dict, path: str) -> None:
-    """A resumed run trains on the list the checkpoint's position refers to (checkpoints written before the
-    list was recorded cannot tell, and are taken as they are)."""
-    saved = state.get("list")
-    if saved and saved.get("sha1") != listed["sha1"]:
-        how = "other names or labels" if saved["images"] == listed["images"] else f"{listed['images']} images"
-        raise UserError(f"--resume: {path} stopped at epoch {state['epoch'] + 1}, batch {state['batch']} of "
-                        f"{saved['list']} as it was then ({saved['images']} images); {listed['list']} now has {how}: "
-                        f"that position would be other images. Resume with the list it was trained on, or start "
-                        f"anew without --resume")
-
-
-def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
-    """Give each loaded state tensor of a parameter's shape (momentum) that parameter's memory layout: the
-    state comes contiguous from the file, a channels-last parameter would otherwise step in two layouts."""
-    for p, st in optimizer.state.items():
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                st[k] = torch.empty_like(p).copy_(v)
-
-
-def _load_state(path: str, own: str) -> Optional[dict]:
-    """The training state to resume from; None when `path` is this run's own checkpoint (`own`, what a bare
-    --resume names) and it does not exist yet. Any other missing file is an error, never a fresh start."""
-    if not os.path.exists(path):
-        if os.path.abspath(path) == os.path.abspath(own):
-            print(f"--resume: no {path} yet, starting from the beginning")
-            return None
-        raise UserError(f"--resume: {path} not found (a bare --resume continues from {own})")
-    state = torch_load(path)
-    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "batch", "step"} <= set(state):
-        raise UserError(f"--resume: {path} is not a training-state file (a model-*.pth snapshot holds only "
-                        f"weights; resume from <savepath>/checkpoint.pth)")
-    return state
-
-
-# flags that change the model's shape: a checkpoint written with other values cannot be resumed
-_SHAPE_FLAGS = ("clsnum", "backbone", "arch", "fusion", "levels", "mca")
-
-
-def _resume_model(model: nn.Module, state: dict, path: str, args: dict) -> None:
-    """Load the checkpoint's model, or say which flags differ from the run that wrote it."""
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        saved = state.get("args") or {}
-        differ = [f"--{k} {saved[k]} there, {args[k]} here" for k in _SHAPE_FLAGS
-                  if k in saved and k in args and saved[k] != args[k]]
-        raise UserError(f"--resume: {path} holds another model than this run builds"
-                        f"{' (' + '; '.join(differ) + ')' if differ else ''}: resume with the flags it was "
-                        f"written with, or start anew without --resume") from None
+        raise saves.stopped(e, step) from None

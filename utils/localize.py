@@ -265,7 +265,7 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
     pictures; return the records of this rank: {index, path, width, height, boxes: [(box, score)],
     class_index, class_score, grid panel or None} (a bad file under --on-bad-image skip: {index, path, error})."""
     outdir = os.path.join(args.savepath, "localize")
-    channels_last = channels_last_for(args, d.device)
+    channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageFiles(paths, args.size, args.classifier_size if classifier is not None else 0)
     position = {p: i for i, p in enumerate(paths)}
@@ -294,8 +294,8 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
 
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
-        for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(paths), d), args.batch_size, args, d),
-                                d.main, desc="localize"):
+        for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(paths), d), args.batch_size,
+                                                  args.num_workers, d), d.main, desc="localize"):
             handle_bad(batch, args.on_bad_image, d)
             records += [{"index": position[p], "path": p, "error": reason} for p, reason in batch["bad"]]
             if "image" not in batch:
@@ -375,11 +375,11 @@ def localize(args, d) -> dict:
             out.check_folders(os.path.join("localize", sub, os.path.dirname(n)) for n in names)
     classes = class_names(args.dataset, args.datapath, args.classifier_clsnum) if args.classifier else None
     model = load_mffnet(args.snapshot, 1, args.backbone, seg=True)  # the network the snapshot records (ablations)
-    model = place_model(model.eval(), args, d, train=False)
+    model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
     classifier = None
     if args.classifier:
         classifier = place_model(build_classifier_model(args.classifier_arch, args.classifier, len(classes)).eval(),
-                                 args, d, train=False)
+                                 d, channels_last=args.channels_last, compile=args.compile)
     if d.main:
         print(f"{len(paths)} images; seg model {args.snapshot} ({args.backbone}), input {args.size} x {args.size}, "
               f"mask = p > {args.threshold:g}" + (f"; classifier {args.classifier} ({args.classifier_arch}, "

@@ -1,16 +1,20 @@
 """Run logging: the sorted arguments and git commit at start-up (also saved as args.json next to the
-outputs), a JSON-lines metrics log that plotting scripts can read, and TensorBoard scalars/images.
+outputs), a JSON-lines metrics log that plotting scripts can read, TensorBoard scalars/images, and the
+training loss on its way there (`LossLog`: read one step late, so that logging never waits for the device).
 Only rank 0 writes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import torch
 
+from utils.errors import UserError
 from utils.outputs import Folder, write_error, write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,16 +29,17 @@ def git_sha() -> str:
 
 
 class RunLog:
-    def __init__(self, outdir: str, args: object, enabled: bool = True, tensorboard: bool = True,
+    def __init__(self, outdir: str, flags: dict, enabled: bool = True, tensorboard: bool = True,
                  resumed_at: int | None = None, flag: str = "--savepath"):
-        """`resumed_at`: the step a resumed run starts after; the log keeps its records up to that
+        """`flags`: the run's command-line flags (name -> value), printed sorted and saved in args.json.
+        `resumed_at`: the step a resumed run starts after; the log keeps its records up to that
         step (later ones were not saved in the state and are trained again). A new run starts a new log.
         `flag` names `outdir` in messages."""
         self.enabled, self.outdir, self.tb = enabled, outdir, None
         if not enabled:
             return
         os.makedirs(outdir, exist_ok=True)
-        config = {k: v for k, v in sorted(vars(args).items())}
+        config = {k: v for k, v in sorted(flags.items())}
         config["git"] = git_sha()
         config["command"] = " ".join(sys.argv)
         print("arguments:\n" + "\n".join(f"  {k}: {v}" for k, v in config.items()), flush=True)
@@ -78,6 +83,46 @@ class RunLog:
             self.jsonl.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+class LossLog:
+    """The training loss of every `print_freq`-th step on its way to the RunLog and the progress bar.
+
+    A logged step's loss is `mark`ed with a function that reads it on the host (`engine.HostCopy.get`, whose
+    copy starts at once) and read by the next `flush`: the loop flushes after the next step is queued, so
+    logging never waits for the device to finish a step. A non-finite loss stops the run there, naming the
+    last good state. The images per second are those of the epoch so far (`epoch`, `count`), over all
+    `world` processes.
+    """
+
+    def __init__(self, run: RunLog, world: int, checkpoint: str):
+        self.run, self.world, self.checkpoint = run, world, checkpoint
+        self.marked, self.bar, self.seen, self.t0 = None, None, 0, time.time()
+
+    def epoch(self, bar):
+        """Start an epoch whose batches come from `bar` (a tqdm bar on rank 0): returns it."""
+        self.bar, self.seen, self.t0 = bar, 0, time.time()
+        return bar
+
+    def count(self, images: int) -> None:
+        self.seen += images
+
+    def mark(self, step: int, read: Callable[[], torch.Tensor], lr: float, epoch: int) -> None:
+        """Log step `step` (of 1-based `epoch`) at the next flush; `read()` returns its loss on the host."""
+        self.marked = (step, read, lr, epoch, self.seen, self.t0)
+
+    def flush(self) -> None:
+        if self.marked is None:
+            return
+        at, read, lr, epoch, seen, t0 = self.marked
+        self.marked, value = None, read().item()
+        if not math.isfinite(value):
+            raise UserError(f"loss is {value} at step {at}: stopped; the last good state is {self.checkpoint} "
+                            f"(lower --lr, or --amp off)")
+        rate = seen * self.world / max(time.time() - t0, 1e-9)
+        self.run.scalars(at, loss=value, lr=lr, epoch=epoch, images_per_s=round(rate, 1))
+        if self.run.enabled and hasattr(self.bar, "set_postfix"):
+            self.bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
 
 
 def _step(line: str) -> float:

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from utils import engine, validate
+from utils import cli, engine, validate
 from utils.data import ImageSet, read_list
 from utils.distributed import Dist
 
@@ -117,7 +117,7 @@ def measure(root: str, n: int, steps: int, warmup: int, batch_size: int, workers
         nesterov=True, savepath=savepath)
     engine.train_step = timed_step
     try:
-        engine.fit(args, Dist(), TinyModel(), data, lambda m, b: torch.nn.functional.cross_entropy(
+        engine.fit(cli.train_config(args), Dist(), TinyModel(), data, lambda m, b: torch.nn.functional.cross_entropy(
             m(b["image"]), b["label"]), lambda m: [(list(m.parameters()), 0.01)])
     finally:
         engine.train_step = step_fn

@@ -70,7 +70,7 @@ def train(args, d) -> str:
         return [(m.head_parameters(), args.lr), (backbone, args.backbone_lr)]
 
     data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
-    last = fit(args, d, model, data, dual_head_loss if dual else single_head_loss, groups,
+    last = fit(cli.train_config(args), d, model, data, dual_head_loss if dual else single_head_loss, groups,
                on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "cam", _gt_class_cam))
     if d.main:
         print(f"done; last snapshot: {last}")
@@ -150,10 +150,19 @@ def make_masks(args, d) -> dict:
               + (f"; {removed} temporaries of an interrupted run removed" if removed else ""))
     pool, ready = _start_pool(args.post_workers)
     try:
-        written, bad, rate = _run_masks(args, d, samples, todo[d.rank::d.world], pool, ready, writer)
+        model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
+        model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
+        channels_last, dtype = channels_last_for(args.channels_last, d.device), amp_dtype(args.amp, d.device)
+        # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)
+        batches = ring_batches(samples, todo[d.rank::d.world], args.batch_size, mask_transform(args.size).into,
+                               (args.size, args.size, 3), args.num_workers, d)
+        masks = MaskWriter(samples, out, args.prior == "gaussian", writer, args.snapshot, pool, ready,
+                           args.post_workers, args.batch_size, d.device)
+        bad = _run_masks(model, batches, masks, d, args.on_bad_image, channels_last, dtype)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    written, rate = masks.written, masks.rate
     counts = np.array(distributed.gather_objects(d, (written, bad))).sum(0).tolist()
     if d.main:
         print(f"wrote {counts[0]} pseudo masks to {out}" + (f"; {counts[1]} bad images skipped" if counts[1] else "")
@@ -166,50 +175,67 @@ def make_masks(args, d) -> dict:
             "images_per_s": rate.images_per_s, "seconds": rate.seconds}
 
 
-def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExecutor], ready: list,
-               writer: str) -> tuple:
-    """Batched CAMs of the samples `mine` -> PNGs (by `writer`), post-processed in `pool` (or here if None)
-    once the `ready` futures are done. Returns (written, bad, Throughput)."""
-    model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
-    model = place_model(model.eval(), args, d, train=False)
-    channels_last = channels_last_for(args, d.device)
-    dtype = amp_dtype(args.amp, d.device)
-    # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)
-    batches = ring_batches(samples, mine, args.batch_size, mask_transform(args.size).into, (args.size, args.size, 3),
-                           args.num_workers, d)
-    out = args.maskpath
-    chunk = math.ceil(args.batch_size / max(1, args.post_workers))   # one task per worker and batch
-    backlog = 8 * math.ceil(args.batch_size / chunk)                  # tasks: ~8 batches queued at most
-    pending, written, bad, rate = Pending(), 0, 0, Throughput()
-    wait(ready)
+class MaskWriter:
+    """The mask loop's CAMs on their way to PNGs, so that the device, the loader and the pool overlap.
 
-    def hand_on(host: list, indices: list, sizes: list) -> None:
-        nonlocal written
+    `put(cams, indices, sizes)` starts the copy of a batch's B x h x w CAMs to the host (`HostPipe`: on CUDA
+    the batch is handed on one batch late, after the next forward is queued). Once on the host, they must be
+    finite (a broken snapshot would give empty masks silently) and the mask of each sample (`indices` into
+    `samples`, of original `sizes` H, W) goes to `maskpath` (`pseudo_mask.write_masks` by the PNG `writer`;
+    `prior`: the Gaussian prior in channel 1): in `pool`, one task per worker (of `workers`) and batch (of
+    `batch_size`), or here without a pool. The pool's `ready` futures are awaited first; the loop blocks only
+    when ~8 batches' tasks are pending (a fast GPU must not outrun the pool forever). `finish()` hands on and
+    writes the rest; `written` counts the masks, `rate` their throughput.
+    """
+
+    def __init__(self, samples, maskpath: str, prior: bool, writer: str, snapshot: str,
+                 pool: Optional[ProcessPoolExecutor], ready: list, workers: int, batch_size: int,
+                 device: torch.device):
+        self.samples, self.maskpath, self.prior, self.writer, self.snapshot = samples, maskpath, prior, writer, snapshot
+        self.pool = pool
+        self.chunk = math.ceil(batch_size / max(1, workers))    # one task per worker and batch
+        self.backlog = 8 * math.ceil(batch_size / self.chunk)   # tasks: ~8 batches queued at most
+        self.pending, self.written, self.rate = Pending(), 0, Throughput()
+        wait(ready)
+        self.pipe = HostPipe(device, self._hand_on)
+
+    def put(self, cams: torch.Tensor, indices: list, sizes: list) -> None:
+        self.pipe.put([cams], indices, sizes)
+
+    def finish(self) -> None:
+        self.pipe.drain()
+        self.pending.settle(0)
+        self.rate.stop()
+
+    def _hand_on(self, host: list, indices: list, sizes: list) -> None:
         cams = host[0]
-        validate.check_finite_maps(torch.isfinite(cams).flatten(1).all(1), indices, samples, args.snapshot)
-        items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)), args.prior == "gaussian")
+        validate.check_finite_maps(torch.isfinite(cams).flatten(1).all(1), indices, self.samples, self.snapshot)
+        items = [(cam, w, h, os.path.join(self.maskpath, mask_name(self.samples[i].name)), self.prior)
                  for cam, i, (h, w) in zip(cams.numpy(), indices, sizes)]
-        rate.handed_on(len(items))
-        written += len(items)
-        if pool is None:
-            write_masks(items, writer)
+        self.rate.handed_on(len(items))
+        self.written += len(items)
+        if self.pool is None:
+            write_masks(items, self.writer)
             return
-        for k in range(0, len(items), chunk):
-            pending.add(pool.submit(write_masks, items[k:k + chunk], writer))
-        pending.settle(backlog)  # a fast GPU must not outrun the pool forever
+        for k in range(0, len(items), self.chunk):
+            self.pending.add(self.pool.submit(write_masks, items[k:k + self.chunk], self.writer))
+        self.pending.settle(self.backlog)
 
-    pipe = HostPipe(d.device, hand_on)
+
+def _run_masks(model: torch.nn.Module, batches, masks: MaskWriter, d, on_bad_image: str, channels_last: bool,
+               dtype: Optional[torch.dtype]) -> int:
+    """The mask loop: each batch's CAMs of the labelled class from the placed, eval-mode `model`, handed to
+    `masks`; returns how many bad files were skipped."""
+    bad = 0
     with torch.inference_mode():
         for batch in maybe_tqdm(batches, d.main, desc="pseudo masks"):
-            bad += handle_bad(batch, args.on_bad_image, d)
+            bad += handle_bad(batch, on_bad_image, d)
             if "image" not in batch:
                 continue
             with autocast(d.device, dtype):
                 maps = model(to_device(batch["image"], d, channels_last, hwc=True))   # B x K x h x w
             labels = batch["label"].to(d.device, non_blocking=True)                  # pinned on CUDA: no wait
             cams = maps[torch.arange(len(labels), device=d.device), labels].float()   # B x h x w
-            pipe.put([cams], batch["index"].tolist(), batch["size"].tolist())
-        pipe.drain()
-        pending.settle(0)
-    rate.stop()
-    return written, bad, rate
+            masks.put(cams, batch["index"].tolist(), batch["size"].tolist())
+        masks.finish()
+    return bad

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from network.classifier import (build_classifier, imagenet_weights_file, load_imagenet_weights, param_groups,
                                 resolve_imagenet_weights)
-from utils import distributed, validate
+from utils import cli, distributed, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, read_list
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches,
@@ -57,7 +57,7 @@ def train(args, d) -> str:
         return param_groups(m, args.arch, args.lr, args.backbone_lr)
 
     data = ImageSet(samples, cls_train_transform(args.size, args.crop), seed=args.seed)
-    last = fit(args, d, model, data, cls_loss, groups,
+    last = fit(cli.train_config(args), d, model, data, cls_loss, groups,
                lr_factor=lambda e: 1.0 - e / args.epoch)  # the recipe's poly decay, per epoch
     if d.main:
         print(f"done; last snapshot: {last}\nNext: python test.py --snapshot {last}")
@@ -73,8 +73,8 @@ def test(args, d) -> dict:
     samples = _checked_list(args, d)
     model = build_classifier(args.arch, args.clsnum)
     load_weights(model, args.snapshot)
-    model = place_model(model.eval(), args, d, train=False)
-    channels_last = channels_last_for(args, d.device)
+    model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
+    channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, cls_test_transform(args.size, args.crop, shorter_side=args.resize == "shorter"))
     k = min(5, args.clsnum)
@@ -87,7 +87,7 @@ def test(args, d) -> dict:
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
-                                                  args, d), d.main, desc="classify"):
+                                                  args.num_workers, d), d.main, desc="classify"):
             handle_bad(batch, args.on_bad_image, d)
             for name, _ in batch["bad"]:
                 rows[name] = (False, False)  # an unreadable image is a wrong classification, counted

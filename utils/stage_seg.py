@@ -59,7 +59,7 @@ def train(args, d) -> str:
         return [(m.head_parameters(), args.lr), (list(m.bkbone.parameters()), args.backbone_lr)]
 
     data = ImageSet(samples, train_transform(args.size, args.crop), maskpath=args.maskpath, seed=args.seed)
-    last = fit(args, d, model, data, seg_loss, groups,
+    last = fit(cli.train_config(args), d, model, data, seg_loss, groups,
                on_epoch_end=tensorboard_hook(samples, args.size, args.crop, "predicted_mask", _predicted_mask))
     if d.main:
         print(f"done; last snapshot: {last}")
@@ -106,7 +106,7 @@ def evaluate(args, d) -> dict:
         table = match_top1top5(read_top1top5(args.top1top5, args.allow_pickle), [s.name for s in samples],
                                args.top1top5)
     model = _eval_model(args, d)
-    channels_last = channels_last_for(args, d.device)
+    channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, eval_transform(args.size, args.crop))
     labels = {s.name: s.label for s in samples}
@@ -128,7 +128,7 @@ def evaluate(args, d) -> dict:
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
-                                                  args, d), d.main, desc="evaluate"):
+                                                  args.num_workers, d), d.main, desc="evaluate"):
             for name, reason in batch["bad"]:
                 handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
                 records.append(_record(labels, name, None, 0.0, table, bad=True))
@@ -192,7 +192,7 @@ def _evaluate_openimages(args, d) -> dict:
 
 def _eval_model(args, d):
     model = load_mffnet(args.snapshot, 1, args.backbone, seg=True, **cli.architecture(args))
-    return place_model(model.eval(), args, d, train=False)
+    return place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
 
 
 def _wsol_notes(args, samples: list, d) -> None:

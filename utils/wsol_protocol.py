@@ -112,7 +112,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, s
     if root:  # each image id's folder (CUB: 200 classes), before any map is written through a link
         Folder(args.savepath, "--savepath").check_folders(
             os.path.join("scoremaps", os.path.dirname(wsol_image_id(args.dataset, s.name))) for s in samples)
-    channels_last = channels_last_for(args, d.device)
+    channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, resize_transform(RESIZE_LENGTH))
     scores = WsolScores(args.cam_curve_interval, pxap=mask_root is not None, boxes=not openimages)
@@ -145,7 +145,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, s
     try:
         with torch.inference_mode():
             for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
-                                                      args, d), d.main, desc="evaluate (wsol)"):
+                                                      args.num_workers, d), d.main, desc="evaluate (wsol)"):
                 for name, reason in batch["bad"]:
                     handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
                     gt = None if openimages else np.zeros((1, 4))  # unused: a failed image scores zero IoU

@@ -1,0 +1,174 @@
+"""The training loop and its collaborators, in this process on a tiny model (seconds): what checkpoint.pth
+records, the flags `cli.train_config` hands to `engine.fit`, resuming a run with no epoch left, the loss
+read one step late (`log.LossLog`), bad files (`engine.BadFiles`) and the saves' finite check
+(`train_state.Checkpoints`). The stage scripts' own runs are in test_resume.py and test_stages.py."""
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from utils import cli, engine
+from utils.distributed import Dist
+from utils.errors import Stopped, UserError
+from utils.log import LossLog, RunLog
+from utils.train_state import Checkpoints
+
+
+class Images(torch.utils.data.Dataset):
+    """`n` random 4 x 4 images of two classes with named samples; the indices in `bad` are unreadable."""
+
+    def __init__(self, n: int, bad=()):
+        self.samples = [SimpleNamespace(name=f"c{i % 2}/{i}.jpg", label=i % 2) for i in range(n)]
+        self.bad = set(bad)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        s = self.samples[index]
+        if index in self.bad:
+            return {"bad": s.name, "reason": f"{s.name}: unreadable"}
+        g = torch.Generator().manual_seed(index * 7 + epoch)
+        return {"image": torch.randn(3, 4, 4, generator=g), "label": s.label, "index": index}
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+
+
+def _parse(savepath, *argv):
+    parser = cli.make_parser("test", train=True)
+    parser.set_defaults(list="train.txt", epoch=2, batch_size=4, lr=0.1, backbone_lr=0.01)
+    return cli.parse(parser, os.path.join(os.path.dirname(__file__), "train.py"),
+                     ["--savepath", str(savepath), "--num_workers", "0", "--amp", "off", *map(str, argv)])
+
+
+def _fit(args, dataset=None):
+    return engine.fit(cli.train_config(args), Dist(), _model(), dataset or Images(18),
+                      lambda m, b: torch.nn.functional.cross_entropy(m(b["image"]), b["label"]),
+                      lambda m: [(list(m.parameters()), args.lr)])
+
+
+def test_train_config_takes_each_flag_and_records_them_all(tmp_path):
+    args = _parse(tmp_path, "--epoch", 3, "--batch_size", 6, "--momentum", 0.5, "--weight_decay", 0.25,
+                  "--no-nesterov", "--channels_last", "--compile", "--no-sync_bn", "--seed", 9, "--resume",
+                  "--save_every", 7, "--snapshot_every", 8, "--snapshot_from", 2, "--print_freq", 5, "--max_steps", 11,
+                  "--on-bad-image", "skip", "--list", "other.txt")
+    cfg = cli.train_config(args)
+    assert (cfg.epochs, cfg.batch_size, cfg.momentum, cfg.weight_decay, cfg.nesterov) == (3, 6, 0.5, 0.25, False)
+    assert (cfg.amp, cfg.channels_last, cfg.compile, cfg.sync_bn, cfg.seed) == ("off", True, True, False, 9)
+    assert cfg.resume == os.path.join(str(tmp_path), "checkpoint.pth") and cfg.savepath == str(tmp_path)
+    assert (cfg.save_every, cfg.snapshot_every, cfg.snapshot_from, cfg.print_freq, cfg.max_steps) == (7, 8, 2, 5, 11)
+    assert (cfg.on_bad_image, cfg.list_name, cfg.num_workers) == ("skip", "other.txt", 0)
+    assert cfg.flags == vars(args) and cfg.flags is not vars(args)
+
+
+def test_the_checkpoint_holds_the_state_every_flag_and_the_list(tmp_path):
+    args = _parse(tmp_path, "--print_freq", 1)
+    assert _fit(args) == str(tmp_path / "model-2.pth")
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert list(state) == ["model", "optimizer", "scaler", "epoch", "batch", "step", "args", "list"]
+    assert (state["epoch"], state["batch"], state["step"], state["scaler"]) == (2, 0, 10, None)
+    assert state["args"] == vars(args)
+    assert state["list"]["list"] == "train.txt" and state["list"]["images"] == 18
+    saved = json.load(open(tmp_path / "args.json"))
+    assert {k: v for k, v in saved.items() if k not in ("git", "command")} == json.loads(json.dumps(vars(args)))
+    assert [json.loads(line)["step"] for line in open(tmp_path / "log.jsonl")] == list(range(1, 11))
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == ["checkpoint.pth", "model-1.pth",
+                                                                             "model-2.pth"]
+
+
+def test_a_finished_run_resumed_writes_its_last_snapshot_again(tmp_path):
+    _fit(_parse(tmp_path))
+    before = torch.load(tmp_path / "model-2.pth", weights_only=True)
+    os.remove(tmp_path / "model-2.pth")  # as if killed between the last state and its snapshot
+    assert _fit(_parse(tmp_path, "--resume")) == str(tmp_path / "model-2.pth")
+    after = torch.load(tmp_path / "model-2.pth", weights_only=True)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_state_past_the_last_epoch_is_refused_before_any_file_changes(tmp_path):
+    _fit(_parse(tmp_path))
+    log = (tmp_path / "log.jsonl").read_text()
+    with pytest.raises(UserError, match="stopped at epoch 3, batch 0: past --epoch 1"):
+        _fit(_parse(tmp_path, "--resume", "--epoch", 1))
+    assert (tmp_path / "log.jsonl").read_text() == log and json.load(open(tmp_path / "args.json"))["epoch"] == 2
+
+
+class _Run:
+    enabled = True
+
+    def __init__(self):
+        self.records = []
+
+    def scalars(self, step, **values):
+        self.records.append((step, values["loss"]))
+
+
+def test_a_marked_loss_is_read_at_the_next_flush_only():
+    run, reads = _Run(), []
+    losses = LossLog(run, 1, "out/checkpoint.pth")
+    losses.epoch(iter([]))
+    losses.count(4)
+    losses.mark(3, lambda: reads.append(3) or torch.tensor(0.5), 0.1, 1)
+    assert reads == [] and run.records == []
+    losses.flush()
+    losses.flush()  # nothing marked: nothing read
+    assert reads == [3] and run.records == [(3, 0.5)]
+
+
+def test_a_non_finite_logged_loss_names_the_step_and_the_last_good_state():
+    losses = LossLog(_Run(), 1, "out/checkpoint.pth")
+    losses.mark(7, lambda: torch.tensor(float("nan")), 0.1, 1)
+    with pytest.raises(UserError, match=r"loss is nan at step 7: stopped; the last good state is out/checkpoint.pth"):
+        losses.flush()
+
+
+def test_bad_files_are_named_listed_at_a_flush_and_a_lone_image_is_dropped(tmp_path, capsys):
+    samples = Images(4).samples
+    bad = engine.BadFiles(str(tmp_path / "skipped.txt"), "skip", Dist(), samples)
+    batch = {"bad": [("c1/1.jpg", "c1/1.jpg: unreadable"), ("c0/2.jpg", "c0/2.jpg: unreadable")],
+             "image": torch.zeros(1, 3, 4, 4), "index": torch.tensor([3])}
+    assert not bad.keep(batch)
+    assert bad.keep({"bad": [], "image": torch.zeros(2, 3, 4, 4), "index": torch.tensor([0, 1])})
+    assert not (tmp_path / "skipped.txt").exists() and bad.skipped == 0  # listed at the next save
+    bad.flush()
+    assert (tmp_path / "skipped.txt").read_text() == "c1/1.jpg\tc1/1.jpg: unreadable\nc0/2.jpg\tc0/2.jpg: unreadable\n"
+    bad.report()
+    out = capsys.readouterr().out
+    assert "skipped: c1/1.jpg: unreadable\n" in out
+    assert "dropped with its batch (the rest were bad files): c1/3.jpg\n" in out
+    assert "2 bad files were skipped" in out and "1 good images were dropped" in out
+    with pytest.raises(UserError, match="under torchrun"):
+        engine.BadFiles(str(tmp_path / "s.txt"), "skip", Dist(world=2), samples).keep(batch)
+    with pytest.raises(UserError, match="c1/1.jpg: unreadable"):
+        engine.BadFiles(str(tmp_path / "s.txt"), "stop", Dist(), samples).keep(batch)
+
+
+def test_nothing_non_finite_is_saved_and_a_stop_says_what_is_kept(tmp_path):
+    model = _model()
+    optimizer = engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True)
+    losses, listed = LossLog(RunLog(str(tmp_path), {}, enabled=False), 1, ""), []
+    saves = Checkpoints(str(tmp_path), Dist(), model, optimizer, None, {"args": {}, "list": None}, losses,
+                        lambda: listed.append(True), saved_at=None)
+    assert str(saves.stopped(Stopped(15), 3)) == ("stopped by SIGTERM at step 3: nothing was saved yet (--save_every N "
+                                                  "keeps the state every N steps): run it again")
+    saves.watch(torch.tensor(1.0))
+    saves.state(0, 2, 2)
+    assert listed == [True] and torch.load(tmp_path / "checkpoint.pth", weights_only=True)["step"] == 2
+    assert str(saves.stopped(Stopped(15), 3)).endswith(f"(from {tmp_path / 'checkpoint.pth'}, the state of step 2)")
+    saves.watch(torch.tensor(float("inf")))
+    with pytest.raises(UserError, match="non-finite loss or weights before step 3"):
+        saves.snapshot(1, 3)
+    assert not (tmp_path / "model-1.pth").exists()
+    saves.finite.fill_(True)
+    with torch.no_grad():
+        model[1].running_var[0] = float("inf")  # BatchNorm's statistics count too
+    with pytest.raises(UserError, match="non-finite"):
+        saves.state(0, 3, 3)
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["step"] == 2
