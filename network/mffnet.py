@@ -99,8 +99,8 @@ class MFFNet(nn.Module):
         return x * keep.bernoulli_(1 - p).div_(1 - p)[rank::world]
 
     def check_snapshot(self, state: dict, path: str) -> None:
-        """Refuse the snapshot `state` (read from `path`) of an MFF-Net with other switches, saying which
-        (utils.checkpoint.load_state calls it before loading, where a model defines it)."""
+        """Refuse the snapshot `state` (read from `path`) of an MFF-Net with other switches, naming them:
+        utils.checkpoint.load_state calls this before loading (checkpoint code knows no network)."""
         if "linear5.weight" in state or recorded_architecture(state):
             resolve_architecture(state, path, **self.architecture)
 

@@ -88,7 +88,7 @@ def add_backbone_arg(p: argparse._ActionsContainer) -> None:
     """`--backbone`, the one definition of every stage and tool that has it: the registered backbones
     (network/backbones/) are its choices."""
     p.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
-                   help="backbone of the MFF-Net (a snapshot's: the one it was trained with); the small ResNets "
+                   help="backbone of the MFF-Net (with a snapshot: the one it was trained with); the small ResNets "
                         "make CPU runs fast")
 
 

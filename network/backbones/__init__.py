@@ -1,7 +1,8 @@
 """Every backbone of the MFF-Net, one module each (resnet.py: ResNet-18..152). Importing this package imports
 all of its modules, and each registers its backbones (network/registry.py), so a new backbone is one new file
-here: it is then a `--backbone` choice of every stage and tool. Look backbones up through this package (not
-network.registry), so that the table is complete."""
+here: an `nn.Module` with `features(x)` and a `register(Backbone(...))` call, as resnet.py does. It is then a
+`--backbone` choice of every stage and tool, and tests/test_backbones.py checks it against its entry. Look
+backbones up through this package (not network.registry), so that the table is complete."""
 import importlib
 import pkgutil
 
