@@ -4,10 +4,11 @@ ResNets, or a timm model.
 `efficientnet-b0` .. `efficientnet-b7` are built by the `efficientnet_pytorch` package itself (the
 authors' library: `EfficientNet.from_name`), so its parameter names (`_conv_stem.weight`, `_blocks.*`,
 `_bn1.weight`, `_fc.weight`) are the ones in the authors' snapshots and in efficientnet_pytorch's
-ImageNet weight files, which therefore load strictly. The ImageNet file of an architecture has a fixed
-name (`efficientnet-b7-dcc49843.pth`, `resnet50-19c8e357.pth`); `resolve_imagenet_weights` finds it in
-resource/ and, when it is absent, downloads it there (network/weights.py: torchvision's URL for a ResNet,
-efficientnet_pytorch's release URL for an EfficientNet).
+ImageNet weight files, which therefore load strictly. Every registered backbone (network/registry.py: the
+ResNets) is a classifier too, built with a class count. The ImageNet file of an architecture has a fixed
+name (`efficientnet-b7-dcc49843.pth`; a backbone's is in its registry entry, `resnet50-19c8e357.pth`);
+`resolve_imagenet_weights` finds it in resource/ and, when it is absent, downloads it there (network/weights.py:
+the backbone's URL, torchvision's for a ResNet; efficientnet_pytorch's release URL for an EfficientNet).
 """
 from __future__ import annotations
 
@@ -16,21 +17,19 @@ import os
 import torch.nn as nn
 
 from network import weights
-from network.resnet import BACKBONES, build_resnet, load_backbone_weights
+from network.backbones import BACKBONES, get_backbone
+from network.weights import load_backbone_weights
+from utils.checkpoint import fill_batchnorm_counters, read_state_dict
+from utils.errors import UserError
 
 RESOURCE = weights.RESOURCE
 EFFICIENTNETS = tuple(f"efficientnet-b{i}" for i in range(8))
-# torchvision's ImageNet files of the ResNets (https://download.pytorch.org/models/<file>)
-RESNET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
-                "resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet101-5d3b4d8f.pth",
-                "resnet152": "resnet152-b121ed2d.pth"}
 # The authors' classifier recipe puts exactly these two parameters into the high-lr group; every other
 # one, `_fc.weight` included, trains at the low lr (their cub200-cls/train.py matches full names).
 EFFICIENTNET_HEAD = ("_bn1.weight", "_fc.bias")
 
 
 def _efficientnet_pytorch():
-    from utils.errors import UserError
     try:
         import efficientnet_pytorch
     except ImportError:
@@ -41,7 +40,6 @@ def _efficientnet_pytorch():
 
 def build_classifier(arch: str, num_classes: int) -> nn.Module:
     """A classifier with `num_classes` outputs and fresh (seeded) weights."""
-    from utils.errors import UserError
     if arch in EFFICIENTNETS:
         return _efficientnet_pytorch().EfficientNet.from_name(arch, num_classes=num_classes)
     if arch.startswith("timm:"):
@@ -53,7 +51,7 @@ def build_classifier(arch: str, num_classes: int) -> nn.Module:
     if arch not in BACKBONES:
         raise UserError(f"--arch {arch!r}: choose one of {', '.join(EFFICIENTNETS + tuple(BACKBONES))} "
                         f"or timm:<model name>")
-    return build_resnet(arch, num_classes)
+    return get_backbone(arch).build(num_classes)
 
 
 def param_groups(model: nn.Module, arch: str, head_lr: float, base_lr: float) -> list:
@@ -72,27 +70,24 @@ def imagenet_weights_file(arch: str) -> str:
     """resource/<the ImageNet weight file's usual name> for an architecture (timm: none)."""
     if arch in EFFICIENTNETS:
         return os.path.join(RESOURCE, os.path.basename(_efficientnet_pytorch().utils.url_map[arch]))
-    if arch in RESNET_FILES:
-        return os.path.join(RESOURCE, RESNET_FILES[arch])
-    from utils.errors import UserError
+    if arch in BACKBONES and BACKBONES[arch].weights_file:
+        return os.path.join(RESOURCE, BACKBONES[arch].weights_file)
     raise UserError(f"--arch {arch} has no default ImageNet weights file: pass --pretrained PATH (or none)")
 
 
 def resolve_imagenet_weights(arch: str, path: str) -> str:
-    """`path` if it exists; when absent and it is the architecture's default file (or any torchvision ResNet
-    file in resource/), download it there: torchvision's URL for a ResNet (hash checked), efficientnet_pytorch's
-    release URL for an EfficientNet. Otherwise, or offline, a clear error naming the file."""
-    from utils.errors import UserError
+    """`path` if it exists; when absent and it is the architecture's default file (or any file of a backbone in
+    resource/, network/weights.py), download it there: the backbone's URL (torchvision's for a ResNet, hash
+    checked), efficientnet_pytorch's release URL for an EfficientNet. Otherwise, or offline, a clear error
+    naming the file."""
     if os.path.isfile(path):
         return path
     url = None
     if arch in EFFICIENTNETS and os.path.abspath(path) == os.path.abspath(imagenet_weights_file(arch)):
         url = _efficientnet_pytorch().utils.url_map[arch]
-    elif arch in RESNET_FILES and os.path.abspath(path) == os.path.abspath(imagenet_weights_file(arch)):
-        url = weights.TORCHVISION_URL + RESNET_FILES[arch]
     # efficientnet_pytorch itself loads its files unchecked (torch.hub's load_url without check_hash), so
-    # only torchvision's names are held to their SHA-256 prefix
-    if not weights.ensure(path, url, check_hash=url is None or arch not in EFFICIENTNETS):
+    # only the backbones' files (torchvision's names) are held to their SHA-256 prefix
+    if not weights.ensure(path, url, check_hash=url is None):
         raise UserError(f"pretrained weights not found: {path}\n  (see resource/README.md; --pretrained none "
                         f"trains from scratch)")
     return path
@@ -101,8 +96,6 @@ def resolve_imagenet_weights(arch: str, path: str) -> str:
 def load_imagenet_weights(model: nn.Module, arch: str, path: str) -> None:
     """Load ImageNet weights; the classifier layer is kept when its class count matches the file's and left
     as initialised otherwise (a new head). Any other missing, unexpected or mis-shaped key is an error."""
-    from utils.checkpoint import fill_batchnorm_counters, read_state_dict
-    from utils.errors import UserError
     if arch in BACKBONES:
         load_backbone_weights(model, path, keep_fc=True)
         return

@@ -1,4 +1,5 @@
-"""MFF-Net: the ResNet backbone with SPOL's multi-scale channel attention and shallow x deep fusion head.
+"""MFF-Net: a registered backbone (network/registry.py; ResNet-50 in the paper) with SPOL's multi-scale channel
+attention and shallow x deep fusion head, built from the channels of the backbone's four levels.
 
 One definition serves every stage (docs/method.md §2):
   * CAM model (`out_channels` = number of classes): class maps `ReLU(linear(fused))`;
@@ -27,7 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from network.resnet import build_resnet, load_backbone_weights
+from network.backbones import get_backbone
+from network.weights import load_backbone_weights
+from utils.checkpoint import load_state, read_state_dict
+from utils.errors import UserError
 
 HIDDEN = 128  # width of every head feature in the authors' code
 FUSIONS = ("mul", "add", "concat")
@@ -49,8 +53,9 @@ class MFFNet(nn.Module):
         self.dual, self.seg = dual, seg
         self.fusion, self.levels, self.mca = fusion, int(levels), bool(mca)
         self.stages = STAGES[:self.levels]
-        self.bkbone = build_resnet(backbone)
-        channels = dict(zip((2, 3, 4, 5), self.bkbone.channels))
+        entry = get_backbone(backbone)
+        self.bkbone = entry.build(None)
+        channels = dict(zip((2, 3, 4, 5), entry.channels))
         # created in the original's order (attention of 5, 4, 3, then reductions, then `linear`), so the
         # seeded initialisation of the default network is the one it always had
         if self.mca:  # multi-scale channel attention: squeeze each level to 128, multiply, excite back
@@ -92,6 +97,12 @@ class MFFNet(nn.Module):
         rank, world = self.batch_split
         keep = torch.empty((x.shape[0] * world,) + x.shape[1:], dtype=x.dtype, device=x.device)
         return x * keep.bernoulli_(1 - p).div_(1 - p)[rank::world]
+
+    def check_snapshot(self, state: dict, path: str) -> None:
+        """Refuse the snapshot `state` (read from `path`) of an MFF-Net with other switches, naming them:
+        utils.checkpoint.load_state calls this before loading (checkpoint code knows no network)."""
+        if "linear5.weight" in state or recorded_architecture(state):
+            resolve_architecture(state, path, **self.architecture)
 
     def head_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith("bkbone.")]
@@ -146,7 +157,8 @@ def _record_architecture(module: MFFNet, state_dict: dict, prefix: str, local_me
 def build_mffnet(out_channels: int, backbone: str = "resnet50", pretrained: str | None = None,
                  dual: bool = False, seg: bool = False, fusion: str = "mul", levels: int = 3,
                  mca: bool = True) -> MFFNet:
-    """MFF-Net with the backbone initialised from a torchvision ResNet file (or from scratch if None)."""
+    """MFF-Net with the backbone initialised from its ImageNet file (a torchvision ResNet file for the ResNets),
+    or from scratch if None."""
     model = MFFNet(out_channels, backbone, dual=dual, seg=seg, fusion=fusion, levels=levels, mca=mca)
     if pretrained:
         load_backbone_weights(model.bkbone, pretrained)
@@ -182,8 +194,6 @@ def resolve_architecture(state: dict, path: str, fusion: Optional[str] = None, l
     snapshot records it, else as its keys show (SPOL's for the authors' snapshots). A given switch that
     contradicts the snapshot's record or its keys is an error: the weights were trained for another network.
     (mul vs add can only contradict a record: they have the same weights.)"""
-    from utils.errors import UserError  # local import: network/ stays importable alone
-
     recorded = recorded_architecture(state)
     known = recorded if recorded is not None else inferred_architecture(state)
     given = {"fusion": fusion, "levels": levels, "mca": mca}
@@ -212,8 +222,6 @@ def load_mffnet(path: str, out_channels: Optional[int], backbone: str = "resnet5
                 mca: Optional[bool] = None) -> MFFNet:
     """The MFF-Net of a snapshot, its weights loaded (strict): the switches not given come from the
     snapshot (`resolve_architecture`); `out_channels=None` takes the snapshot's output layer width."""
-    from utils.checkpoint import load_state, read_state_dict  # local import: network/ stays importable alone
-
     state = read_state_dict(path)
     arch = resolve_architecture(state, path, fusion, levels, mca)
     if out_channels is None:

@@ -1,5 +1,6 @@
-"""Fetching the ImageNet weight files that live in resource/: torchvision's ResNets and efficientnet_pytorch's
-EfficientNets, each downloaded once, when absent and the machine is online, by one function.
+"""The ImageNet weight files that live in resource/: fetching them (the registered backbones' files, e.g.
+torchvision's ResNets, and efficientnet_pytorch's EfficientNets), each downloaded once, when absent and the
+machine is online, by one function; and loading one into a backbone.
 
 A torchvision file is named `<arch>-<hash>.pth`, where `<hash>` is the first 8 or more hex digits of the
 file's SHA-256 (torch.hub's convention, which torchvision checks): the download is checked against it, and a
@@ -14,10 +15,15 @@ import os
 import re
 from typing import Optional
 
+import torch
+import torch.hub
+import torch.nn as nn
+
+from network.backbones import BACKBONES
+from utils.checkpoint import fill_batchnorm_counters, read_state_dict
+from utils.errors import UserError
+
 RESOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resource")
-TORCHVISION_URL = "https://download.pytorch.org/models/"
-# torchvision's ResNet files (resnet50-19c8e357.pth, resnet50-0676ba61.pth, resnet18-f37072fd.pth, ...)
-TORCHVISION_RESNET = re.compile(r"^resnet(18|34|50|101|152)-([0-9a-f]{8,})\.pth$")
 
 
 def hash_prefix(path: str) -> Optional[str]:
@@ -30,11 +36,19 @@ def in_resource(path: str) -> bool:
     return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(RESOURCE)
 
 
-def torchvision_url(path: str) -> Optional[str]:
-    """torchvision's URL for `path` when it is resource/<a torchvision ResNet file>; None otherwise."""
+def weights_url(path: str) -> Optional[str]:
+    """Where `path` is downloaded from when it is resource/<a weight file of a registered backbone>: the
+    backbone's own ImageNet file, or another file its site publishes under its name (`<name>-<SHA-256
+    prefix><ext>`, e.g. torchvision's resnet50-0676ba61.pth beside resnet50-19c8e357.pth); None otherwise."""
     name = os.path.basename(path)
-    if in_resource(path) and TORCHVISION_RESNET.match(name):
-        return TORCHVISION_URL + name
+    if not in_resource(path):
+        return None
+    for entry in BACKBONES.values():
+        if entry.weights_url:
+            site, own = entry.weights_url.rsplit("/", 1)
+            ext = os.path.splitext(own)[1]
+            if name == own or re.fullmatch(re.escape(entry.name) + r"-[0-9a-f]{8,}" + re.escape(ext), name):
+                return f"{site}/{name}"
     return None
 
 
@@ -49,9 +63,6 @@ def _sha256(path: str) -> str:
 def fetch(url: str, path: str, check_hash: bool = True) -> str:
     """Download `url` to `path` (a temporary beside it, then a rename); with `check_hash`, the file's SHA-256
     must start with the prefix in its name. Any failure is one UserError naming the file and the URL."""
-    import torch.hub
-
-    from utils.errors import UserError
     expected = hash_prefix(path) if check_hash else None
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial")
@@ -86,12 +97,40 @@ def _umask() -> int:
 
 
 def ensure(path: str, url: Optional[str] = None, check_hash: bool = True) -> bool:
-    """Fetch `path` when it is absent and a URL is known for it (`url`, or torchvision's for a ResNet file in
-    resource/). True when the file is there afterwards; False when absent with no URL (the caller's error)."""
+    """Fetch `path` when it is absent and a URL is known for it (`url`, or `weights_url`'s for a backbone's file
+    in resource/). True when the file is there afterwards; False when absent with no URL (the caller's error)."""
     if os.path.isfile(path):
         return True
-    url = url or torchvision_url(path)
+    url = url or weights_url(path)
     if url is None:
         return False
     fetch(url, path, check_hash)
     return True
+
+
+def load_backbone_weights(model: nn.Module, path: str, keep_fc: bool = False) -> None:
+    """Load an ImageNet state-dict file of a backbone (a torchvision ResNet file for the ResNets) into `model`.
+
+    Only `fc.*` may be left out (the localisation backbone has no fc; a classifier with a new
+    number of classes gets a fresh one); any other missing or unexpected key is an error, so a
+    file of the wrong depth never loads half-way.
+    """
+    if not ensure(path):  # resource/<a backbone's file>: downloaded from its site when absent and online
+        raise UserError(
+            f"pretrained weights not found: {path}\n"
+            f"  Put torchvision's ImageNet weights there (e.g. resnet50-19c8e357.pth, see resource/README.md),"
+            f" or pass --pretrained none to train from scratch.")
+    state = read_state_dict(path)
+    fc = getattr(model, "fc", None)
+    if not keep_fc or fc is None or state.get("fc.weight", torch.empty(0)).shape != fc.weight.shape:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = fill_batchnorm_counters(model, state)  # torchvision's pre-0.4.1 files have none
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith("fc.")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise UserError(f"{path} does not fit the {type(model).__name__} backbone: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]} "
+                        f"(is it a torchvision ResNet of the chosen --backbone depth?)")
+    model.load_state_dict(state, strict=False)

@@ -1,5 +1,6 @@
-"""ImageNet weight files fetched into resource/ (network/weights.py), without the network: torchvision's URL
-base pointed at a local file:// folder, or torch.hub's download stubbed."""
+"""ImageNet weight files fetched into resource/ (network/weights.py), without the network: the registered
+ResNets' URLs pointed at a local file:// folder, or torch.hub's download stubbed."""
+import dataclasses
 import hashlib
 import os
 
@@ -9,7 +10,7 @@ import torch.hub
 
 import network.classifier as classifier
 import network.weights as weights
-from network import build_resnet, load_backbone_weights
+from network import BACKBONES, build_resnet, load_backbone_weights
 from utils.errors import UserError
 
 
@@ -29,7 +30,10 @@ def site(tmp_path, monkeypatch):
     """(the 'download.pytorch.org' folder, the resource folder)."""
     remote, resource = tmp_path / "models", tmp_path / "resource"
     remote.mkdir()
-    monkeypatch.setattr(weights, "TORCHVISION_URL", remote.as_uri() + "/")
+    for name, entry in list(BACKBONES.items()):  # torchvision's site -> the local folder
+        if name.startswith("resnet"):
+            url = entry.weights_url.replace("https://download.pytorch.org/models", remote.as_uri())
+            monkeypatch.setitem(BACKBONES, name, dataclasses.replace(entry, weights_url=url))
     monkeypatch.setattr(weights, "RESOURCE", str(resource))
     monkeypatch.setattr(classifier, "RESOURCE", str(resource))
     return remote, resource
@@ -39,9 +43,14 @@ def test_hash_prefix_is_the_hex_after_the_last_dash():
     assert weights.hash_prefix("resource/resnet50-19c8e357.pth") == "19c8e357"
     assert weights.hash_prefix("efficientnet-b7-dcc49843.pth") == "dcc49843"
     assert weights.hash_prefix("my-weights.pth") is None
-    assert weights.torchvision_url(os.path.join(weights.RESOURCE, "resnet50-19c8e357.pth")) == \
+    assert weights.weights_url(os.path.join(weights.RESOURCE, "resnet50-19c8e357.pth")) == \
         "https://download.pytorch.org/models/resnet50-19c8e357.pth"
-    assert weights.torchvision_url("/elsewhere/resnet50-19c8e357.pth") is None    # only into resource/
+    assert weights.weights_url(os.path.join(weights.RESOURCE, "resnet50-0676ba61.pth")) == \
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth"               # torchvision's other file
+    assert weights.weights_url("/elsewhere/resnet50-19c8e357.pth") is None    # only into resource/
+    assert weights.weights_url(os.path.join(weights.RESOURCE, "resnet51-19c8e357.pth")) is None
+    assert weights.weights_url(os.path.join(weights.RESOURCE, "resnet50-19c8e35.pth")) is None   # 7 hex digits
+    assert weights.weights_url(os.path.join(weights.RESOURCE, "resnet50-19c8e357.pt")) is None
 
 
 def test_absent_resnet_file_is_downloaded_checked_and_loaded(site, capsys):
@@ -93,7 +102,8 @@ def test_interrupted_download_leaves_no_torn_file(site, monkeypatch):
 def test_cls_stage_default_resnet_file_is_fetched_too(site, monkeypatch):
     remote, resource = site
     name, _ = published(remote)
-    monkeypatch.setitem(classifier.RESNET_FILES, "resnet18", name)
+    url = BACKBONES["resnet18"].weights_url.rsplit("/", 1)[0] + "/" + name   # the local site, set by `site`
+    monkeypatch.setitem(BACKBONES, "resnet18", dataclasses.replace(BACKBONES["resnet18"], weights_url=url))
     path = classifier.imagenet_weights_file("resnet18")
     assert path == str(resource / name)
     assert classifier.resolve_imagenet_weights("resnet18", path) == path and os.path.isfile(path)

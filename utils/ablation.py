@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `python utils/ablation.py` as well as `python -m utils.ablation`
     sys.path.insert(0, ROOT)
 
-from network.resnet import BACKBONES  # noqa: E402
+from utils.cli import add_backbone_arg  # noqa: E402
 from utils.data import count_classes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.log import write_json  # noqa: E402
@@ -344,7 +344,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the grid in --out: finished steps are kept")
     p.add_argument("--verbose", action="store_true", help="show the stage scripts' output instead of logging it")
     g = p.add_argument_group("recipe", "defaults: the paper's; None: the stage scripts' own default (the paper's)")
-    g.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES), help="ResNet of both stages")
+    add_backbone_arg(g)
     g.add_argument("--pretrained", help="backbone weights, or 'none' to train from scratch")
     g.add_argument("--size", type=int, default=256, help="images are resized to size x size")
     g.add_argument("--crop", type=int, default=224, help="random (train) / centre (test) crop")

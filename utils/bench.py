@@ -78,7 +78,6 @@ if REPO not in sys.path:  # `python utils/bench.py` as well as `python -m utils.
 from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet, load_mffnet  # noqa: E402
-from network.resnet import BACKBONES  # noqa: E402
 from utils import cli, engine, png, scale, stage_cam, stage_seg  # noqa: E402
 from utils.data import read_image, read_list  # noqa: E402
 from utils.distributed import Dist, setup  # noqa: E402
@@ -110,7 +109,7 @@ def _per_device(i: int) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES))
+    cli.add_backbone_arg(p)
     p.add_argument("--images", type=int, help=f"images per list, measured by every inference stage {_per_device(0)}")
     p.add_argument("--batch_size", type=int, help=f"images per forward / training step {_per_device(1)}")
     p.add_argument("--train_steps", type=int, help=f"timed training steps per model {_per_device(2)}")

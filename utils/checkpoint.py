@@ -21,7 +21,6 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from network.mffnet import recorded_architecture, resolve_architecture
 from utils.errors import UserError
 from utils.outputs import write_error
 
@@ -122,10 +121,11 @@ def load_weights(model: nn.Module, path: str) -> None:
 
 
 def load_state(model: nn.Module, state: dict, path: str) -> None:
-    """`load_weights` of a state dict already read from `path` (named in the errors). An MFF-Net snapshot
-    whose recorded or visible switches (fusion, levels, MCA) differ from the model's is refused first."""
-    if hasattr(model, "architecture") and ("linear5.weight" in state or recorded_architecture(state)):
-        resolve_architecture(state, path, **model.architecture)
+    """`load_weights` of a state dict already read from `path` (named in the errors). A model that defines
+    `check_snapshot(state, path)` checks the snapshot first: an MFF-Net refuses one whose recorded or visible
+    switches (fusion, levels, MCA) differ from its own, naming them (a clearer error than a list of keys)."""
+    if hasattr(model, "check_snapshot"):
+        model.check_snapshot(state, path)
     state = fill_batchnorm_counters(model, state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

@@ -12,7 +12,7 @@ from typing import Optional
 
 from network.classifier import EFFICIENTNETS
 from network.mffnet import FUSIONS
-from network.resnet import BACKBONES
+from network.backbones import BACKBONES
 from utils.data import count_classes
 from utils.checkpoint import find_snapshot
 from utils.engine import TrainConfig
@@ -41,8 +41,7 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
     g.add_argument("--size", type=int, default=256, help="images are resized to size x size")
     g.add_argument("--crop", type=int, default=224, help="random (train) or centre (test) crop")
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
-                   help="ResNet depth (small ones make CPU runs fast)")
+    add_backbone_arg(m)
     m.add_argument("--snapshot", help="model weights to evaluate / start from (a plain state dict, the original "
                                       "code's snapshots included); test.py without it: the authors' released "
                                       "name in --savepath (e.g. out/model-8), else the last out/model-<N>")
@@ -84,6 +83,14 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
         p.add_argument_group("inference").add_argument("--batch_size", type=int, default=64,
                                                        help="images per forward pass (per process)")
     return p
+
+
+def add_backbone_arg(p: argparse._ActionsContainer) -> None:
+    """`--backbone`, the one definition of every stage and tool that has it: the registered backbones
+    (network/backbones/) are its choices."""
+    p.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
+                   help="backbone of the MFF-Net (with a snapshot: the one it was trained with); the small ResNets "
+                        "make CPU runs fast")
 
 
 def add_mask_args(p: argparse.ArgumentParser) -> None:

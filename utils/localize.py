@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from network import load_mffnet
-from network.resnet import BACKBONES
 from utils import cli, distributed, outputs, validate
 from utils.checkpoint import load_weights
 from utils.data import IMAGE_EXTENSIONS, BadImage, read_class_names, read_image, read_synsets
@@ -426,8 +425,7 @@ def get_args_parser(doc: str) -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--snapshot", help="the seg stage's model (e.g. out/model-2.pth); not given: as test.py, the "
                                       "authors' released name in --savepath, else the last model-<N> there")
-    m.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
-                   help="the ResNet the seg model was trained with")
+    cli.add_backbone_arg(m)
     m.add_argument("--size", type=int, default=256, help="each whole image is resized to size x size (no crop)")
     m.add_argument("--threshold", type=float, help="foreground probability threshold of the mask")
     o = p.add_argument_group("outputs")

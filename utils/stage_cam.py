@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
+from network.backbones import get_backbone
 from utils import cli, distributed, outputs, png, validate
 from utils.checkpoint import load_weights
 from utils.data import ImageSet, mask_name, read_list
@@ -61,9 +62,8 @@ def train(args, d) -> str:
     model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual, **cli.architecture(args))
     if args.snapshot:
         load_weights(model, args.snapshot)
-    if args.freeze_stem:  # ImageNet recipe: the backbone's conv1 + bn1 stay as pretrained
-        for p in list(model.bkbone.conv1.parameters()) + list(model.bkbone.bn1.parameters()):
-            p.requires_grad_(False)
+    if args.freeze_stem:  # ImageNet recipe: the backbone's stem (ResNet: conv1 + bn1) stays as pretrained
+        get_backbone(args.backbone).freeze_stem(model.bkbone)
 
     def groups(m):
         backbone = [p for p in m.bkbone.parameters() if p.requires_grad]

@@ -1,4 +1,5 @@
-"""ResNet-18/34/50/101/152 with torchvision's parameter names, returning the four stage outputs.
+"""ResNet-18/34/50/101/152 with torchvision's parameter names, returning the four stage outputs; registered as
+the backbones `resnet18` .. `resnet152` (network/registry.py), with torchvision's ImageNet files.
 
 The layout is torchvision's (Bottleneck with the stride on the 3x3 conv), so
 `resnet50-19c8e357.pth` or any torchvision ResNet state dict loads into it. torchvision itself is
@@ -8,11 +9,16 @@ backbone is small enough to own. The classifier `fc` exists only when `num_class
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from network.registry import Backbone, register
+
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 
 class BasicBlock(nn.Module):
@@ -54,16 +60,6 @@ class Bottleneck(nn.Module):
         return F.relu(out + identity, inplace=True)
 
 
-# name -> (block, blocks per stage)
-BACKBONES = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
-    "resnet101": (Bottleneck, (3, 4, 23, 3)),
-    "resnet152": (Bottleneck, (3, 8, 36, 3)),
-}
-
-
 class ResNet(nn.Module):
     """Returns (out2, out3, out4, out5): layer1..layer4 outputs at strides 4, 8, 16, 32.
 
@@ -79,8 +75,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], 2)
         self.layer3 = self._make_layer(block, 256, layers[2], 2)
         self.layer4 = self._make_layer(block, 512, layers[3], 2)
-        self.channels = tuple(c * block.expansion for c in (64, 128, 256, 512))
-        self.fc = nn.Linear(self.channels[3], num_classes) if num_classes else None
+        self.fc = nn.Linear(512 * block.expansion, num_classes) if num_classes else None
         for m in self.modules():  # torchvision's initialisation, for training from scratch
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -99,6 +94,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> tuple:
+        """The backbone interface (network/registry.py): the outputs of layer1..layer4."""
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         x = F.max_pool2d(x, 3, 2, 1)
         out2 = self.layer1(x)      # B x C2 x H/4 x W/4
@@ -114,40 +110,28 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(feats[3], 1), 1))
 
 
+# name -> (block, blocks per stage, torchvision's ImageNet weights file)
+DEPTHS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), "resnet18-f37072fd.pth"),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), "resnet34-b627a593.pth"),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), "resnet50-19c8e357.pth"),
+    "resnet101": (Bottleneck, (3, 4, 23, 3), "resnet101-5d3b4d8f.pth"),
+    "resnet152": (Bottleneck, (3, 8, 36, 3), "resnet152-b121ed2d.pth"),
+}
+
+
 def build_resnet(name: str = "resnet50", num_classes: Optional[int] = None) -> ResNet:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    block, layers = BACKBONES[name]
+    block, layers, _ = DEPTHS[name]
     return ResNet(block, layers, num_classes)
 
 
-def load_backbone_weights(model: ResNet, path: str, keep_fc: bool = False) -> None:
-    """Load a torchvision ResNet state-dict file into `model`.
+def _entry(name: str) -> Backbone:
+    block, _, weights_file = DEPTHS[name]
+    return Backbone(name, partial(build_resnet, name),
+                    levels=tuple((f"layer{i}", c * block.expansion) for i, c in enumerate((64, 128, 256, 512), 1)),
+                    stem=("conv1", "bn1"),  # the ImageNet cam recipe keeps the first conv and its BatchNorm
+                    weights_url=TORCHVISION_URL + weights_file)
 
-    Only `fc.*` may be left out (the localisation backbone has no fc; a classifier with a new
-    number of classes gets a fresh one); any other missing or unexpected key is an error, so a
-    file of the wrong depth never loads half-way.
-    """
-    from network.weights import ensure
-    # local imports: network/ stays importable alone
-    from utils.checkpoint import fill_batchnorm_counters, read_state_dict
-    from utils.errors import UserError
 
-    if not ensure(path):  # resource/<torchvision file>: downloaded from torchvision when absent and online
-        raise UserError(
-            f"pretrained weights not found: {path}\n"
-            f"  Put torchvision's ImageNet weights there (e.g. resnet50-19c8e357.pth, see resource/README.md),"
-            f" or pass --pretrained none to train from scratch.")
-    state = read_state_dict(path)
-    if not keep_fc or model.fc is None or state.get("fc.weight", torch.empty(0)).shape != model.fc.weight.shape:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    state = fill_batchnorm_counters(model, state)  # torchvision's pre-0.4.1 files have none
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith("fc.")]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        raise UserError(f"{path} does not fit the {type(model).__name__} backbone: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]} "
-                         f"(is it a torchvision ResNet of the chosen --backbone depth?)")
-    model.load_state_dict(state, strict=False)
+for _name in DEPTHS:
+    register(_entry(_name))
