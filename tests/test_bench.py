@@ -232,10 +232,9 @@ def test_loader_workers_run_one_opencv_thread():
     (a forked worker setting it itself would hang once this process's OpenCV pool has run)."""
     import cv2
     import numpy as np
-    from types import SimpleNamespace
     from utils.distributed import Dist
     from utils.engine import inference_batches
     cv2.setNumThreads(2)
     cv2.resize(np.zeros((512, 512), np.float32), (100, 100))   # this process's OpenCV pool has run
-    batches = list(inference_batches(_Threads(), [0, 1], 1, SimpleNamespace(num_workers=1), Dist()))
+    batches = list(inference_batches(_Threads(), [0, 1], 1, 1, Dist()))
     assert [b["threads"].item() for b in batches] == [1, 1]

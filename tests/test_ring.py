@@ -50,8 +50,7 @@ def _ring(samples, indices, batch_size, workers):
 @pytest.mark.parametrize("workers,batch_size", [(0, 4), (2, 3), (2, 16)])
 def test_ring_batches_are_the_plain_loaders(samples, workers, batch_size):
     indices = [15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]  # not in order, not all, a short last batch
-    plain = inference_batches(ImageSet(samples, mask_transform(SIZE)), indices, batch_size,
-                              type("Args", (), {"num_workers": workers}), Dist())
+    plain = inference_batches(ImageSet(samples, mask_transform(SIZE)), indices, batch_size, workers, Dist())
     got = _ring(samples, indices, batch_size, workers)
     pairs = 0
     for number, (a, b) in enumerate(zip(plain, got)):

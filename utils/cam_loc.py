@@ -84,7 +84,7 @@ def evaluate(args, d) -> dict:
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
-                                                  args, d), d.main, desc="CAM localisation"):
+                                                  args.num_workers, d), d.main, desc="CAM localisation"):
             for name, reason in batch["bad"]:  # unreadable under --on-bad-image skip: a failure, still counted
                 handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
                 records.append((position[name], [0.0] * len(thresholds), True))

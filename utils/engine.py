@@ -143,9 +143,9 @@ class InOrder:
             yield [(number, i) for i in batch] if self.numbered else batch
 
 
-def inference_batches(dataset, indices, batch_size: int, args, d: Dist) -> DataLoader:
-    """One pass over `indices` of `dataset` in batches of `batch_size`, in order."""
-    return loader(dataset, InOrder(indices, batch_size), args.num_workers, d, persistent=False)
+def inference_batches(dataset, indices, batch_size: int, num_workers: int, d: Dist) -> DataLoader:
+    """One pass over `indices` of `dataset` in batches of `batch_size`, in order, loaded by `num_workers`."""
+    return loader(dataset, InOrder(indices, batch_size), num_workers, d, persistent=False)
 
 
 def to_device(x: torch.Tensor, d: Dist, channels_last: bool = False, hwc: bool = False) -> torch.Tensor:

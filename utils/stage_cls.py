@@ -87,7 +87,7 @@ def test(args, d) -> dict:
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
-                                                  args, d), d.main, desc="classify"):
+                                                  args.num_workers, d), d.main, desc="classify"):
             handle_bad(batch, args.on_bad_image, d)
             for name, _ in batch["bad"]:
                 rows[name] = (False, False)  # an unreadable image is a wrong classification, counted

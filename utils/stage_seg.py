@@ -128,7 +128,7 @@ def evaluate(args, d) -> dict:
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(samples), d), args.batch_size,
-                                                  args, d), d.main, desc="evaluate"):
+                                                  args.num_workers, d), d.main, desc="evaluate"):
             for name, reason in batch["bad"]:
                 handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
                 records.append(_record(labels, name, None, 0.0, table, bad=True))
