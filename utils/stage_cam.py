@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from network import build_mffnet, load_mffnet
 from utils import cli, distributed, outputs, png, validate
 from utils.checkpoint import load_weights
-from utils.data import ImageSet, mask_name, read_list
+from utils.data import ImageSet, mask_name
+from utils.datasets import DATASETS
 from utils.engine import (HostPipe, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
                           place_model, to_device)
 from utils.errors import UserError
@@ -53,12 +54,14 @@ def single_head_loss(model, batch) -> torch.Tensor:
 @distributed.entry
 def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    dataset = DATASETS[args.dataset]
+    samples = dataset.read_list(args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
-    dual = args.dataset == "cub"
-    model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual, **cli.architecture(args))
+    dual = dataset.dual_head
+    model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual,
+                         **cli.architecture(args.fusion, args.levels, args.mca))
     if args.snapshot:
         load_weights(model, args.snapshot)
     if args.freeze_stem:  # ImageNet recipe: the backbone's conv1 + bn1 stay as pretrained
@@ -130,7 +133,7 @@ def _start_pool(workers: int) -> tuple:
 def make_masks(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the cam model to take the CAMs from (e.g. out/model-32.pth)")
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = DATASETS[args.dataset].read_list(args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum, masks=True,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.maskpath, "--maskpath", lock=d.main)
@@ -150,7 +153,14 @@ def make_masks(args, d) -> dict:
               + (f"; {removed} temporaries of an interrupted run removed" if removed else ""))
     pool, ready = _start_pool(args.post_workers)
     try:
-        written, bad, rate = _run_masks(args, d, samples, todo[d.rank::d.world], pool, ready, writer)
+        model = load_mffnet(args.snapshot, args.clsnum, args.backbone,
+                            **cli.architecture(args.fusion, args.levels, args.mca))
+        model = place_model(model.eval(), args, d, train=False)
+        written, bad, rate = _run_masks(
+            d, model, samples, todo[d.rank::d.world], pool, ready, writer, maskpath=out, size=args.size,
+            batch_size=args.batch_size, num_workers=args.num_workers, post_workers=args.post_workers,
+            on_bad_image=args.on_bad_image, dtype=amp_dtype(args.amp, d.device),
+            channels_last=channels_last_for(args, d.device), prior=args.prior, snapshot=args.snapshot)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -166,28 +176,26 @@ def make_masks(args, d) -> dict:
             "images_per_s": rate.images_per_s, "seconds": rate.seconds}
 
 
-def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExecutor], ready: list,
-               writer: str) -> tuple:
-    """Batched CAMs of the samples `mine` -> PNGs (by `writer`), post-processed in `pool` (or here if None)
-    once the `ready` futures are done. Returns (written, bad, Throughput)."""
-    model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
-    model = place_model(model.eval(), args, d, train=False)
-    channels_last = channels_last_for(args, d.device)
-    dtype = amp_dtype(args.amp, d.device)
+def _run_masks(d: distributed.Dist, model: torch.nn.Module, samples: list, mine: list,
+               pool: Optional[ProcessPoolExecutor], ready: list, writer: str, *, maskpath: str, size: int,
+               batch_size: int, num_workers: int, post_workers: int, on_bad_image: str, dtype: Optional[torch.dtype],
+               channels_last: bool, prior: str, snapshot: str) -> tuple:
+    """Batched CAMs of the (placed, eval-mode) `model` on the samples `mine`, each image resized to `size` x `size`
+    -> PNGs in `maskpath` (by `writer`; channel 1: the `prior`, --prior's name), post-processed in
+    `pool` (or here if None) once the `ready` futures are done; `post_workers`: the pool's size, `dtype`:
+    autocast's (None: float32), `snapshot`: the model's file, for messages. Returns (written, bad, Throughput)."""
     # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)
-    batches = ring_batches(samples, mine, args.batch_size, mask_transform(args.size).into, (args.size, args.size, 3),
-                           args.num_workers, d)
-    out = args.maskpath
-    chunk = math.ceil(args.batch_size / max(1, args.post_workers))   # one task per worker and batch
-    backlog = 8 * math.ceil(args.batch_size / chunk)                  # tasks: ~8 batches queued at most
+    batches = ring_batches(samples, mine, batch_size, mask_transform(size).into, (size, size, 3), num_workers, d)
+    chunk = math.ceil(batch_size / max(1, post_workers))   # one task per worker and batch
+    backlog = 8 * math.ceil(batch_size / chunk)             # tasks: ~8 batches queued at most
     pending, written, bad, rate = Pending(), 0, 0, Throughput()
     wait(ready)
 
     def hand_on(host: list, indices: list, sizes: list) -> None:
         nonlocal written
         cams = host[0]
-        validate.check_finite_maps(torch.isfinite(cams).flatten(1).all(1), indices, samples, args.snapshot)
-        items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)), args.prior == "gaussian")
+        validate.check_finite_maps(torch.isfinite(cams).flatten(1).all(1), indices, samples, snapshot)
+        items = [(cam, w, h, os.path.join(maskpath, mask_name(samples[i].name)), prior == "gaussian")
                  for cam, i, (h, w) in zip(cams.numpy(), indices, sizes)]
         rate.handed_on(len(items))
         written += len(items)
@@ -201,7 +209,7 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
         for batch in maybe_tqdm(batches, d.main, desc="pseudo masks"):
-            bad += handle_bad(batch, args.on_bad_image, d)
+            bad += handle_bad(batch, on_bad_image, d)
             if "image" not in batch:
                 continue
             with autocast(d.device, dtype):

@@ -4,7 +4,7 @@ the seg model: `test.py --protocol wsol`.
 Each image is normalised and resized to 224 x 224 (no crop); its score map is the sigmoid of the logits
 upsampled to 224 x 224 (bilinear, align_corners=True), min-max normalised per image (a constant map becomes
 zeros), saved as float32 `<savepath>/scoremaps/<image_id>.npy` under wsolevaluation's image ids (CUB: the list
-name; ImageNet: `val/<file>.JPEG`, utils.wsol_eval.wsol_image_id), so `python -m utils.wsol_eval`, or
+name; ImageNet: `val/<file>.JPEG`: the data-set table's wsol_image_id), so `python -m utils.wsol_eval`, or
 wsolevaluation itself, gives the same figures from the files, with their published metadata or ours. GT boxes
 are scaled to 224 from the original pixels with int truncation. Figures, all from utils.wsol_eval's evaluators:
 MaxBoxAcc (largest contour, IoU 50), MaxBoxAccV2 (all contours, mean over IoU 30/50/70) and, on CUB when
