@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -84,6 +86,13 @@ def test_wsolevaluation_names_and_image_ids():
     assert OPENIMAGES.wsol_image_id(oi) == oi
     assert [d.wsol_split for d in DATASETS.values()] == ["test"] * 3
     assert IMAGENET.imagenetv2_split == "val" and CUB.imagenetv2_split is None
+
+
+def test_the_table_is_torch_free():
+    """utils.wsol_eval reads the table in pool workers, which must not import torch (utils/workers.py)."""
+    code = "import sys, utils.datasets, utils.wsol_eval; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_a_list_that_is_not_utf8_is_one_line(tmp_path):

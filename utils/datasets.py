@@ -20,8 +20,15 @@ from utils.lists import (SampleTable, imagenet_box_file, list_path, read_class_n
                          read_imagenet_list, read_openimages_list, read_synsets)
 
 
+def _as_listed(name: str) -> str:
+    """A list name that is wsolevaluation's image id as it is (CUB's `<class>/<file>.jpg`)."""
+    return name
+
+
 @dataclass(frozen=True)
 class DataSet:
+    """One data set: its layout's reader and every property in which the stages treat it differently."""
+
     name: str                    # the key: `args.dataset`, checkpoint.pth's "args", utils.cam_loc's --dataset
     stage_prefix: str            # its stage folders: <prefix>-cam/, <prefix>-seg/, <prefix>-cls/
     reader: Callable[[str, str, bool], SampleTable]  # (datapath, list name, with_boxes): utils/lists.py
@@ -32,14 +39,14 @@ class DataSet:
                                  # loss: CE + distillation) instead of one head and CE (docs/method.md §3)
     threshold: float             # a mask is p > threshold: the SPOL evaluation's and localize.py's default
     boxes: bool                  # ground-truth boxes: the SPOL protocol and MaxBoxAcc; without, PxAP alone
+    wsol_name: str               # wsolevaluation's name: metadata/<wsol_name>/, utils.wsol_eval --dataset_name
     excluded: tuple = ()         # image files the SPOL evaluation leaves out, as the authors' code does
     box_file: Optional[Callable[[str, str], str]] = None  # (datapath, name) -> the file of its boxes, for
                                  # messages; None: the list line
     segmentations: Optional[str] = None  # folder of pixel masks under datapath that adds PxAP, when present
     annotation_files: Optional[str] = None  # regex of annotation files beside the images (localize.py skips them)
-    wsol_name: str = ""          # wsolevaluation's name: metadata/<wsol_name>/, utils.wsol_eval --dataset_name
     wsol_split: str = "test"     # the wsolevaluation split of the evaluated (val) list
-    wsol_image_id: Callable[[str], str] = str  # list name -> wsolevaluation's image id (score-map file name)
+    wsol_image_id: Callable[[str], str] = _as_listed  # list name -> wsolevaluation's image id (score-map name)
     imagenetv2_split: Optional[str] = None  # wsolevaluation's split that holds ImageNetV2, not this data set
 
     def read_list(self, datapath: str, listname: str, with_boxes: bool = True) -> SampleTable:
@@ -60,7 +67,6 @@ CUB = DataSet(
     boxes=True,             # in the list lines
     segmentations="segmentations",  # a separate archive (segmentations.tgz)
     wsol_name="CUB",
-    wsol_image_id=str,      # the list name as it is: <class>/<file>.jpg
 )
 
 IMAGENET = DataSet(
@@ -84,8 +90,7 @@ OPENIMAGES = DataSet(
     threshold=0.5,          # PxAP needs none; localize.py takes the seg model's own decision boundary
     boxes=False,            # instance masks (wsol_metadata/OpenImages/<split>/localization.txt): PxAP alone
     annotation_files=r"_(ignore|m[0-9a-z_]+_[0-9a-f]{8})\.png$",  # `<id>_ignore.png`, `<id>_m<class>_<hex>.png`
-    wsol_name="OpenImages",
-    wsol_image_id=str,      # its list names are their ids: <split>/<class>/<file>.jpg
+    wsol_name="OpenImages",  # its list names are their ids: <split>/<class>/<file>.jpg
 )
 
 DATASETS = {d.name: d for d in (CUB, IMAGENET, OPENIMAGES)}
