@@ -1,4 +1,4 @@
-"""CUB-200-2011, cam stage: write the Gaussian-enhanced pseudo mask of every training image (SPEC §4.1).
+"""CUB-200-2011, cam stage: write the Gaussian-enhanced pseudo mask of every training image (docs/method.md §4).
 
     python test.py                                               # out/model-32(.pth), else the last out/model-N
     python test.py --snapshot out/model-32.pth                   # -> out/masks/<class>/<file>.png

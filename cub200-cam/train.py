@@ -1,4 +1,4 @@
-"""CUB-200-2011, cam stage: train the MFF-Net CAM model (dual head, SPEC §3) on image labels.
+"""CUB-200-2011, cam stage: train the MFF-Net CAM model (dual head, docs/method.md §3) on image labels.
 
     python train.py                              # one GPU (or the CPU): the paper's recipe
     torchrun --nproc_per_node 4 train.py         # several GPUs, same total batch size

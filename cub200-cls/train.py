@@ -1,4 +1,4 @@
-"""CUB-200-2011, cls stage: fine-tune the classifier that decides Top-1/Top-5 Loc (SPEC §3).
+"""CUB-200-2011, cls stage: fine-tune the classifier that decides Top-1/Top-5 Loc (docs/method.md §3).
 
     python train.py                     # the authors' EfficientNet-B7 from resource/efficientnet-b7-dcc49843.pth
                                         # (downloaded there when absent and online)

@@ -1,4 +1,4 @@
-"""CUB-200-2011, seg stage: localise every test image and report Top-1 / Top-5 / GT-known Loc (SPEC §4.3).
+"""CUB-200-2011, seg stage: localise every test image and report Top-1 / Top-5 / GT-known Loc (docs/method.md §6).
 
     python test.py                  # the authors' out/model-8 (or the last out/model-N) and ../cub200-cls's
                                     # out/top1top5.npy, else top1top5.npy (the authors'), as their README

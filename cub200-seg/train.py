@@ -1,4 +1,4 @@
-"""CUB-200-2011, seg stage: train the class-agnostic MFF-Net on the cam stage's pseudo masks (SPEC §3, §4.2).
+"""CUB-200-2011, seg stage: train the class-agnostic MFF-Net on the cam stage's pseudo masks (docs/method.md §3, §5).
 
     python train.py                              # reads ../cub200-cam/out/masks
     torchrun --nproc_per_node 4 train.py

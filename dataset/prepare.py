@@ -1,4 +1,4 @@
-"""Write the SPOL list files (shared/SPEC.md §6) and wsolevaluation metadata into a data folder.
+"""Write the SPOL list files (docs/formats.md) and wsolevaluation metadata into a data folder.
 
     python dataset/prepare.py cub --root dataset/CUB_200_2011 [--check-images] [--force]
     python dataset/prepare.py imagenet --root dataset/ILSVRC2012 [--force]

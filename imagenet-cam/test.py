@@ -1,4 +1,4 @@
-"""ImageNet-1K, cam stage: write the Gaussian-enhanced pseudo mask of every training image (SPEC §4.1).
+"""ImageNet-1K, cam stage: write the Gaussian-enhanced pseudo mask of every training image (docs/method.md §4).
 
     python test.py                                               # out/model-6000(.pth), else the last out/model-N
     python test.py --snapshot out/model-6000.pth                   # -> out/masks/<synset>/<file>.png

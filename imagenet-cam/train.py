@@ -1,4 +1,4 @@
-"""ImageNet-1K, cam stage: train the MFF-Net CAM model on image labels (SPEC §3).
+"""ImageNet-1K, cam stage: train the MFF-Net CAM model on image labels (docs/method.md §3).
 
     python train.py                              # one GPU: the paper's recipe
     torchrun --nproc_per_node 8 train.py         # several GPUs, same total batch size

@@ -1,4 +1,4 @@
-"""ImageNet-1K, seg stage: localise every test image and report Top-1 / Top-5 / GT-known Loc (SPEC §4.3).
+"""ImageNet-1K, seg stage: localise every test image and report Top-1 / Top-5 / GT-known Loc (docs/method.md §6).
 
     python test.py                  # the authors' out/model-6000 (or the last out/model-N) and ../imagenet-cls's
                                     # out/top1top5.npy, else top1top5.npy (the authors'), as their README

@@ -1,4 +1,4 @@
-"""ImageNet-1K, seg stage: train the class-agnostic MFF-Net on the cam stage's pseudo masks (SPEC §3, §4.2).
+"""ImageNet-1K, seg stage: train the class-agnostic MFF-Net on the cam stage's pseudo masks (docs/method.md §3, §5).
 
     python train.py                              # reads ../imagenet-cam/out/masks
     torchrun --nproc_per_node 8 train.py

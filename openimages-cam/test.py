@@ -1,4 +1,4 @@
-"""OpenImages30k, cam stage: write the Gaussian-enhanced pseudo mask of every training image (SPEC §4.1).
+"""OpenImages30k, cam stage: write the Gaussian-enhanced pseudo mask of every training image (docs/method.md §4).
 
     python test.py                                  # out/model-10(.pth), else the last out/model-N
     python test.py --snapshot out/model-10.pth      # -> out/masks/train/<class>/<id>.png

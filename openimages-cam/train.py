@@ -1,4 +1,4 @@
-"""OpenImages30k, cam stage: train the MFF-Net CAM model on image labels (SPEC §3, §4.5).
+"""OpenImages30k, cam stage: train the MFF-Net CAM model on image labels (docs/method.md §3, §8).
 
     python ../dataset/prepare.py openimages --root ../dataset/OpenImages --metadata <wsolevaluation>/metadata/OpenImages
     python train.py                              # one GPU

@@ -1,4 +1,4 @@
-"""OpenImages30k, seg stage: PxAP with wsolevaluation's protocol (Choe et al., CVPR 2020; SPEC §4.4, §4.5).
+"""OpenImages30k, seg stage: PxAP with wsolevaluation's protocol (Choe et al., CVPR 2020; docs/method.md §7, §8).
 
     python test.py                               # the test split; out/model-2(.pth), else the last out/model-N
     python test.py --split val --savepath out/val   # the val split: where choices (snapshot, recipe) are made

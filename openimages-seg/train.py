@@ -1,4 +1,4 @@
-"""OpenImages30k, seg stage: train the class-agnostic MFF-Net on the cam stage's pseudo masks (SPEC §3, §4.2).
+"""OpenImages30k, seg stage: train the class-agnostic MFF-Net on the cam stage's pseudo masks (docs/method.md §3, §5).
 
     python train.py                              # reads ../openimages-cam/out/masks
     torchrun --nproc_per_node 8 train.py

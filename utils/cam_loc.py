@@ -2,10 +2,10 @@
 
 The paper's Figure 1(b) scores CAMs themselves, before any pseudo mask or segmentation model. Here each
 test image goes through the seg stage's evaluation transform (normalise, resize to --size, centre crop
---crop: shared/SPEC.md §4.3); the map of its ground-truth class is normalised as for the pseudo masks
-(`cam / (max + 1e-6)`, §4.1), upsampled to the crop (bilinear, align_corners=True, as the seg logits are),
+--crop: docs/method.md §6); the map of its ground-truth class is normalised as for the pseudo masks
+(`cam / (max + 1e-6)`, §4), upsampled to the crop (bilinear, align_corners=True, as the seg logits are),
 thresholded at --threshold, and the box of the largest contour counts when its IoU with a GT box is > 0.5
-(§4.3; an empty mask is a failure). The default threshold, 0.2 of the map's maximum, is the original CAM
+(§6; an empty mask is a failure). The default threshold, 0.2 of the map's maximum, is the original CAM
 paper's box rule (Zhou et al. 2016: regions above 20 % of the maximum) and SPOL's CUB mask threshold.
 
 A fixed threshold favours maps of one shape over another (a product of features is peakier than a sum),

@@ -3,12 +3,12 @@
 
 Geometry, the convention of every output:
   * the image (W x H, original pixels) is normalised, then resized to `size` x `size` (INTER_LINEAR, as
-    SPEC §4.3 but without the centre crop: the whole image is seen, so a box can reach the border);
+    docs/method.md §6 but without the centre crop: the whole image is seen, so a box can reach the border);
   * the seg model's logits (size/8 x size/8) are upsampled bilinearly with align_corners=True straight to
     H x W (the evaluation's rule, applied to the original frame) and p = sigmoid(logits); mask = p > threshold;
   * a box is `x0 y0 x1 y1` in original pixels, integers on pixel edges: x0 the first column of the region,
     x1 the last column + 1 (`cv2.boundingRect`'s x + w), likewise y; a region touching the right border has
-    x1 = W. Default: the box of the largest contour (`RETR_TREE`, as SPEC §4.3); `--all-boxes`: one box per
+    x1 = W. Default: the box of the largest contour (`RETR_TREE`, as docs/method.md §6); `--all-boxes`: one box per
     outer contour (holes get none), largest region first;
   * score = the mean of p over the region's mask pixels (in (threshold, 1]).
 The masks written by `--masks` are these H x W masks (0 / 255 PNG), so the box is also the bounding box
@@ -164,8 +164,8 @@ def probability_map(logits: torch.Tensor, height: int, width: int) -> torch.Tens
 
 def mask_boxes(mask: np.ndarray, prob: np.ndarray, all_boxes: bool = False) -> list:
     """[(box, score), ...] of a binary H x W mask: box `[x0, y0, x1, y1]` (ints, pixel edges, x1 = last
-    column + 1), score = mean `prob` over the region's mask pixels. Default: the largest contour only (SPEC
-    §4.3's choice, RETR_TREE); `all_boxes`: every outer contour, largest first. [] for an empty mask."""
+    column + 1), score = mean `prob` over the region's mask pixels. Default: the largest contour only (docs/method.md
+    §6's choice, RETR_TREE); `all_boxes`: every outer contour, largest first. [] for an empty mask."""
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     mode = cv2.RETR_EXTERNAL if all_boxes else cv2.RETR_TREE
     contours, _ = cv2.findContours(mask, mode, cv2.CHAIN_APPROX_SIMPLE)

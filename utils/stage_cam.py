@@ -1,5 +1,5 @@
 """The cam stage: train the MFF-Net classifier on image labels, then write the pseudo mask of every
-training image (shared/SPEC.md §3, §4.1).
+training image (docs/method.md §3, §4).
 
 Mask generation is batched on the device while a pool of worker processes turns each CAM into its
 PNG (the post-processing is CPU work of a few ms per image). The three overlap: loader workers

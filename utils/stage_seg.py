@@ -1,6 +1,6 @@
-"""The seg stage: train the class-agnostic MFF-Net on the pseudo masks (shared/SPEC.md §4.2), then
-localise: mask -> largest contour -> box -> IoU with the ground truth (§4.3). `--protocol wsol` evaluates
-the same model with the community's protocol instead (§4.4, utils/wsol_protocol.py).
+"""The seg stage: train the class-agnostic MFF-Net on the pseudo masks (docs/method.md §5), then
+localise: mask -> largest contour -> box -> IoU with the ground truth (§6). `--protocol wsol` evaluates
+the same model with the community's protocol instead (§7, utils/wsol_protocol.py).
 
 Evaluation is batched; under torchrun each rank takes every world-th image (no padding, so no image
 is counted twice) and rank 0 gathers the per-image records. An image whose mask is empty, or whose

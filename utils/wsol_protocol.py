@@ -1,4 +1,4 @@
-"""The community protocol (Choe et al., CVPR 2020, clovaai/wsolevaluation; shared/SPEC.md §4.4) applied to
+"""The community protocol (Choe et al., CVPR 2020, clovaai/wsolevaluation; docs/method.md §7) applied to
 the seg model: `test.py --protocol wsol`.
 
 Each image is normalised and resized to 224 x 224 (no crop); its score map is the sigmoid of the logits
