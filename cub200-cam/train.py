@@ -12,7 +12,12 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cam  # noqa: E402
+from utils.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = CUB          # utils/datasets.py: its lists, its classes (classes.txt), the dual head and its loss
+FREEZE_STEM = False    # conv1 + bn1 train too: SPOL froze them for ImageNet alone
 
 
 def main(argv=None):
@@ -20,9 +25,9 @@ def main(argv=None):
     cli.add_network_args(parser, train=True)
     # the authors' recipe: 32 epochs, batch 64, lr 0.02 for the head and 10x lower for the backbone;
     # snapshots from epoch 18 on (the second half of training)
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="train.txt",
-                        epoch=32, batch_size=64, lr=0.02, backbone_lr=0.002, snapshot_from=18, freeze_stem=False)
-    return stage_cam.train(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/CUB_200_2011", list="train.txt", epoch=32, batch_size=64, lr=0.02,
+                        backbone_lr=0.002, snapshot_from=18)
+    return stage_cam.train(cli.parse(parser, __file__, argv, DATASET, classes=True, freeze_stem=FREEZE_STEM))
 
 
 if __name__ == "__main__":

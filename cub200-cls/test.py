@@ -12,16 +12,20 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cls  # noqa: E402
+from utils.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = CUB          # utils/datasets.py: its lists, its classes (classes.txt)
+RELEASED = "model-20"  # without --snapshot: out/model-20, the authors' name, else the last out/model-N
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_cls_args(parser)
     # the recipe tests on the whole image resized to 685 x 685 (no crop)
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="val.txt",
-                        size=685, crop=0, batch_size=16, released="model-20")
-    return stage_cls.test(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/CUB_200_2011", list="val.txt", size=685, crop=0, batch_size=16)
+    return stage_cls.test(cli.parse(parser, __file__, argv, DATASET, classes=True, released=RELEASED))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cls  # noqa: E402
+from utils.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = CUB          # utils/datasets.py: its lists, its classes (classes.txt)
 
 
 def main(argv=None):
@@ -22,10 +26,9 @@ def main(argv=None):
     # the authors' classifier recipe: EfficientNet-B7, normalise, resize 685, random crop 600, flip; 20 epochs,
     # batch 16; lr 0.05 for `_bn1.weight` and `_fc.bias`, 0.005 for the rest, both x (1 - epoch/20);
     # snapshots after the first half. pretrained "auto": the --arch's ImageNet file in resource/
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", count_classes=True, list="train.txt",
-                        pretrained="auto", size=685, crop=600, epoch=20, batch_size=16, lr=0.05, backbone_lr=0.005,
-                        snapshot_from=11)
-    return stage_cls.train(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/CUB_200_2011", list="train.txt", pretrained="auto", size=685, crop=600,
+                        epoch=20, batch_size=16, lr=0.05, backbone_lr=0.005, snapshot_from=11)
+    return stage_cls.train(cli.parse(parser, __file__, argv, DATASET, classes=True))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,18 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import localize  # noqa: E402
+from utils.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = CUB          # utils/datasets.py: the mask threshold (0.2); a --classifier's classes: classes.txt
+RELEASED = "model-8"   # without --snapshot: out/model-8, else the last out/model-N
 
 
 def main(argv=None):
     parser = localize.get_args_parser(__doc__)
-    # the SPOL protocol's CUB threshold; the class names of a --classifier come from the data set's classes.txt
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", threshold=0.2,
-                        released="model-8")  # without --snapshot: out/model-8, else the last out/model-N
-    return localize.localize(localize.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/CUB_200_2011", threshold=DATASET.threshold)
+    return localize.localize(localize.parse(parser, __file__, argv, DATASET, released=RELEASED))
 
 
 if __name__ == "__main__":

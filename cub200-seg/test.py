@@ -16,16 +16,20 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_seg  # noqa: E402
+from utils.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = CUB          # utils/datasets.py: its lists and boxes, the mask threshold (0.2), the cls stage
+RELEASED = "model-8"   # without --snapshot: out/model-8, the authors' released name, else the last out/model-N
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_network_args(parser, train=False)
     cli.add_eval_args(parser)
-    parser.set_defaults(dataset="cub", datapath="../dataset/CUB_200_2011", list="val.txt", threshold=0.2,
-                        released="model-8", cls_stage="cub200-cls")  # the original's zero-flag defaults
-    return stage_seg.evaluate(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/CUB_200_2011", list="val.txt", threshold=DATASET.threshold)
+    return stage_seg.evaluate(cli.parse(parser, __file__, argv, DATASET, released=RELEASED))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_seg  # noqa: E402
+from utils.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = CUB          # utils/datasets.py: its lists and stage folders
 
 
 def main(argv=None):
@@ -20,9 +24,9 @@ def main(argv=None):
     cli.add_network_args(parser, train=True)
     parser.add_argument("--maskpath", default="../cub200-cam/out/masks", help="pseudo masks of the train images")
     # the authors' recipe: 2 epochs, batch 128, the same lr 0.02 for head and backbone, a snapshot per epoch
-    parser.set_defaults(dataset="cub", dataset_prefix="cub200", datapath="../dataset/CUB_200_2011",
-                        list="train.txt", clsnum=1, epoch=2, batch_size=128, lr=0.02, backbone_lr=0.02)
-    return stage_seg.train(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/CUB_200_2011", list="train.txt", clsnum=1, epoch=2, batch_size=128,
+                        lr=0.02, backbone_lr=0.02)
+    return stage_seg.train(cli.parse(parser, __file__, argv, DATASET, dataset_prefix=DATASET.stage_prefix))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from utils.datasets import OPENIMAGES
 from utils.errors import UserError
 from utils.wsol_eval import _image_ids, _rows
 
@@ -144,7 +145,7 @@ def prepare_openimages(root: str, metadata: str, force: bool = False) -> dict:
         _write(os.path.join(root, f"{split}.txt"), [f"{i},{meta['labels'][i]}" for i in meta["ids"]], force)
         if split == "train":
             continue
-        out = os.path.join(root, "wsol_metadata", "OpenImages", split)
+        out = os.path.join(root, "wsol_metadata", OPENIMAGES.wsol_name, split)
         _write(os.path.join(out, "image_ids.txt"), meta["ids"], force)
         _write(os.path.join(out, "class_labels.txt"), [f"{i},{meta['labels'][i]}" for i in meta["ids"]], force)
         _write(os.path.join(out, "localization.txt"), [",".join(line) for line in meta["lines"]], force)

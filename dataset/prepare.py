@@ -32,11 +32,12 @@ from typing import Iterable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from utils.data import BadImage, cub_image_dir, read_image, read_synsets, read_voc_boxes  # noqa: E402
+from utils.data import BadImage, read_image  # noqa: E402
+from utils.datasets import CUB, IMAGENET  # noqa: E402
+from utils.lists import cub_image_dir, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from dataset.folder import add_parser as add_folder_parser, prepare_folder  # noqa: E402
 from dataset.openimages import add_parser as add_openimages_parser, prepare_openimages  # noqa: E402
-from utils.wsol_eval import wsol_image_id  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 WSOL_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
@@ -253,7 +254,7 @@ def prepare_cub(root: str, force: bool = False, check_images: bool = False) -> N
     records, nclasses = read_cub_annotations(root)
     sizes = _check_cub_images(image_dir, records, check_images)
     splits = {"train": [r for r in records if r.train], "val": [r for r in records if not r.train]}
-    val, meta = splits["val"], os.path.join(root, "wsol_metadata", "CUB", "test")
+    val, meta = splits["val"], os.path.join(root, "wsol_metadata", CUB.wsol_name, CUB.wsol_split)
     if force or not _exists(meta, is_dir=True):  # before writing anything: a bad val image stops the run
         missing = [r for r in val if r.relpath not in sizes]
         sizes.update(zip((r.relpath for r in missing),
@@ -264,7 +265,7 @@ def prepare_cub(root: str, force: bool = False, check_images: bool = False) -> N
             _write_lines(path, map(cub_list_line, rows))
             print(f"wrote {path} ({len(rows)} images)")
     if _may_write(meta, force, is_dir=True):
-        _write_wsol_metadata(meta, [wsol_image_id("cub", r.relpath) for r in val], [r.label for r in val],
+        _write_wsol_metadata(meta, [CUB.wsol_image_id(r.relpath) for r in val], [r.label for r in val],
                              [sizes[r.relpath] for r in val], [[r.box] for r in val])
     print(f"CUB-200-2011: {len(splits['train'])} train / {len(val)} val images, {nclasses} classes")
 
@@ -469,7 +470,7 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
     val_list = os.path.join(root, "val.txt")
     keep_val = os.path.exists(val_list) and not force
     images, source = imagenet_val_images(root, synsets, use_list=keep_val)
-    meta = os.path.join(root, "wsol_metadata", "ILSVRC", "test")  # their ILSVRC "val" is ImageNetV2
+    meta = os.path.join(root, "wsol_metadata", IMAGENET.wsol_name, IMAGENET.wsol_split)  # their "val": ImageNetV2
     write_meta = force or not _exists(meta, is_dir=True)
     # derived labels are checked against the boxes now; a kept val.txt only when its metadata is written
     boxes = imagenet_val_boxes(root, images, synsets) if write_meta or not keep_val else None
@@ -486,9 +487,9 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
         _write_lines(val_list, (f"{v.name} {v.label}" for v in images))
         print(f"wrote {val_list} ({len(images)} images, labels from {source})")
     if _may_write(meta, force, is_dir=True):
-        _write_wsol_metadata(meta, [wsol_image_id("imagenet", v.name) for v in images], [v.label for v in images],
+        _write_wsol_metadata(meta, [IMAGENET.wsol_image_id(v.name) for v in images], [v.label for v in images],
                              sizes, boxes)
-    old = os.path.join(root, "wsol_metadata", "ILSVRC", "val")
+    old = os.path.join(root, "wsol_metadata", IMAGENET.wsol_name, IMAGENET.imagenetv2_split)
     if _exists(old, is_dir=True):  # what this script wrote before it followed wsolevaluation's split names
         print(f"note: {old}/ is not read by anything here: wsolevaluation's ILSVRC split 'val' is ImageNetV2, "
               f"the ILSVRC2012 val metadata is {meta}/", file=sys.stderr)

@@ -13,17 +13,21 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cam  # noqa: E402
+from utils.datasets import IMAGENET  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = IMAGENET     # utils/datasets.py: its lists (train/)
+RELEASED = "model-6000"  # without --snapshot: out/model-6000, the original's name, else the last out/model-N
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_network_args(parser, train=False)
     cli.add_mask_args(parser)
-    # masks come from the whole image resized (no crop); without --snapshot: out/model-6000, as the original
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000,
-                        crop=0, released="model-6000")
-    return stage_cam.make_masks(cli.parse(parser, __file__, argv))
+    # masks come from the whole image resized (no crop)
+    parser.set_defaults(datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000, crop=0)
+    return stage_cam.make_masks(cli.parse(parser, __file__, argv, DATASET, classes=True, released=RELEASED))
 
 
 if __name__ == "__main__":

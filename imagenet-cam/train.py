@@ -13,7 +13,12 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cam  # noqa: E402
+from utils.datasets import IMAGENET  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = IMAGENET     # utils/datasets.py: its lists (train/), one head and CE
+FREEZE_STEM = True     # the authors' ImageNet recipe: conv1 + bn1 stay as pretrained
 
 
 def main(argv=None):
@@ -21,10 +26,9 @@ def main(argv=None):
     cli.add_network_args(parser, train=True)
     # the authors' recipe: one epoch, batch 128, lr 0.02 (head) / 0.002 (backbone), conv1 + bn1 frozen,
     # a snapshot every 2000 steps; the resumable state as often, since an epoch is 10k steps
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000,
-                        epoch=1, batch_size=128, lr=0.02, backbone_lr=0.002, snapshot_every=2000,
-                        save_every=2000, freeze_stem=True)
-    return stage_cam.train(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/ImageNet2012", list="train.txt", clsnum=1000, epoch=1, batch_size=128,
+                        lr=0.02, backbone_lr=0.002, snapshot_every=2000, save_every=2000)
+    return stage_cam.train(cli.parse(parser, __file__, argv, DATASET, classes=True, freeze_stem=FREEZE_STEM))
 
 
 if __name__ == "__main__":

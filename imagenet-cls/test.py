@@ -13,16 +13,20 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cls  # noqa: E402
+from utils.datasets import IMAGENET  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = IMAGENET     # utils/datasets.py: its lists (val/)
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_cls_args(parser)
     # no training: the ImageNet weights of --arch as released (--snapshot overrides)
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="val.txt", clsnum=1000,
-                        size=685, crop=0, batch_size=16)
-    return stage_cls.test(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/ImageNet2012", list="val.txt", clsnum=1000, size=685, crop=0,
+                        batch_size=16)
+    return stage_cls.test(cli.parse(parser, __file__, argv, DATASET, classes=True))
 
 
 if __name__ == "__main__":

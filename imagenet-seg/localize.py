@@ -14,15 +14,18 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import localize  # noqa: E402
+from utils.datasets import IMAGENET  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = IMAGENET     # utils/datasets.py: the mask threshold (0.8); a --classifier's classes: the synset order
+RELEASED = "model-6000"  # without --snapshot: out/model-6000, else the last out/model-N
 
 
 def main(argv=None):
     parser = localize.get_args_parser(__doc__)
-    # the SPOL protocol's ImageNet threshold; a --classifier's classes are the synsets in their order (synsets.txt)
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", threshold=0.8,
-                        released="model-6000")  # without --snapshot: out/model-6000, else the last out/model-N
-    return localize.localize(localize.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/ImageNet2012", threshold=DATASET.threshold)
+    return localize.localize(localize.parse(parser, __file__, argv, DATASET, released=RELEASED))
 
 
 if __name__ == "__main__":

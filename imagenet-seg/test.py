@@ -17,16 +17,21 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_seg  # noqa: E402
+from utils.datasets import IMAGENET  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = IMAGENET     # utils/datasets.py: its lists and box files, the mask threshold (0.8), the image left
+                       # out (wrong label), the cls stage
+RELEASED = "model-6000"  # without --snapshot: out/model-6000, the authors' released name, else the last out/model-N
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_network_args(parser, train=False)
     cli.add_eval_args(parser)
-    parser.set_defaults(dataset="imagenet", datapath="../dataset/ImageNet2012", list="val.txt", threshold=0.8,
-                        released="model-6000", cls_stage="imagenet-cls")  # the original's zero-flag defaults
-    return stage_seg.evaluate(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/ImageNet2012", list="val.txt", threshold=DATASET.threshold)
+    return stage_seg.evaluate(cli.parse(parser, __file__, argv, DATASET, released=RELEASED))
 
 
 if __name__ == "__main__":

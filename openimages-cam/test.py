@@ -14,16 +14,20 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cam  # noqa: E402
+from utils.datasets import OPENIMAGES  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = OPENIMAGES   # utils/datasets.py: its lists (`id,label`)
+RELEASED = "model-10"  # without --snapshot: out/model-10, the last epoch of train.py's defaults
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_network_args(parser, train=False)
     cli.add_mask_args(parser)
-    parser.set_defaults(dataset="openimages", datapath="../dataset/OpenImages", list="train.txt", clsnum=100,
-                        crop=0, released="model-10")  # the last epoch of train.py's defaults
-    return stage_cam.make_masks(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/OpenImages", list="train.txt", clsnum=100, crop=0)
+    return stage_cam.make_masks(cli.parse(parser, __file__, argv, DATASET, classes=True, released=RELEASED))
 
 
 if __name__ == "__main__":

@@ -31,15 +31,20 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_cam  # noqa: E402
+from utils.datasets import OPENIMAGES  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = OPENIMAGES   # utils/datasets.py: its lists (`id,label`), one head and CE (see above)
+FREEZE_STEM = False    # the whole backbone trains (see above)
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=True)
     cli.add_network_args(parser, train=True)
-    parser.set_defaults(dataset="openimages", datapath="../dataset/OpenImages", list="train.txt", clsnum=100,
-                        epoch=10, batch_size=64, lr=0.02, backbone_lr=0.002, freeze_stem=False)
-    return stage_cam.train(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/OpenImages", list="train.txt", clsnum=100, epoch=10, batch_size=64,
+                        lr=0.02, backbone_lr=0.002)
+    return stage_cam.train(cli.parse(parser, __file__, argv, DATASET, classes=True, freeze_stem=FREEZE_STEM))
 
 
 if __name__ == "__main__":

@@ -17,15 +17,18 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import localize  # noqa: E402
-from utils.data import OPENIMAGES_MASK_FILES  # noqa: E402
+from utils.datasets import OPENIMAGES  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = OPENIMAGES   # utils/datasets.py: the mask threshold (0.5, see above), its mask files left out
+RELEASED = "model-2"   # without --snapshot: out/model-2, else the last out/model-N
 
 
 def main(argv=None):
     parser = localize.get_args_parser(__doc__)
-    parser.set_defaults(dataset="openimages", datapath="../dataset/OpenImages", threshold=0.5, released="model-2",
-                        annotation_files=OPENIMAGES_MASK_FILES)
-    return localize.localize(localize.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/OpenImages", threshold=DATASET.threshold)
+    return localize.localize(localize.parse(parser, __file__, argv, DATASET, released=RELEASED))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_seg  # noqa: E402
+from utils.datasets import OPENIMAGES  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = OPENIMAGES   # utils/datasets.py: its lists, no boxes: PxAP alone (wsolevaluation's protocol)
+RELEASED = "model-2"   # without --snapshot: out/model-2, the last epoch of train.py's defaults
 
 
 def main(argv=None):
@@ -29,9 +34,8 @@ def main(argv=None):
     parser.add_argument("--split", choices=("val", "test"), default="test",
                         help="wsolevaluation's split: val to choose, test to report (the list: <split>.txt)")
     # protocol wsol: OpenImages is evaluated only by wsolevaluation's PxAP; --list: <split>.txt when not given
-    parser.set_defaults(dataset="openimages", datapath="../dataset/OpenImages", list=None, clsnum=None,
-                        protocol="wsol", released="model-2")
-    return stage_seg.evaluate(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/OpenImages", list=None, clsnum=None, protocol="wsol")
+    return stage_seg.evaluate(cli.parse(parser, __file__, argv, DATASET, released=RELEASED))
 
 
 if __name__ == "__main__":

@@ -18,16 +18,20 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import cli, stage_seg  # noqa: E402
+from utils.datasets import OPENIMAGES  # noqa: E402
 from utils.errors import run_main  # noqa: E402
+
+
+DATASET = OPENIMAGES   # utils/datasets.py: its lists and stage folders
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=True)
     cli.add_network_args(parser, train=True)
     parser.add_argument("--maskpath", default="../openimages-cam/out/masks", help="pseudo masks of the train images")
-    parser.set_defaults(dataset="openimages", dataset_prefix="openimages", datapath="../dataset/OpenImages",
-                        list="train.txt", clsnum=1, epoch=2, batch_size=128, lr=0.02, backbone_lr=0.02)
-    return stage_seg.train(cli.parse(parser, __file__, argv))
+    parser.set_defaults(datapath="../dataset/OpenImages", list="train.txt", clsnum=1, epoch=2, batch_size=128,
+                        lr=0.02, backbone_lr=0.02)
+    return stage_seg.train(cli.parse(parser, __file__, argv, DATASET, dataset_prefix=DATASET.stage_prefix))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ import torch
 from conftest import ROOT, run_script
 from dataset.synthetic import make_cub, make_imagenet
 from network import build_resnet
-from utils.data import mask_name, read_list
+from utils.data import mask_name
+from utils.datasets import DATASETS
 
 DEVICE = os.environ.get("SPOL_GPU_SUITE_DEVICE", "cuda")
 if DEVICE not in ("cuda", "cpu"):
@@ -158,7 +159,7 @@ def assert_trained(savepath, snapshot, steps):
 def assert_masks_of(dataset, datapath, maskpath):
     """One pseudo mask per training image, of the image's size, channel 2 empty, and CAMs that are not all 0."""
     peaks = []
-    for sample in read_list(dataset, datapath, "train.txt", with_boxes=False):
+    for sample in DATASETS[dataset].read_list(datapath, "train.txt", with_boxes=False):
         mask, image = cv2.imread(str(maskpath / mask_name(sample.name))), cv2.imread(sample.path)
         assert mask is not None and mask.shape == image.shape and mask[..., 2].max() == 0, sample.name
         peaks.append(mask[..., 0].max())

@@ -193,10 +193,10 @@ def test_scoremaps_are_min_max_normalised_and_constant_maps_zero():
 def test_tensorboard_pictures_at_epoch_end_leave_the_model_as_it_was(data, tmp_path, stage):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from utils import stage_cam, stage_seg
-    from utils.data import read_list
+    from utils.datasets import CUB
     from utils.log import RunLog
     from utils.vis import tensorboard_hook
-    samples = read_list("cub", data["root"], "train.txt", with_boxes=False)
+    samples = CUB.read_list(data["root"], "train.txt", with_boxes=False)
     model = build_mffnet(1, "resnet18", seg=True) if stage == "seg" else build_mffnet(3, "resnet18", dual=True)
     heat = stage_seg._predicted_mask if stage == "seg" else stage_cam._gt_class_cam
     hook = tensorboard_hook(samples, 64, 56, stage, heat)

@@ -72,10 +72,10 @@ def test_imagenet_eval_uses_every_box_of_the_class_only(inet, seg_model, tmp_pat
     rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "boxes.csv"))}
     assert len(rows) == 9
     from utils.boxes import best_iou
-    from utils.data import read_imagenet_list
+    from utils.lists import read_imagenet_list
     from utils.transforms import boxes_to_eval_frame
     import cv2
-    samples = {s.name: s for s in read_imagenet_list(inet, "val.txt", "val")}
+    samples = {s.name: s for s in read_imagenet_list(inet, "val.txt")}
     several = 0
     for name, r in rows.items():
         s = samples[name]

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-from argparse import Namespace
 
 import cv2
 import numpy as np
@@ -54,10 +53,11 @@ class BrightIsForeground(torch.nn.Module):
         return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 8) * 5
 
 
-def _args(tmp_path, **kw) -> Namespace:
-    base = dict(savepath=str(tmp_path), size=32, classifier_size=0, batch_size=4, num_workers=0, on_bad_image="stop",
-                threshold=0.2, all_boxes=False, masks=True, vis=False, amp="off", channels_last=False)
-    return Namespace(**dict(base, **kw))
+def _settings(tmp_path, **kw) -> dict:
+    """localize_images' settings as localize.py's defaults give them on the CPU (outputs under tmp_path)."""
+    base = dict(outdir=str(tmp_path / "localize"), size=32, batch_size=4, num_workers=0, on_bad_image="stop",
+                threshold=0.2, all_boxes=False, masks=True, vis=False, dtype=None, channels_last=False)
+    return dict(base, **kw)
 
 
 def test_hand_computed_box_in_original_pixels(tmp_path):
@@ -80,7 +80,7 @@ def test_hand_computed_box_in_original_pixels(tmp_path):
     # the same through localize's loop on a real non-square file: boxes.csv's numbers and the mask PNG
     path = str(tmp_path / "wide.png")
     cv2.imwrite(path, np.full((31, 61, 3), 100, np.uint8))
-    (rec,) = localize_images(_args(tmp_path), Dist(), FixedLogits(), [path], ["wide.png"])
+    (rec,) = localize_images(Dist(), FixedLogits(), [path], ["wide.png"], **_settings(tmp_path))
     assert (rec["width"], rec["height"]) == (61, 31) and rec["boxes"][0][0] == [9, 5, 52, 31]
     written = cv2.imread(str(tmp_path / "localize" / "masks" / "wide.png"), cv2.IMREAD_UNCHANGED)
     assert written.shape == (31, 61) and set(np.unique(written)) == {0, 255}
@@ -105,8 +105,8 @@ def test_whole_image_is_seen_so_a_box_reaches_the_border(tmp_path):
     image[:, 60:] = 255                   # an object over the right third, touching top, bottom and right
     path = str(tmp_path / "edge.jpg")
     cv2.imwrite(path, image)
-    (rec,) = localize_images(_args(tmp_path, size=64, threshold=0.5, masks=False), Dist(), BrightIsForeground(),
-                             [path], ["edge.png"])
+    (rec,) = localize_images(Dist(), BrightIsForeground(), [path], ["edge.png"],
+                             **_settings(tmp_path, size=64, threshold=0.5, masks=False))
     x0, y0, x1, y1 = rec["boxes"][0][0]
     assert (y0, x1, y1) == (0, 90, 40) and 45 < x0 < 65
 

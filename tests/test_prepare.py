@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "dataset", "prepare.py")
 sys.path.insert(0, REPO)
 
-from utils.data import read_cub_list, read_imagenet_list  # noqa: E402
+from utils.lists import read_cub_list, read_imagenet_list  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("prepare", SCRIPT)
@@ -262,7 +262,7 @@ def test_imagenet_flat_val_from_xml(tmp_path):
     assert read(os.path.join(root, "val.txt")) == VAL_LINES
     assert "6 train / 3 val images, 3 classes" in p.stdout
     # the stages read it back, with the boxes of the image's own class only
-    val = read_imagenet_list(root, "val.txt", "val")
+    val = read_imagenet_list(root, "val.txt")
     assert val[1].boxes == [[0.0, 0.0, 10.0, 10.0], [12.0, 3.0, 50.0, 36.0]]
 
 
@@ -304,7 +304,7 @@ def test_imagenet_per_synset_val(tmp_path, run):
     # wsolevaluation's ids whatever our val/ layout
     ids = read(os.path.join(root, "wsol_metadata", "ILSVRC", "test", "image_ids.txt"))
     assert ids == ["val/" + line.split()[0] for line in VAL_LINES]
-    assert read_imagenet_list(root, "val.txt", "val")[2].boxes == [[3.0, 4.0, 25.0, 26.0]]
+    assert read_imagenet_list(root, "val.txt")[2].boxes == [[3.0, 4.0, 25.0, 26.0]]
 
 
 def test_imagenet_existing_val_list_kept(tmp_path, run):

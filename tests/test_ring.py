@@ -14,7 +14,8 @@ import torch
 
 from conftest import ROOT
 from utils import ring
-from utils.data import ImageSet, Sample
+from utils.data import ImageSet
+from utils.lists import Sample
 from utils.distributed import Dist
 from utils.engine import inference_batches
 from utils.transforms import mask_transform
@@ -129,7 +130,7 @@ def test_workers_started_by_forkserver(samples, tmp_path):
     code = textwrap.dedent(f"""
         import multiprocessing
         from utils import ring
-        from utils.data import Sample
+        from utils.lists import Sample
         from utils.distributed import Dist
         from utils.transforms import mask_transform
         if __name__ == "__main__":

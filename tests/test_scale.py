@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from utils.data import Sample, SampleTable, TableBuilder, read_list, subset
+from utils.datasets import IMAGENET
+from utils.lists import Sample, SampleTable, TableBuilder, subset
 from utils.scale import private_mb, write_imagenet_list
 
 
@@ -46,7 +47,7 @@ def test_a_selection_keeps_each_samples_fields():
 def test_read_list_matches_the_list_lines(tmp_path):
     root = str(tmp_path / "ImageNet")
     write_imagenet_list(root, 2500)
-    samples = read_list("imagenet", root, "train.txt", with_boxes=False)
+    samples = IMAGENET.read_list(root, "train.txt", with_boxes=False)
     lines = open(os.path.join(root, "train.txt")).read().splitlines()
     assert len(samples) == 2500 and samples.names() == [line.split()[0] for line in lines]
     assert samples.labels.tolist() == [int(line.split()[1]) for line in lines]
@@ -76,7 +77,7 @@ def _private_growth_in_a_fork(samples) -> float:
 def test_forked_readers_do_not_copy_the_samples(tmp_path):
     root = str(tmp_path / "ImageNet")
     write_imagenet_list(root, 200_000)
-    table = read_list("imagenet", root, "train.txt", with_boxes=False)
+    table = IMAGENET.read_list(root, "train.txt", with_boxes=False)
     as_objects = list(table)  # what one Python object per sample costs a forked reader, for comparison
     objects_growth = _private_growth_in_a_fork(as_objects)
     del as_objects

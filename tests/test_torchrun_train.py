@@ -58,10 +58,11 @@ def test_seg_stage(cub, tmp_path):
     # pseudo masks of smooth random CAMs, written here (where they come from does not matter to this test)
     import cv2
     import numpy as np
-    from utils.data import mask_name, read_list
+    from utils.data import mask_name
+    from utils.datasets import CUB
     from utils.pseudo_mask import write_mask
     rng = np.random.default_rng(0)
-    for s in read_list("cub", cub, "train.txt", with_boxes=False):
+    for s in CUB.read_list(cub, "train.txt", with_boxes=False):
         h, w = cv2.imread(s.path).shape[:2]
         cam = cv2.GaussianBlur(rng.random((32, 32), dtype=np.float32), (0, 0), 3)
         os.makedirs(os.path.dirname(tmp_path / "masks" / mask_name(s.name)), exist_ok=True)
@@ -74,9 +75,9 @@ def test_bad_files_of_every_rank_are_counted_and_listed(tmp_path):
     root = str(tmp_path / "CUB_200_2011")
     make_cub(root, num_classes=3, train_per_class=8, val_per_class=1, seed=6, min_size=48, max_size=64)
     run_script("dataset/prepare.py", "cub", "--root", root)
-    from utils.data import read_list
+    from utils.datasets import CUB
     import numpy as np
-    samples = read_list("cub", root, "train.txt", with_boxes=False)
+    samples = CUB.read_list(root, "train.txt", with_boxes=False)
     # one unreadable image in the first batch of each of the two ranks (batch 8: 4 per rank, 3 batches each):
     # epoch 0's order is the permutation of seed [0, 0], of which rank r takes every other from r
     order = np.random.default_rng([0, 0]).permutation(len(samples))

@@ -429,11 +429,3 @@ def test_ilsvrc_val_split_is_imagenetv2(tmp_path, capsys):
     with pytest.raises(UserError, match="ImageNetV2.*ILSVRC2012_val_00000001.JPEG"):
         main(["--scoremap_root", str(tmp_path / "scoremaps"), "--metadata_root", str(meta),
               "--dataset_name", "ILSVRC", "--split", "val"])
-
-
-def test_wsol_image_ids():
-    from utils.wsol_eval import wsol_image_id
-    assert wsol_image_id("imagenet", "ILSVRC2012_val_00000001.JPEG") == "val/ILSVRC2012_val_00000001.JPEG"
-    assert wsol_image_id("imagenet", "n01440764/ILSVRC2012_val_00000001.JPEG") == "val/ILSVRC2012_val_00000001.JPEG"
-    cub = "001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg"
-    assert wsol_image_id("cub", cub) == cub

@@ -44,7 +44,7 @@ if ROOT not in sys.path:  # `python utils/ablation.py` as well as `python -m uti
     sys.path.insert(0, ROOT)
 
 from utils.cli import add_backbone_arg  # noqa: E402
-from utils.data import count_classes  # noqa: E402
+from utils.lists import count_classes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.log import write_json  # noqa: E402
 from utils.outputs import write_text  # noqa: E402
@@ -212,7 +212,7 @@ def baselines(datapath: str, size: int, crop: int) -> dict:
     """GT-known Loc (%) of boxes that ignore the image, in the seg stage's evaluation frame: the whole crop,
     and its central half (in width and height). A setting at the first has localised nothing."""
     from utils.boxes import best_iou
-    from utils.data import read_cub_list
+    from utils.lists import read_cub_list
     from utils.transforms import boxes_to_eval_frame
     from utils.validate import read_headers
 

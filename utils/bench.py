@@ -79,7 +79,8 @@ from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet, load_mffnet  # noqa: E402
 from utils import cli, engine, png, scale, stage_cam, stage_seg  # noqa: E402
-from utils.data import read_image, read_list  # noqa: E402
+from utils.data import read_image  # noqa: E402
+from utils.datasets import CUB  # noqa: E402
 from utils.distributed import Dist, setup  # noqa: E402
 from utils.engine import amp_dtype, autocast, channels_last_for, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
@@ -266,14 +267,15 @@ def cam_model(snapshot: str, backbone: str) -> torch.nn.Module:
 def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Namespace:
     """The stage's own parser, as its test.py builds it, with the benchmark's settings."""
     p = cli.make_parser("", train=False)
+    cli.add_network_args(p, train=False)
     if kind == "cam":
         cli.add_mask_args(p)
-        p.set_defaults(dataset="cub", list="train.txt", clsnum=a.classes)
+        p.set_defaults(list="train.txt", clsnum=a.classes)
         extra = ["--maskpath", os.path.join(out, "masks"), "--post_workers", str(a.post_workers), "--overwrite",
                  "--png_writer", a.png_writer]
     else:
         cli.add_eval_args(p)
-        p.set_defaults(dataset="cub", list="val.txt", threshold=0.2)
+        p.set_defaults(list="val.txt", threshold=CUB.threshold)
         extra = ["--savepath", out]
     argv = ["--datapath", root, "--snapshot", snapshot, "--device", str(a.device), "--backbone", a.backbone,
             "--batch_size", str(a.batch_size), "--num_workers", str(a.num_workers), "--amp", a.amp,
@@ -282,7 +284,9 @@ def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Nam
         argv.append("--channels_last" if a.channels_last else "--no-channels_last")
     if a.compile:
         argv.append("--compile")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.dataset = CUB.name  # as cli.parse records a stage script's data set
+    return args
 
 
 def handoff_ms(image: np.ndarray, samples: list, a, n: int = 512) -> tuple:
@@ -498,7 +502,7 @@ def measure_inputs(a, root: str, stages: Stages) -> tuple:
     """Data loading: the mask stage's loader over the list once and five times (the difference leaves the
     workers' start-up out); returns the batches of a first pass, on the device: ([B x 3 x 256 x 256 images],
     [B labels], [(width, height)] of every image)."""
-    samples = read_list("cub", root, "train.txt", with_boxes=False)
+    samples = CUB.read_list(root, "train.txt", with_boxes=False)
     d = Dist(device=a.device)
     images, labels, sizes = [], [], []
     for b in stage_batches(samples, len(samples), a.num_workers, a):
@@ -632,7 +636,7 @@ def run(a) -> dict:
         cams = measure_masks(a, work, images, labels, stages)       # bare forward, then the stage: close in time
         crops = measure_eval(a, work, images, stages)
         n = min(len(cams), UNIQUE)  # further images are links to these files: the same work
-        samples = read_list("cub", root, "train.txt", with_boxes=False)[:n]  # the loader's order: cams[i] is theirs
+        samples = CUB.read_list(root, "train.txt", with_boxes=False)[:n]  # the loader's order: cams[i] is theirs
         cpu = cpu_per_mask([s.path for s in samples], list(cams[:n]), sizes[:n], png.resolve(a.png_writer))
         cpu["handoff_workers_ms"], cpu["handoff_main_ms"] = handoff_ms(read_image(samples[0].path), samples, a)
         cpu["loader_worker_ms"], cpu["post_worker_ms"] = worker_ms(samples, list(cams[:n]), sizes[:n],

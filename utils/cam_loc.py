@@ -34,12 +34,14 @@ import torch.nn.functional as F  # noqa: E402
 from network import load_mffnet  # noqa: E402
 from utils import cli, distributed  # noqa: E402
 from utils.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
-from utils.data import ImageSet, subset  # noqa: E402
+from utils.data import ImageSet  # noqa: E402
+from utils.datasets import DATASETS  # noqa: E402
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
                           place_model, to_device)
 from utils.errors import UserError, run_main  # noqa: E402
+from utils.lists import subset  # noqa: E402
 from utils.log import maybe_tqdm, write_json  # noqa: E402
-from utils.stage_seg import EXCLUDED, eval_samples  # noqa: E402
+from utils.stage_seg import eval_samples  # noqa: E402
 from utils.transforms import boxes_to_eval_frame, eval_transform  # noqa: E402
 
 CURVE = tuple(round(0.05 * k, 2) for k in range(1, 20))  # thresholds of the threshold-free view
@@ -64,12 +66,14 @@ def evaluate(args, d) -> dict:
         raise UserError("--snapshot is required: the cam stage's model (e.g. cub200-cam/out/model-32.pth)")
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold is a fraction of the map's maximum in (0, 1), got {args.threshold}")
-    samples, bad_boxes = eval_samples(args.dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
+    dataset = DATASETS[args.dataset]
+    samples, bad_boxes = eval_samples(dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
                                       main=d.main, workers=max(1, args.num_workers), num_classes=args.clsnum)
     samples = subset(samples, [i for i, name in enumerate(samples.names())
-                               if os.path.basename(name) not in EXCLUDED.get(args.dataset, [])])
+                               if os.path.basename(name) not in dataset.excluded])
     thresholds = sorted(set(CURVE) | {args.threshold})
-    model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
+    architecture = cli.architecture(args.fusion, args.levels, args.mca)
+    model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **architecture)
     model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
     channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
@@ -131,7 +135,9 @@ def main(argv=None) -> dict:
     g = parser.add_argument_group("CAM localisation")
     g.add_argument("--threshold", type=float, default=0.2,
                    help="box the region above this fraction of the CAM's maximum (0.2: the CAM paper's rule)")
-    g.add_argument("--dataset", choices=("cub", "imagenet"), default="cub", help="layout of --datapath")
+    # the data sets with boxes (utils/datasets.py), which GT-known Loc needs
+    g.add_argument("--dataset", choices=[name for name, d in DATASETS.items() if d.boxes], default="cub",
+                   help="layout of --datapath")
     # --savepath: the folder of cam_loc.json; not given, the snapshot's own folder
     parser.set_defaults(datapath="../dataset/CUB_200_2011", list="val.txt", savepath=None)
     return evaluate(cli.parse(parser, __file__, argv))

@@ -1,5 +1,6 @@
 """One argument-parser factory for every stage script (the original's flags, typed, plus the ones a
-modern trainer has). Stage scripts only set their defaults (the paper's) with `set_defaults`.
+modern trainer has). Stage scripts set their flags' defaults (the paper's) with `set_defaults`, and pass their
+data set (utils/datasets.py) and their other named values to `parse`.
 
 Relative path defaults are resolved against the stage folder, so `python cub200-cam/train.py` and
 `cd cub200-cam && python train.py` do the same; paths typed by the user are relative to the cwd.
@@ -13,10 +14,11 @@ from typing import Optional
 from network.classifier import EFFICIENTNETS
 from network.mffnet import FUSIONS
 from network.backbones import BACKBONES
-from utils.data import count_classes
 from utils.checkpoint import find_snapshot
+from utils.datasets import DataSet
 from utils.engine import TrainConfig
 from utils.errors import UserError
+from utils.lists import count_classes
 
 PATH_ARGS = ("datapath", "savepath", "snapshot", "top1top5", "maskpath", "pretrained", "resume")
 
@@ -125,9 +127,10 @@ def add_network_args(p: argparse.ArgumentParser, train: bool) -> None:
                    help="the multi-scale channel attention (--no-mca: without it)")
 
 
-def architecture(args: argparse.Namespace) -> dict:
-    """The switches of `add_network_args` that are set, as keyword arguments of build_mffnet / load_mffnet."""
-    return {k: getattr(args, k) for k in ("fusion", "levels", "mca") if getattr(args, k, None) is not None}
+def architecture(fusion: Optional[str], levels: Optional[int], mca: Optional[bool]) -> dict:
+    """The switches of `add_network_args` that are set (not None), as keyword arguments of build_mffnet /
+    load_mffnet."""
+    return {k: v for k, v in (("fusion", fusion), ("levels", levels), ("mca", mca)) if v is not None}
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -177,7 +180,18 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="--vis: also show these pseudo masks (the cam stage's out/masks), where one exists")
 
 
-def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.Namespace:
+def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Optional[DataSet] = None,
+          classes: bool = False, released: Optional[str] = None, **recorded) -> argparse.Namespace:
+    """The stage script's flags, checked, with paths resolved and the defaults that depend on other values:
+
+    `dataset`: the script's data set, recorded as `args.dataset` (its name); a seg test.py (one with --top1top5)
+    of a data set with boxes takes the classifier's results from its `<stage_prefix>-cls/` folder.
+    `classes`: the stage's model has one output per class; where the data set counts its classes (CUB:
+    classes.txt), --clsnum not given is that count, and `count_classes` is recorded.
+    `released`: test.py's snapshot without --snapshot, the authors' released name in out/ (else the last
+    model-<N> there). `recorded`: the script's named values that are not flags (e.g. freeze_stem); like
+    `dataset` and `count_classes` they are recorded with the flags (checkpoint.pth's "args", args.json).
+    """
     args = parser.parse_args(argv)
     if args.mode != parser.get_default("mode"):
         parser.error(f"--mode {args.mode} does not fit {os.path.basename(script)}: "
@@ -185,6 +199,12 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.N
     problem = flag_problem(vars(args))
     if problem:
         parser.error(problem)
+    if dataset is not None:
+        args.dataset = dataset.name
+        if classes and dataset.count_classes:
+            args.count_classes = True
+    for name, value in recorded.items():
+        setattr(args, name, value)
     here = os.path.dirname(os.path.abspath(script))
     for name in PATH_ARGS:
         value = getattr(args, name, None)
@@ -192,12 +212,13 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.N
             setattr(args, name, os.path.normpath(os.path.join(here, value)))
     if getattr(args, "pretrained", None) == "none":
         args.pretrained = None
-    if "released" in vars(args) and not args.snapshot:  # --savepath first, then the stage's own out/
+    if released is not None and not args.snapshot:  # --savepath first, then the stage's own out/
         stage_out = os.path.normpath(os.path.join(here, parser.get_default("savepath")))
         args.snapshot = _default_snapshot(list(dict.fromkeys([os.path.normpath(args.savepath), stage_out])),
-                                          args.released)
-    if "cls_stage" in vars(args):
-        args.top1top5 = _default_top1top5(args.top1top5, os.path.join(here, "..", args.cls_stage), args.protocol)
+                                          released)
+    if dataset is not None and dataset.boxes and "top1top5" in vars(args):
+        cls_stage = os.path.join(here, "..", f"{dataset.stage_prefix}-cls")
+        args.top1top5 = _default_top1top5(args.top1top5, cls_stage, args.protocol)
     if getattr(args, "resume", None) == "auto":
         args.resume = os.path.join(args.savepath, "checkpoint.pth")
     if getattr(args, "count_classes", False) and args.clsnum is None:  # CUB layout, own class folders included
@@ -239,8 +260,8 @@ def _say(message: str) -> None:
 
 
 def _default_snapshot(folders: list, released: str) -> str:
-    """test.py without --snapshot: the released name in out/, else the last model-<N> there (the authors' default);
-    the first of `folders` that has either."""
+    """test.py without --snapshot: the released name in out/, else the last model-<N> there (as the
+    authors' README runs it); the first of `folders` that has either."""
     whys = []
     for folder in folders:
         path, why = find_snapshot(folder, released)

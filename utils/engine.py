@@ -148,7 +148,7 @@ class InOrder:
 
 
 def inference_batches(dataset, indices, batch_size: int, num_workers: int, d: Dist) -> DataLoader:
-    """One pass over `indices` of `dataset` in batches of `batch_size`, in order."""
+    """One pass over `indices` of `dataset` in batches of `batch_size`, in order, loaded by `num_workers`."""
     return loader(dataset, InOrder(indices, batch_size), num_workers, d, persistent=False)
 
 

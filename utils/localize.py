@@ -41,7 +41,8 @@ from torch.utils.data import Dataset
 from network import load_mffnet
 from utils import cli, distributed, outputs, validate
 from utils.checkpoint import load_weights
-from utils.data import IMAGE_EXTENSIONS, BadImage, read_class_names, read_image, read_synsets
+from utils.data import IMAGE_EXTENSIONS, BadImage, read_image
+from utils.datasets import DATASETS, DataSet
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, place_model,
                           to_device)
 from utils.errors import UserError
@@ -162,8 +163,8 @@ def probability_map(logits: torch.Tensor, height: int, width: int) -> torch.Tens
 
 def mask_boxes(mask: np.ndarray, prob: np.ndarray, all_boxes: bool = False) -> list:
     """[(box, score), ...] of a binary H x W mask: box `[x0, y0, x1, y1]` (ints, pixel edges, x1 = last
-    column + 1), score = mean `prob` over the region's mask pixels. Default: the largest contour only
-    (docs/method.md §6's choice, RETR_TREE); `all_boxes`: every outer contour, largest first. [] for an empty mask."""
+    column + 1), score = mean `prob` over the region's mask pixels. Default: the largest contour only (docs/method.md
+    §6's choice, RETR_TREE); `all_boxes`: every outer contour, largest first. [] for an empty mask."""
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     mode = cv2.RETR_EXTERNAL if all_boxes else cv2.RETR_TREE
     contours, _ = cv2.findContours(mask, mode, cv2.CHAIN_APPROX_SIMPLE)
@@ -229,16 +230,15 @@ def write_mask_png(path: str, mask: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------------------- classifier
-def class_names(dataset: str, datapath: str, clsnum: Optional[int]) -> list:
+def class_names(dataset: DataSet, datapath: str, clsnum: Optional[int]) -> list:
     """Names of the classifier's classes: the data set's class list (CUB layout: classes.txt; ImageNet: the
     synset order), else the indices 0..clsnum-1."""
     try:
-        names = read_synsets(datapath) if dataset == "imagenet" else read_class_names(datapath)
+        names = dataset.class_names(datapath)
     except UserError:
         if clsnum is None:
-            listing = "synsets.txt" if dataset == "imagenet" else "classes.txt"
             raise UserError(f"--classifier needs its number of classes: pass --clsnum K, or --datapath with the "
-                            f"data set it was trained on (its {listing} names the classes)") from None
+                            f"data set it was trained on (its {dataset.class_list} names the classes)") from None
         return [str(k) for k in range(clsnum)]
     if clsnum is not None and clsnum != len(names):
         raise UserError(f"--clsnum {clsnum}, but {datapath} lists {len(names)} classes")
@@ -258,15 +258,18 @@ def build_classifier_model(arch: str, snapshot: str, num_classes: int) -> nn.Mod
 
 
 # --------------------------------------------------------------------------------------------- run
-def localize_images(args, d, model: nn.Module, paths: list, names: list, classifier: Optional[nn.Module] = None,
+def localize_images(d: distributed.Dist, model: nn.Module, paths: list, names: list, *, outdir: str, size: int,
+                    threshold: float, batch_size: int, num_workers: int, on_bad_image: str,
+                    dtype: Optional[torch.dtype], channels_last: bool, all_boxes: bool = False, masks: bool = False,
+                    vis: bool = False, classifier: Optional[nn.Module] = None, classifier_size: int = 0,
                     classes: Optional[list] = None) -> list:
-    """Run the (placed, eval-mode) seg model and classifier on this rank's share of `paths`; write masks and
-    pictures; return the records of this rank: {index, path, width, height, boxes: [(box, score)],
-    class_index, class_score, grid panel or None} (a bad file under --on-bad-image skip: {index, path, error})."""
-    outdir = os.path.join(args.savepath, "localize")
-    channels_last = channels_last_for(args.channels_last, d.device)
-    dtype = amp_dtype(args.amp, d.device)
-    data = ImageFiles(paths, args.size, args.classifier_size if classifier is not None else 0)
+    """Run the (placed, eval-mode) seg model and classifier on this rank's share of `paths`: each whole image
+    resized to `size` x `size` (the classifier's to `classifier_size`), mask = p > `threshold`, the largest
+    region's box (every region's with `all_boxes`); with `masks` / `vis`, write each mask / picture under
+    `outdir`. `dtype`: autocast's (None: float32). Returns the records of this rank: {index, path, width, height,
+    boxes: [(box, score)], class_index, class_score, grid panel or None} (a bad file under `on_bad_image` skip:
+    {index, path, error})."""
+    data = ImageFiles(paths, size, classifier_size if classifier is not None else 0)
     position = {p: i for i, p in enumerate(paths)}
     records = []
 
@@ -276,13 +279,13 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
         cls_index, cls_score = (host[-2].tolist(), host[-1].tolist()) if classifier is not None else (None, None)
         for j, (index, (h, w)) in enumerate(zip(indices, sizes)):
             mask, prob = host[2 * j].numpy(), host[2 * j + 1].numpy()
-            boxes = mask_boxes(mask, prob, args.all_boxes)
+            boxes = mask_boxes(mask, prob, all_boxes)
             rec = {"index": index, "path": paths[index], "width": w, "height": h, "boxes": boxes, "panel": None}
             if cls_index is not None:
                 rec.update(class_index=cls_index[j], class_score=cls_score[j])
-            if args.masks:
+            if masks:
                 write_mask_png(os.path.join(outdir, "masks", names[index]), mask)
-            if args.vis:
+            if vis:
                 picture, label = draw(read_image(paths[index]), mask, [b for b, _ in boxes]), _label(rec, classes)
                 if index < GRID:  # before the corner label, which the panel's caption replaces
                     text = f"{_short(names[index])}  " + label.replace("  ", "\n")  # class on a line of its own
@@ -293,9 +296,9 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
 
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
-        for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(paths), d), args.batch_size,
-                                                  args.num_workers, d), d.main, desc="localize"):
-            handle_bad(batch, args.on_bad_image, d)
+        for batch in maybe_tqdm(inference_batches(data, distributed.shard(len(paths), d), batch_size, num_workers,
+                                                  d), d.main, desc="localize"):
+            handle_bad(batch, on_bad_image, d)
             records += [{"index": position[p], "path": p, "error": reason} for p, reason in batch["bad"]]
             if "image" not in batch:
                 continue
@@ -306,7 +309,7 @@ def localize_images(args, d, model: nn.Module, paths: list, names: list, classif
             tensors = []
             for j, (h, w) in enumerate(batch["size"].tolist()):
                 prob = probability_map(logits[j, 0], h, w)
-                tensors += [(prob > args.threshold).to(torch.uint8), prob]
+                tensors += [(prob > threshold).to(torch.uint8), prob]
             if cls_logits is not None:
                 top = F.softmax(cls_logits.float(), 1).max(1)
                 tensors += [top.indices, top.values]
@@ -363,16 +366,17 @@ def localize(args, d) -> dict:
         raise UserError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if args.classifier is None and args.classifier_arch_given:
         raise UserError("--classifier_arch is for --classifier SNAPSHOT, which was not given")
-    out = outputs.Folder(args.savepath, "--savepath")
+    out, outdir = outputs.Folder(args.savepath, "--savepath"), os.path.join(args.savepath, "localize")
     out.check_folder("localize")  # before it is created: not through a link that leads elsewhere
-    validate.check_writable(os.path.join(args.savepath, "localize"), "--savepath")
-    paths = find_images(args.images, exclude=os.path.join(args.savepath, "localize"), quiet=not d.main,
-                        annotations=getattr(args, "annotation_files", None))
+    validate.check_writable(outdir, "--savepath")
+    dataset = DATASETS[args.dataset]
+    paths = find_images(args.images, exclude=outdir, quiet=not d.main,
+                        annotations=dataset.annotation_files)
     names = output_names(paths)
     for wanted, sub in ((args.masks, "masks"), (args.vis, "vis")):
         if wanted:
             out.check_folders(os.path.join("localize", sub, os.path.dirname(n)) for n in names)
-    classes = class_names(args.dataset, args.datapath, args.classifier_clsnum) if args.classifier else None
+    classes = class_names(dataset, args.datapath, args.classifier_clsnum) if args.classifier else None
     model = load_mffnet(args.snapshot, 1, args.backbone, seg=True)  # the network the snapshot records (ablations)
     model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
     classifier = None
@@ -383,11 +387,15 @@ def localize(args, d) -> dict:
         print(f"{len(paths)} images; seg model {args.snapshot} ({args.backbone}), input {args.size} x {args.size}, "
               f"mask = p > {args.threshold:g}" + (f"; classifier {args.classifier} ({args.classifier_arch}, "
                                                    f"{len(classes)} classes)" if classifier is not None else ""))
-    records = localize_images(args, d, model, paths, names, classifier, classes)
+    records = localize_images(d, model, paths, names, outdir=outdir, size=args.size, threshold=args.threshold,
+                              batch_size=args.batch_size, num_workers=args.num_workers,
+                              on_bad_image=args.on_bad_image, dtype=amp_dtype(args.amp, d.device),
+                              channels_last=channels_last_for(args.channels_last, d.device), all_boxes=args.all_boxes,
+                              masks=args.masks, vis=args.vis, classifier=classifier,
+                              classifier_size=args.classifier_size, classes=classes)
     records = sorted((r for part in distributed.gather_objects(d, records) for r in part), key=lambda r: r["index"])
     if not d.main:
         return {}
-    outdir = os.path.join(args.savepath, "localize")
     os.makedirs(outdir, exist_ok=True)
     meta = {"snapshot": args.snapshot, "backbone": args.backbone, "size": args.size, "threshold": args.threshold,
             "all_boxes": args.all_boxes, "classifier": args.classifier,
@@ -419,7 +427,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def get_args_parser(doc: str) -> argparse.ArgumentParser:
-    """The flags of localize.py; the stage script sets its data set's defaults (threshold, datapath)."""
+    """The flags of localize.py; the stage script sets its data set's defaults (threshold, datapath) and passes
+    its data set to `parse`."""
     p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter)
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     m = p.add_argument_group("model")
@@ -466,9 +475,11 @@ def get_args_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse(parser: argparse.ArgumentParser, script: str, argv=None) -> argparse.Namespace:
-    """cli.parse (default paths relative to the script's folder), then the classifier's defaults."""
-    args = cli.parse(parser, script, argv)
+def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Optional[DataSet] = None,
+          released: Optional[str] = None) -> argparse.Namespace:
+    """cli.parse (default paths relative to the script's folder; the script's data set, and its released snapshot
+    name, taken without --snapshot), then the classifier's defaults."""
+    args = cli.parse(parser, script, argv, dataset, released=released)
     args.classifier_arch_given = args.classifier_arch is not None
     if args.classifier_arch is None:
         args.classifier_arch = args.default_classifier_arch

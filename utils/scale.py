@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from utils import cli, engine, validate
-from utils.data import ImageSet, read_list
+from utils.data import ImageSet
+from utils.datasets import IMAGENET
 from utils.distributed import Dist
 
 SIZES = (12_810, 128_100, 1_281_167)   # ImageNet's train list and a tenth and a hundredth of it
@@ -90,7 +91,7 @@ def measure(root: str, n: int, steps: int, warmup: int, batch_size: int, workers
     `steps` timed steps (after `warmup` untimed ones) stay inside the first epoch."""
     steps = min(steps, -(-n // batch_size) - warmup - 2)
     t0 = time.perf_counter()
-    samples = read_list("imagenet", root, "train.txt", with_boxes=False)
+    samples = IMAGENET.read_list(root, "train.txt", with_boxes=False)
     t_read = time.perf_counter()
     samples = validate.check_names(samples, os.path.join(root, "train.txt"), CLASSES, masks=True)
     t_check = time.perf_counter()

@@ -24,7 +24,8 @@ from network import build_mffnet, load_mffnet
 from network.backbones import get_backbone
 from utils import cli, distributed, outputs, png, validate
 from utils.checkpoint import load_weights
-from utils.data import ImageSet, mask_name, read_list
+from utils.data import ImageSet, mask_name
+from utils.datasets import DATASETS
 from utils.engine import (HostPipe, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
                           place_model, to_device)
 from utils.errors import UserError
@@ -54,12 +55,14 @@ def single_head_loss(model, batch) -> torch.Tensor:
 @distributed.entry
 def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    dataset = DATASETS[args.dataset]
+    samples = dataset.read_list(args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
-    dual = args.dataset == "cub"
-    model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual, **cli.architecture(args))
+    dual = dataset.dual_head
+    model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual,
+                         **cli.architecture(args.fusion, args.levels, args.mca))
     if args.snapshot:
         load_weights(model, args.snapshot)
     if args.freeze_stem:  # ImageNet recipe: the backbone's stem (ResNet: conv1 + bn1) stays as pretrained
@@ -130,7 +133,7 @@ def _start_pool(workers: int) -> tuple:
 def make_masks(args, d) -> dict:
     if not args.snapshot:
         raise UserError("--snapshot is required: the cam model to take the CAMs from (e.g. out/model-32.pth)")
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+    samples = DATASETS[args.dataset].read_list(args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum, masks=True,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.maskpath, "--maskpath", lock=d.main)
@@ -150,7 +153,8 @@ def make_masks(args, d) -> dict:
               + (f"; {removed} temporaries of an interrupted run removed" if removed else ""))
     pool, ready = _start_pool(args.post_workers)
     try:
-        model = load_mffnet(args.snapshot, args.clsnum, args.backbone, **cli.architecture(args))
+        model = load_mffnet(args.snapshot, args.clsnum, args.backbone,
+                            **cli.architecture(args.fusion, args.levels, args.mca))
         model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
         channels_last, dtype = channels_last_for(args.channels_last, d.device), amp_dtype(args.amp, d.device)
         # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)

@@ -17,7 +17,8 @@ from network.classifier import (build_classifier, imagenet_weights_file, load_im
                                 resolve_imagenet_weights)
 from utils import cli, distributed, validate
 from utils.checkpoint import load_weights
-from utils.data import ImageSet, read_list
+from utils.data import ImageSet
+from utils.datasets import DATASETS, DataSet
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches,
                           place_model, to_device)
 from utils.log import maybe_tqdm
@@ -31,11 +32,13 @@ def pretrained_path(arch: str, pretrained: str) -> str:
     return resolve_imagenet_weights(arch, imagenet_weights_file(arch) if pretrained == "auto" else pretrained)
 
 
-def _checked_list(args, d) -> list:
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
-    samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
-                                   skip=args.on_bad_image == "skip", main=d.main)
-    validate.check_writable(args.savepath, "--savepath", lock=d.main)
+def _checked_list(dataset: DataSet, datapath: str, listname: str, num_classes: int, skip: bool, savepath: str,
+                  main: bool) -> list:
+    """The samples of the list, checked (names, labels < `num_classes`; `skip`: --on-bad-image skip), once
+    `savepath` is known to be writable (and taken for this run)."""
+    samples = dataset.read_list(datapath, listname, with_boxes=False)
+    samples = validate.check_names(samples, validate.list_file(datapath, listname), num_classes, skip=skip, main=main)
+    validate.check_writable(savepath, "--savepath", lock=main)
     return samples
 
 
@@ -46,7 +49,8 @@ def cls_loss(model, batch) -> torch.Tensor:
 @distributed.entry
 def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
-    samples = _checked_list(args, d)
+    samples = _checked_list(DATASETS[args.dataset], args.datapath, args.list, args.clsnum, args.on_bad_image == "skip",
+                            args.savepath, d.main)
     model = build_classifier(args.arch, args.clsnum)
     if args.pretrained:
         load_imagenet_weights(model, args.arch, pretrained_path(args.arch, args.pretrained))
@@ -70,7 +74,8 @@ def test(args, d) -> dict:
         args.snapshot = pretrained_path(args.arch, "auto")
         if d.main:
             print(f"--snapshot not given: using {args.snapshot} ({args.arch}'s ImageNet weights)")
-    samples = _checked_list(args, d)
+    samples = _checked_list(DATASETS[args.dataset], args.datapath, args.list, args.clsnum, args.on_bad_image == "skip",
+                            args.savepath, d.main)
     model = build_classifier(args.arch, args.clsnum)
     load_weights(model, args.snapshot)
     model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)

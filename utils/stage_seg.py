@@ -19,18 +19,17 @@ from network import build_mffnet, load_mffnet
 from utils import cli, distributed, validate, wsol_protocol
 from utils.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
-from utils.data import ImageSet, read_list, subset
+from utils.data import ImageSet
+from utils.datasets import DATASETS, DataSet
 from utils.engine import (HostPipe, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
                           inference_batches, place_model, to_device)
 from utils.errors import UserError
+from utils.lists import subset
 from utils.log import maybe_tqdm, write_json
 from utils.outputs import Folder
 from utils.results import match_top1top5, read_top1top5, write_boxes_csv
 from utils.transforms import boxes_to_eval_frame, eval_transform, train_transform
 from utils.vis import EvalPictures, tensorboard_hook
-
-# The original leaves this ImageNet val image out (its label is wrong); so do we, and say so.
-EXCLUDED = {"imagenet": ["ILSVRC2012_val_00033202.JPEG"]}
 
 
 def seg_loss(model, batch) -> torch.Tensor:
@@ -44,14 +43,16 @@ def seg_loss(model, batch) -> torch.Tensor:
 @distributed.entry
 def train(args, d) -> str:
     torch.manual_seed(args.seed)  # the head (and a scratch backbone) start the same on every rank and run
+    dataset = DATASETS[args.dataset]
     if not os.path.isdir(args.maskpath):
         raise UserError(f"pseudo-mask folder not found: {args.maskpath}\n  Make the masks first: "
-                        f"python ../{args.dataset_prefix}-cam/test.py --snapshot <cam model>, or pass --maskpath")
-    samples = read_list(args.dataset, args.datapath, args.list, with_boxes=False)
+                        f"python ../{dataset.stage_prefix}-cam/test.py --snapshot <cam model>, or pass --maskpath")
+    samples = dataset.read_list(args.datapath, args.list, with_boxes=False)
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), masks=True,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
-    model = build_mffnet(1, args.backbone, args.pretrained, seg=True, **cli.architecture(args))
+    model = build_mffnet(1, args.backbone, args.pretrained, seg=True,
+                         **cli.architecture(args.fusion, args.levels, args.mca))
     if args.snapshot:
         load_weights(model, args.snapshot)
 
@@ -74,14 +75,14 @@ def _predicted_mask(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
 
 
 # -------------------------------------------------------------------------------------- evaluation
-def eval_samples(dataset: str, datapath: str, listname: str, skip: bool, main: bool, workers: int,
+def eval_samples(dataset: DataSet, datapath: str, listname: str, skip: bool, main: bool, workers: int,
                  num_classes: Optional[int] = None) -> tuple:
     """The evaluation list's samples with their boxes, checked (names, labels when `num_classes` is given,
     boxes: utils/validate.py). Returns (samples to evaluate, names left out for unscorable boxes)."""
-    samples = read_list(dataset, datapath, listname, with_boxes=True)
+    samples = dataset.read_list(datapath, listname, with_boxes=True)
     list_path = validate.list_file(datapath, listname)
     samples = validate.check_names(samples, list_path, num_classes, skip=skip, main=main)
-    return validate.check_boxes(samples, list_path, validate.box_source(dataset, datapath, list_path),
+    return validate.check_boxes(samples, list_path, validate.box_source(dataset.box_file, datapath, list_path),
                                 skip=skip, main=main, workers=workers)
 
 
@@ -91,21 +92,32 @@ def evaluate(args, d) -> dict:
         raise UserError("--snapshot is required: the seg model to evaluate (e.g. out/model-2.pth)")
     if args.vis < 0:
         raise UserError(f"--vis takes a number of images >= 0, got {args.vis}")
-    if args.dataset == "openimages":
-        return _evaluate_openimages(args, d)
-    samples, bad_boxes = eval_samples(args.dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
-                                      main=d.main, workers=max(1, args.num_workers))
+    dataset = DATASETS[args.dataset]
+    architecture = cli.architecture(args.fusion, args.levels, args.mca)
+    if dataset.boxes:
+        samples, bad_boxes = eval_samples(dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
+                                          main=d.main, workers=max(1, args.num_workers))
+    else:  # OpenImages: wsolevaluation's protocol on the --split (val: where choices are made; test: reported)
+        _refuse_box_flags(args.protocol, args.vis, args.threshold, args.top1top5)
+        args.list = args.list or f"{args.split}.txt"  # recorded in metrics.json
+        samples = dataset.read_list(args.datapath, args.list, with_boxes=False)
+        samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
+                                       skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
     if args.protocol == "wsol":
-        _wsol_notes(args, samples, d)
-        return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples)
-    excluded = [s.name for s in samples if os.path.basename(s.name) in EXCLUDED.get(args.dataset, [])]
+        if d.main:
+            _wsol_notes(samples, args.top1top5, dataset.excluded)
+        model = place_model(_seg_model(args.snapshot, args.backbone, architecture), d,
+                            channels_last=args.channels_last, compile=args.compile)
+        return wsol_protocol.evaluate(args, d, model, samples, split=None if dataset.boxes else args.split)
+    excluded = [s.name for s in samples if os.path.basename(s.name) in dataset.excluded]
     samples = subset(samples, [i for i, name in enumerate(samples.names()) if name not in excluded])
     table = None
     if args.top1top5:
         table = match_top1top5(read_top1top5(args.top1top5, args.allow_pickle), [s.name for s in samples],
                                args.top1top5)
-    model = _eval_model(args, d)
+    model = place_model(_seg_model(args.snapshot, args.backbone, architecture), d, channels_last=args.channels_last,
+                        compile=args.compile)
     channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, eval_transform(args.size, args.crop))
@@ -170,38 +182,30 @@ def evaluate(args, d) -> dict:
     return dict(metrics, images_per_s=rate.images_per_s, seconds=rate.seconds)  # speed: not in metrics.json
 
 
-def _evaluate_openimages(args, d) -> dict:
-    """OpenImages30k: wsolevaluation's protocol on the `--split` (val: where choices are made; test: reported),
-    PxAP on its instance masks. The list is `<split>.txt` unless --list names another. Flags of the box protocols
-    would be ignored here, so they are refused rather than silently dropped."""
-    unused = [flag for flag, given in (("--protocol spol", args.protocol != "wsol"), ("--vis", args.vis > 0),
-                                       ("--threshold", args.threshold is not None),
-                                       ("--top1top5", args.top1top5 is not None)) if given]
+def _refuse_box_flags(protocol: str, vis: int, threshold: Optional[float], top1top5: Optional[str]) -> None:
+    """A data set without boxes (OpenImages) is scored by PxAP alone: the flags of the box protocols would be
+    ignored, so they are refused rather than silently dropped."""
+    unused = [flag for flag, given in (("--protocol spol", protocol != "wsol"), ("--vis", vis > 0),
+                                       ("--threshold", threshold is not None),
+                                       ("--top1top5", top1top5 is not None)) if given]
     if unused:
         raise UserError(f"{', '.join(unused)}: not used on OpenImages, which is scored by PxAP alone (no mask "
                         f"threshold, no boxes, no classifier); to look at masks, run localize.py --vis on the val "
                         f"images")
-    listname = args.list or f"{args.split}.txt"
-    samples = read_list(args.dataset, args.datapath, listname, with_boxes=False)
-    samples = validate.check_names(samples, validate.list_file(args.datapath, listname), args.clsnum,
-                                   skip=args.on_bad_image == "skip", main=d.main)
-    validate.check_writable(args.savepath, "--savepath", lock=d.main)
-    args.list = listname  # recorded in metrics.json
-    return wsol_protocol.evaluate(args, d, _eval_model(args, d), samples, split=args.split)
 
 
-def _eval_model(args, d):
-    model = load_mffnet(args.snapshot, 1, args.backbone, seg=True, **cli.architecture(args))
-    return place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
+def _seg_model(snapshot: str, backbone: str, architecture: dict) -> torch.nn.Module:
+    """The seg model of `snapshot`, in eval mode; `architecture`: the MFF-Net switches given (cli.architecture),
+    which must match the network the snapshot records."""
+    return load_mffnet(snapshot, 1, backbone, seg=True, **architecture).eval()
 
 
-def _wsol_notes(args, samples: list, d) -> None:
-    """What --protocol wsol does differently from the default, said once."""
-    if not d.main:
-        return
-    if args.top1top5:
+def _wsol_notes(samples: list, top1top5: Optional[str], excluded: tuple) -> None:
+    """What --protocol wsol does differently from the default (`excluded`: the files the SPOL protocol leaves
+    out), said once."""
+    if top1top5:
         print("note: --top1top5 is not used by --protocol wsol (its figures are class-agnostic)")
-    left_out = [s.name for s in samples if os.path.basename(s.name) in EXCLUDED.get(args.dataset, [])]
+    left_out = [s.name for s in samples if os.path.basename(s.name) in excluded]
     if left_out:
         print(f"note: --protocol wsol evaluates every listed image, as wsolevaluation does "
               f"({', '.join(left_out)} included)")

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
-from utils.data import mask_name, subset
+from utils.data import mask_name
 from utils.errors import UserError
+from utils.lists import subset
 
 if TYPE_CHECKING:
     import torch
 
-    from utils.data import SampleTable
+    from utils.lists import SampleTable
 
 
 def _line_finder(list_path: str) -> Callable[[str], str]:
@@ -170,11 +171,11 @@ def list_file(datapath: str, listname: str) -> str:
     return listname if os.path.isabs(listname) else os.path.join(datapath, listname)
 
 
-def box_source(dataset: str, datapath: str, list_path: str) -> Callable[[str], str]:
-    """Where an image's ground-truth boxes come from, for messages: its list line (CUB layout) or its
-    PASCAL-VOC file (ImageNet's box/<file>.xml)."""
-    if dataset == "imagenet":
-        return lambda name: os.path.join(datapath, "box", os.path.splitext(os.path.basename(name))[0] + ".xml")
+def box_source(box_file: Optional[Callable[[str, str], str]], datapath: str, list_path: str) -> Callable[[str], str]:
+    """Where an image's ground-truth boxes come from, for messages: `box_file(datapath, name)` (the data set's
+    table entry: ImageNet's box/<file>.xml), or, without one, its list line (CUB layout)."""
+    if box_file is not None:
+        return lambda name: box_file(datapath, name)
     return _line_finder(list_path)
 
 

@@ -31,12 +31,13 @@ from typing import Iterable, Optional, Sequence
 import cv2
 import numpy as np
 
+from utils.datasets import DATASETS as TABLE, by_wsol_name
 from utils.errors import UserError, run_main
 from utils.results import npy_header
 from utils.outputs import write_atomic, write_text
 
 RESIZE_LENGTH = 224  # the protocol evaluates every map and box in a 224 x 224 frame
-DATASETS = ("CUB", "ILSVRC", "OpenImages")
+DATASETS = tuple(d.wsol_name for d in TABLE.values())  # their names: CUB, ILSVRC, OpenImages
 
 
 # ----------------------------------------------------------------------------------------------- primitives
@@ -307,24 +308,11 @@ class PxAPEvaluator:
 
 
 # ----------------------------------------------------------------------------------------------- metadata
-# Where the project's val lists sit in wsolevaluation's `metadata/<dataset>/<split>/`. Their ILSVRC split `test`
-# is the official 50,000-image ILSVRC2012 val set (ids `val/ILSVRC2012_val_XXXXXXXX.JPEG`); their split `val` is
+# Where the project's val lists sit in wsolevaluation's `metadata/<dataset>/<split>/`, and their image ids: the
+# data-set table's wsol_name, wsol_split and wsol_image_id (utils/datasets.py). Their ILSVRC split `test` is the
+# official 50,000-image ILSVRC2012 val set (ids `val/ILSVRC2012_val_XXXXXXXX.JPEG`); their split `val` is
 # ImageNetV2 (ids `val2/<class>/<n>.jpeg`). CUB's split `test` is the official test set (ids `<class>/<file>.jpg`).
-WSOL_FOLDERS = {"cub": ("CUB", "test"), "imagenet": ("ILSVRC", "test"), "openimages": ("OpenImages", "test")}
 IMAGENETV2_PREFIX = "val2/"
-
-
-def wsol_image_id(dataset: str, list_name: str) -> str:
-    """wsolevaluation's image id of a project val-list name (dataset "cub" or "imagenet"): the key of their
-    metadata and the score-map file `<scoremap_root>/<image_id>.npy`.
-
-    CUB: the list name as it is (`001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg`).
-    ImageNet: `val/<file>.JPEG`, the image's path under their dataset root, whether our val/ is flat or holds
-    per-synset folders (their ids never name the synset).
-    """
-    if dataset == "imagenet":
-        return "val/" + os.path.basename(list_name)
-    return list_name  # CUB, and OpenImages, whose list names are their ids (test/<class>/<file>.jpg)
 
 
 def _metadata_folder(metadata_root: str, dataset_name: str, split: str) -> str:
@@ -332,7 +320,7 @@ def _metadata_folder(metadata_root: str, dataset_name: str, split: str) -> str:
     for folder in (nested, metadata_root):  # `<root>/<dataset>/<split>/` or that folder itself
         if os.path.isfile(os.path.join(folder, "image_ids.txt")):
             return folder
-    if dataset_name == "ILSVRC" and split == "val":
+    if by_wsol_name(dataset_name).imagenetv2_split == split:
         raise UserError(_ILSVRC_VAL + f" ({os.path.join(nested, 'image_ids.txt')} not found)")
     raise UserError(f"metadata file not found: {os.path.join(nested, 'image_ids.txt')} "
                     f"(nor {os.path.join(metadata_root, 'image_ids.txt')})")
@@ -395,12 +383,13 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
     for OpenImages "mask_paths": {id: [str]} and "ignore_paths": {id: str} (relative to the mask root).
     """
     folder = _metadata_folder(metadata_root, dataset_name, split)
+    dataset = by_wsol_name(dataset_name)
 
     def path(name: str) -> str:
         return os.path.join(folder, name)
 
     ids = _image_ids(path("image_ids.txt"))
-    if dataset_name == "ILSVRC" and split == "val":
+    if dataset.imagenetv2_split == split:
         _check_ilsvrc_val(ids, folder)
     meta: dict = {"folder": folder, "image_ids": ids, "class_labels": {}}
     for no, (iid, label) in _rows(path("class_labels.txt"), 2, required=False):  # not needed to score
@@ -409,7 +398,7 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
         except ValueError:
             raise UserError(f"{path('class_labels.txt')}:{no}: label {label!r} is not an integer") from None
     loc = path("localization.txt")
-    if dataset_name == "OpenImages":
+    if not dataset.boxes:  # OpenImages: `id,mask_path,ignore_path` lines
         meta["mask_paths"], meta["ignore_paths"] = {}, {}
         for _, (iid, mask, ignore) in _rows(loc, 3):
             meta["mask_paths"].setdefault(iid, []).append(mask)
@@ -615,41 +604,44 @@ def _set_job(job: dict, parent: Optional[int] = None) -> None:
 
 def _score_image(image_id: str) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """One image's contribution: best IoU per CAM threshold (box datasets), PxAP histograms (with masks)."""
-    args, meta, boxes, pixels = _JOB["args"], _JOB["meta"], _JOB["boxes"], _JOB["pixels"]
-    scoremap = _JOB["centre"] if args.centre_baseline else load_scoremap(args.scoremap_root, image_id)
+    meta, boxes, pixels, mask_root = _JOB["meta"], _JOB["boxes"], _JOB["pixels"], _JOB["mask_root"]
+    scoremap = _JOB["centre"] if _JOB["centre"] is not None else load_scoremap(_JOB["scoremap_root"], image_id)
     best = hists = None
     if boxes is not None:
         w, h = meta["image_sizes"][image_id]
         best = boxes.best_ious(scoremap, np.array([resize_box_224(b, w, h) for b in meta["boxes"][image_id]]))
     if pixels is not None:
-        if args.dataset_name == "OpenImages":
-            mask = openimages_mask(args.mask_root, meta["mask_paths"][image_id], meta["ignore_paths"][image_id])
+        if _JOB["instance_masks"]:  # OpenImages' ground truth, listed in localization.txt
+            mask = openimages_mask(mask_root, meta["mask_paths"][image_id], meta["ignore_paths"][image_id])
         else:
-            mask = cub_mask(args.mask_root, image_id)
+            mask = cub_mask(mask_root, image_id)
         hists = pixels.histograms(scoremap, mask)
     return best, hists
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the protocol the arguments describe; returns the figures written to --json."""
-    openimages = args.dataset_name == "OpenImages"
+    dataset = by_wsol_name(args.dataset_name)
     if bool(args.scoremap_root) == args.centre_baseline:
         raise UserError("give --scoremap_root (the maps to score) or --centre_baseline (a fixed centre blob), "
                         "one of the two")
-    if openimages and not args.mask_root:
-        raise UserError("OpenImages is evaluated on masks: give --mask_root")
-    if not args.multi_iou_eval and not openimages and 50 not in args.iou_threshold_list:
+    if not dataset.boxes and not args.mask_root:
+        raise UserError(f"{args.dataset_name} is evaluated on masks: give --mask_root")
+    if not args.multi_iou_eval and dataset.boxes and 50 not in args.iou_threshold_list:
         raise UserError("--multi_iou_eval false reports MaxBoxAcc at IoU 50: include 50 in --iou_threshold_list")
     meta = read_metadata(args.metadata_root, args.dataset_name, args.split)
-    boxes = None if openimages else BoxEvaluator(args.cam_curve_interval, args.iou_threshold_list,
-                                                 args.multi_contour_eval)
-    use_masks = openimages or (args.dataset_name == "CUB" and bool(args.mask_root))
+    boxes = BoxEvaluator(args.cam_curve_interval, args.iou_threshold_list,
+                         args.multi_contour_eval) if dataset.boxes else None
+    # masks: OpenImages' own ground truth; CUB's segmentations/ (--mask_root) add PxAP to its boxes
+    use_masks = not dataset.boxes or (dataset.segmentations is not None and bool(args.mask_root))
     pixels = PxAPEvaluator(args.cam_curve_interval) if use_masks else None
     if args.mask_root and not use_masks:
         print(f"note: --mask_root is not used for {args.dataset_name}", file=sys.stderr)
 
     ids = meta["image_ids"]
-    job = {"args": args, "meta": meta, "boxes": boxes, "pixels": pixels, "centre": centre_scoremap()}
+    job = {"meta": meta, "boxes": boxes, "pixels": pixels, "mask_root": args.mask_root,
+           "instance_masks": not dataset.boxes, "scoremap_root": args.scoremap_root,
+           "centre": centre_scoremap() if args.centre_baseline else None}
     workers = min(args.workers, len(ids) // 16)  # a pool does not pay for itself on a handful of maps
     if workers > 1:
         import multiprocessing as mp
@@ -678,15 +670,17 @@ def evaluate(args: argparse.Namespace) -> dict:
         out["localization"] = out["mean"] if args.multi_iou_eval else out["maxboxacc"]["50"]
     if pixels is not None:
         out["pxap"] = pixels.compute()
-        if openimages:
+        if not dataset.boxes:
             out["localization"] = out["pxap"]
     return out
 
 
-def _report(args: argparse.Namespace, res: dict) -> str:
-    what = "images (centre baseline: one fixed map)" if args.centre_baseline else "images"
-    lines = [f"{args.dataset_name} {args.split}: {res['count']} {what}, CAM thresholds every "
-             f"{args.cam_curve_interval}, multi_contour_eval {str(args.multi_contour_eval).lower()}"]
+def _report(res: dict, dataset_name: str, split: str, interval: float, multi_contour: bool, multi_iou: bool,
+            centre_baseline: bool) -> str:
+    """The figures of `evaluate` as printed: the run in one line, a table, the headline figure."""
+    what = "images (centre baseline: one fixed map)" if centre_baseline else "images"
+    lines = [f"{dataset_name} {split}: {res['count']} {what}, CAM thresholds every "
+             f"{interval}, multi_contour_eval {str(multi_contour).lower()}"]
     if "maxboxacc" in res:
         lines.append(f"  {'IoU δ':>7}  {'MaxBoxAcc':>9}  {'best CAM threshold':>18}")
         for d, v in res["maxboxacc"].items():
@@ -694,13 +688,13 @@ def _report(args: argparse.Namespace, res: dict) -> str:
         lines.append(f"  {'mean':>7}  {res['mean']:9.2f}")
     if "pxap" in res:
         lines.append(f"  {'PxAP':>7}  {res['pxap']:9.2f}")
-    if args.dataset_name == "OpenImages":
+    if "maxboxacc" not in res:  # a data set without boxes: PxAP is its figure
         name = "PxAP"
-    elif args.multi_iou_eval:
-        kind = "MaxBoxAccV2" if args.multi_contour_eval else "MaxBoxAcc"
+    elif multi_iou:
+        kind = "MaxBoxAccV2" if multi_contour else "MaxBoxAcc"
         name = f"{kind}, mean over IoU {'/'.join(res['maxboxacc'])}"
     else:
-        name = f"{'MaxBoxAcc, all contours' if args.multi_contour_eval else 'MaxBoxAcc'} at IoU 50"
+        name = f"{'MaxBoxAcc, all contours' if multi_contour else 'MaxBoxAcc'} at IoU 50"
     lines.append(f"localization ({name}): {res['localization']:.4f}")
     return "\n".join(lines)
 
@@ -724,7 +718,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.json:
         _check_json(args.json)
     res = evaluate(args)
-    print(_report(args, res), flush=True)
+    print(_report(res, args.dataset_name, args.split, args.cam_curve_interval, args.multi_contour_eval,
+                  args.multi_iou_eval, args.centre_baseline), flush=True)
     if args.json:
         write_text(args.json, json.dumps(res, indent=1))
     return res

@@ -4,7 +4,7 @@ the seg model: `test.py --protocol wsol`.
 Each image is normalised and resized to 224 x 224 (no crop); its score map is the sigmoid of the logits
 upsampled to 224 x 224 (bilinear, align_corners=True), min-max normalised per image (a constant map becomes
 zeros), saved as float32 `<savepath>/scoremaps/<image_id>.npy` under wsolevaluation's image ids (CUB: the list
-name; ImageNet: `val/<file>.JPEG`, utils.wsol_eval.wsol_image_id), so `python -m utils.wsol_eval`, or
+name; ImageNet: `val/<file>.JPEG`: the data-set table's wsol_image_id), so `python -m utils.wsol_eval`, or
 wsolevaluation itself, gives the same figures from the files, with their published metadata or ours. GT boxes
 are scaled to 224 from the original pixels with int truncation. Figures, all from utils.wsol_eval's evaluators:
 MaxBoxAcc (largest contour, IoU 50), MaxBoxAccV2 (all contours, mean over IoU 30/50/70) and, on CUB when
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from utils import distributed, validate
 from utils.data import ImageSet
+from utils.datasets import DATASETS
 from utils.engine import (HostPipe, Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,
                           to_device)
 from utils.errors import UserError
@@ -34,8 +35,8 @@ from utils.outputs import Folder
 from utils.transforms import resize_transform
 from utils.vis import EvalPictures
 from utils.workers import post_pool
-from utils.wsol_eval import (RESIZE_LENGTH, V2_IOUS, WSOL_FOLDERS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds,
-                             iou_plus1, read_metadata, resize_box_224, score_image, wsol_image_id)
+from utils.wsol_eval import (RESIZE_LENGTH, V2_IOUS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds, iou_plus1,
+                             read_metadata, resize_box_224, score_image)
 
 
 def scoremaps(logits: torch.Tensor) -> torch.Tensor:
@@ -86,10 +87,11 @@ class WsolScores:
         return out
 
 
-def openimages_masks(datapath: str, split: str, samples) -> dict:
+def openimages_masks(datapath: str, wsol_name: str, split: str, samples) -> dict:
     """{list name: (instance mask paths, ignore path)} of OpenImages' `<datapath>/wsol_metadata/OpenImages/<split>/`
-    (written by dataset/prepare.py openimages); every listed image must have its masks there."""
-    meta = read_metadata(os.path.join(datapath, "wsol_metadata"), "OpenImages", split)
+    (`wsol_name`: OpenImages; written by dataset/prepare.py openimages); every listed image must have its masks
+    there."""
+    meta = read_metadata(os.path.join(datapath, "wsol_metadata"), wsol_name, split)
     names = samples.names()
     missing = [n for n in names if n not in meta["mask_paths"]]
     if missing:
@@ -100,22 +102,22 @@ def openimages_masks(datapath: str, split: str, samples) -> dict:
 
 def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, split: Optional[str] = None) -> dict:
     """Score every image of `samples` with the eval-mode, placed `model`; rank 0 returns the figures.
-    OpenImages (`split` = its metadata split): PxAP on the instance masks, no boxes."""
-    openimages = args.dataset == "openimages"
-    instance_masks = openimages_masks(args.datapath, split, samples) if openimages else None
-    mask_root = os.path.join(args.datapath, "segmentations") if args.dataset == "cub" else None
-    if mask_root and not os.path.isdir(mask_root):
-        mask_root = None
-    if openimages:  # ids and mask paths are relative to their OpenImages/ folder: our datapath
+    A data set without boxes (OpenImages; `split` = its metadata split): PxAP on the instance masks."""
+    dataset = DATASETS[args.dataset]
+    masks_only = not dataset.boxes  # OpenImages
+    instance_masks = openimages_masks(args.datapath, dataset.wsol_name, split, samples) if masks_only else None
+    segmentations = os.path.join(args.datapath, dataset.segmentations) if dataset.segmentations else None
+    mask_root = segmentations if segmentations and os.path.isdir(segmentations) else None
+    if masks_only:  # ids and mask paths are relative to their OpenImages/ folder: our datapath
         mask_root = args.datapath
     root = os.path.join(args.savepath, "scoremaps") if args.save_scoremaps else None
     if root:  # each image id's folder (CUB: 200 classes), before any map is written through a link
         Folder(args.savepath, "--savepath").check_folders(
-            os.path.join("scoremaps", os.path.dirname(wsol_image_id(args.dataset, s.name))) for s in samples)
+            os.path.join("scoremaps", os.path.dirname(dataset.wsol_image_id(s.name))) for s in samples)
     channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, resize_transform(RESIZE_LENGTH))
-    scores = WsolScores(args.cam_curve_interval, pxap=mask_root is not None, boxes=not openimages)
+    scores = WsolScores(args.cam_curve_interval, pxap=mask_root is not None, boxes=not masks_only)
     pictures = EvalPictures(args.vis, args.maskpath, RESIZE_LENGTH) if args.vis else None
     pool = None
     if args.post_workers > 0:
@@ -133,10 +135,10 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, s
         validate.check_finite_maps(finite, batch["index"].tolist(), samples, args.snapshot)
         for j, (scoremap, index, (h, w)) in enumerate(zip(maps, batch["index"].tolist(), batch["size"].tolist())):
             s = samples[index]
-            gt = None if openimages else np.array([resize_box_224(b, w, h) for b in s.boxes])
+            gt = None if masks_only else np.array([resize_box_224(b, w, h) for b in s.boxes])
             submit(scoremap, gt, args.cam_curve_interval, mask_root, s.name,
-                   os.path.join(root, wsol_image_id(args.dataset, s.name) + ".npy") if root else None, False,
-                   instance_masks[s.name] if openimages else None)
+                   os.path.join(root, dataset.wsol_image_id(s.name) + ".npy") if root else None, False,
+                   instance_masks[s.name] if masks_only else None)
             if pictures is not None and pictures.wants(index):
                 pictures.add(index, s.name, batch["image"][j], scoremap, gt)
         pending.settle(8 * max(1, args.post_workers) * args.batch_size)  # the device must not outrun the pool
@@ -148,9 +150,9 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, s
                                                       args.num_workers, d), d.main, desc="evaluate (wsol)"):
                 for name, reason in batch["bad"]:
                     handle_bad({"bad": [(name, reason)]}, args.on_bad_image, d)
-                    gt = None if openimages else np.zeros((1, 4))  # unused: a failed image scores zero IoU
+                    gt = None if masks_only else np.zeros((1, 4))  # unused: a failed image scores zero IoU
                     submit(np.zeros((RESIZE_LENGTH, RESIZE_LENGTH)), gt, args.cam_curve_interval, mask_root,
-                           name, None, True, instance_masks[name] if openimages else None)
+                           name, None, True, instance_masks[name] if masks_only else None)
                     bad += 1
                 if "image" not in batch:
                     continue
@@ -172,23 +174,23 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, s
     assert scores.count == len(samples), (scores.count, len(samples))
     metrics = {"protocol": "wsol", "count": len(samples), "bad_images": sum(b for _, b in parts),
                "cam_curve_interval": args.cam_curve_interval, **scores.compute(), "scoremaps": root,
-               "snapshot": args.snapshot, "list": args.list, **({"split": split} if openimages else {})}
+               "snapshot": args.snapshot, "list": args.list, **({"split": split} if masks_only else {})}
     os.makedirs(args.savepath, exist_ok=True)
     write_json(os.path.join(args.savepath, "metrics.json"), metrics)
-    print_metrics(metrics, args.datapath if args.dataset == "cub" else None)
-    if pictures is not None and not openimages:
+    print_metrics(metrics, segmentations)
+    if pictures is not None and not masks_only:
         _write_pictures(pictures, metrics["maxboxacc_best_threshold"], args.savepath)
     print(f"wrote {os.path.join(args.savepath, 'metrics.json')}"
           + (f" and {len(samples) - metrics['bad_images']} score maps to {root}" if root else ""))
-    if root and openimages:
+    if root and masks_only:
         print(f"PxAP from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
-              f"{os.path.join(args.datapath, 'wsol_metadata')} --mask_root {args.datapath} --dataset_name OpenImages "
-              f"--split {split} --cam_curve_interval {args.cam_curve_interval} "
+              f"{os.path.join(args.datapath, 'wsol_metadata')} --mask_root {args.datapath} "
+              f"--dataset_name {dataset.wsol_name} --split {split} --cam_curve_interval {args.cam_curve_interval} "
               f"(or wsolevaluation's metadata/ as published)")
     elif root:
-        name, wsol_split = WSOL_FOLDERS[args.dataset]
         print(f"MaxBoxAccV2 from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
-              f"{os.path.join(args.datapath, 'wsol_metadata')} --dataset_name {name} --split {wsol_split} "
+              f"{os.path.join(args.datapath, 'wsol_metadata')} --dataset_name {dataset.wsol_name} "
+              f"--split {dataset.wsol_split} "
               f"--cam_curve_interval {args.cam_curve_interval} --multi_contour_eval true "
               f"(or wsolevaluation's metadata/ as published)")
     return metrics
@@ -206,7 +208,9 @@ def _write_pictures(pictures: EvalPictures, threshold: float, savepath: str) -> 
     print(f"wrote {len(paths)} pictures to {os.path.join(savepath, 'vis')}")
 
 
-def print_metrics(m: dict, cub_root: Optional[str]) -> None:
+def print_metrics(m: dict, segmentations: Optional[str]) -> None:
+    """The figures of `evaluate` as printed; `segmentations`: the folder of pixel masks whose absence explains a
+    missing PxAP (CUB's)."""
     print(f"images: {m['count']} (resized to 224 x 224, no crop; CAM thresholds every {m['cam_curve_interval']})"
           f"   unreadable (counted as failures): {m['bad_images']}")
     if "maxboxacc" not in m:  # OpenImages: masks only
@@ -220,6 +224,5 @@ def print_metrics(m: dict, cub_root: Optional[str]) -> None:
     print(f"{'':12s} {'mean':>5s} {m['maxboxacc_v2']['mean']:8.2f}")
     if m["pxap"] is not None:
         print(f"{'PxAP':12s} {'':5s} {m['pxap']:8.2f}")
-    elif cub_root:
-        print(f"PxAP: not computed, no {os.path.join(cub_root, 'segmentations')}/ (CUB's masks come as a "
-              f"separate archive, segmentations.tgz)")
+    elif segmentations:
+        print(f"PxAP: not computed, no {segmentations}/ (CUB's masks come as a separate archive, segmentations.tgz)")
