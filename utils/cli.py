@@ -260,8 +260,8 @@ def _say(message: str) -> None:
 
 
 def _default_snapshot(folders: list, released: str) -> str:
-    """test.py without --snapshot: the released name in out/, else the last model-<N> there (as the
-    authors' README runs it); the first of `folders` that has either."""
+    """test.py without --snapshot: the released name in out/, else the last model-<N> there; the first of
+    `folders` that has either."""
     whys = []
     for folder in folders:
         path, why = find_snapshot(folder, released)
