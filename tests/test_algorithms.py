@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.boxes import best_iou, iou, largest_box, localisation_metrics
+from utils.method.boxes import best_iou, iou, largest_box, localisation_metrics
 from utils.pseudo_mask import gaussian_prior, make_pseudo_mask
 from utils.transforms import boxes_to_eval_frame, resize_transform
 

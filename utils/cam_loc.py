@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from network import load_mffnet  # noqa: E402
 from utils import cli, distributed  # noqa: E402
-from utils.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
+from utils.method.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
 from utils.data import ImageSet, subset  # noqa: E402
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
                           place_model, to_device)

@@ -28,26 +28,12 @@ from utils.engine import (HostPipe, Pending, Throughput, amp_dtype, autocast, ch
                           place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
+from utils.method.losses import dual_head_loss, single_head_loss
 from utils.pseudo_mask import write_masks
 from utils.ring import ring_batches
 from utils.transforms import mask_transform, train_transform
 from utils.vis import pseudo_mask_pictures, tensorboard_hook
 from utils.workers import post_pool
-
-
-def dual_head_loss(model, batch) -> torch.Tensor:
-    """CUB: CE on the deep maps, plus the fused maps distilled towards the deep maps' prediction."""
-    maps_deep, maps_fused = model(batch["image"])
-    logits_deep = maps_deep.float().mean((2, 3))
-    logits_fused = maps_fused.float().mean((2, 3))
-    loss1 = F.cross_entropy(logits_deep, batch["label"])
-    loss2 = -(F.softmax(logits_deep, 1).detach() * F.log_softmax(logits_fused, 1)).sum(1).mean()
-    return (loss1 + loss2) / 2
-
-
-def single_head_loss(model, batch) -> torch.Tensor:
-    """ImageNet: CE on the spatial mean of the fused maps."""
-    return F.cross_entropy(model(batch["image"]).float().mean((2, 3)), batch["label"])
 
 
 @distributed.entry
@@ -187,7 +173,7 @@ def _run_masks(args, d, samples: list, mine: list, pool: Optional[ProcessPoolExe
         nonlocal written
         cams = host[0]
         validate.check_finite_maps(torch.isfinite(cams).flatten(1).all(1), indices, samples, args.snapshot)
-        items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)), args.prior == "gaussian")
+        items = [(cam, w, h, os.path.join(out, mask_name(samples[i].name)), args.prior)
                  for cam, i, (h, w) in zip(cams.numpy(), indices, sizes)]
         rate.handed_on(len(items))
         written += len(items)
