@@ -22,8 +22,8 @@ from utils.cam_loc import ious_at, normalised_cams
 from utils.checkpoint import load_weights, save_atomic
 from utils.engine import sgd, train_step
 from utils.errors import UserError
-from utils.pseudo_mask import make_pseudo_mask
 from utils.method.losses import dual_head_loss, seg_loss
+from utils.pseudo_mask import make_pseudo_mask
 
 
 # ------------------------------------------------------------------------------------------ network
