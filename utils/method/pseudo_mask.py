@@ -71,10 +71,10 @@ def moments(w: np.ndarray, contour: np.ndarray) -> tuple[float, float, float, fl
 def exponent_factor(vx: float, vy: float, vxy: float) -> Optional[float]:
     """c = -1 / (2 (1 - vxy^2 / (vx vy))), the factor of the Gaussian's exponent; None where the moments
     describe no Gaussian (all the weight on one line: a variance 0 or a correlation of +-1)."""
-    one_minus_rho2 = 1.0 - vxy * vxy / (vx * vy)
-    if not (vx > 0 and vy > 0 and one_minus_rho2 > 0):
+    if not (vx > 0 and vy > 0):
         return None
-    return -1.0 / (2.0 * one_minus_rho2)
+    one_minus_rho2 = 1.0 - vxy * vxy / (vx * vy)
+    return -1.0 / (2.0 * one_minus_rho2) if one_minus_rho2 > 0 else None
 
 
 def gaussian_box(ux: float, uy: float, vx: float, vy: float) -> tuple[int, int, int, int]:
