@@ -28,7 +28,7 @@ from utils.pseudo_mask import make_pseudo_mask
 
 # ------------------------------------------------------------------------------------------ network
 def spec_forward(m: MFFNet, x: torch.Tensor) -> torch.Tensor:
-    """SPEC §2 written out for the eval-mode CAM model: the default network must compute exactly this."""
+    """docs/method.md §2 written out for the eval-mode CAM model: the default network must compute exactly this."""
     _, out3, out4, out5 = m.bkbone.features(x)
     gap = F.adaptive_avg_pool2d
     a5 = F.relu(m.bn51(m.fc51(gap(out5, 1))))

@@ -29,6 +29,7 @@ from utils.engine import (HostPipe, Pending, Throughput, amp_dtype, autocast, ch
 from utils.errors import UserError
 from utils.log import maybe_tqdm
 from utils.method.losses import dual_head_loss, single_head_loss
+from utils.method.pseudo_mask import EPS
 from utils.pseudo_mask import write_masks
 from utils.ring import ring_batches
 from utils.transforms import mask_transform, train_transform
@@ -67,7 +68,7 @@ def _gt_class_cam(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
     """TensorBoard pictures: the ground-truth class's CAM (eval mode), / max as for the pseudo masks."""
     maps = model(images).float()                                                  # B x K x h x w
     cam = maps[torch.arange(len(labels), device=maps.device), labels][:, None]    # B x 1 x h x w
-    cam = cam / (cam.amax((2, 3), keepdim=True) + 1e-6)
+    cam = cam / (cam.amax((2, 3), keepdim=True) + EPS)
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0], None
 
 
