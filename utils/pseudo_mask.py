@@ -8,8 +8,8 @@ constant; tests/test_pseudo_mask.py checks that this file computes the same mask
 Speed (this runs 1.28M times on ImageNet; ~2 ms per 500 x 375 image on one core, `python -m
 utils.bench`): SPOL's Gaussian prior has a fast version here (`gaussian_prior`); any other prior of
 `method.PRIORS` is its plain function. A region's moments are taken inside its bounding rectangle only;
-each Gaussian is evaluated only inside its box (`method.gaussian_box`), those of boxes of similar width
-together in one stacked array, one numpy call per step for all of them; the large arrays are reused from image to image
+each Gaussian is evaluated only inside its box (`method.gaussian_box`), those of narrow boxes (most) in one
+stacked array, one numpy call per step for all of them; the large arrays are reused from image to image
 (fresh ones cost more in page faults than the arithmetic), and the 2-channel result becomes the 3-channel
 mask without a strided copy. None of this changes a bit of the output: the float operations are those of
 the definition, in the same order.
@@ -27,7 +27,7 @@ from utils.method.pseudo_mask import EPS, HIGH, LOW, MIN_AREA, PRIORS, SHRINK, S
 from utils.outputs import write_atomic
 
 _COORDS = np.arange(SIZE, dtype=np.float64)  # pixel coordinates: slices of it replace per-region aranges
-_NARROW = 32        # Gaussians whose box is this narrow (columns) or less are evaluated together
+_NARROW = 32        # Gaussians whose box is at most this wide (columns) are evaluated together
 
 
 class _Buffers(threading.local):
@@ -74,31 +74,40 @@ def _add_gaussians(prior: np.ndarray, gaussians: list) -> None:
     Gaussian of `method.gaussian` (peak 1 at (ux, uy)), by the same float64 operations in the same order: bit for
     bit its values (a float32 `prior` receives the float64 max rounded, the max of the rounded values).
 
-    The boxes' rows are stacked in one array, padded to the widest box, so that each step is one numpy call for
-    all of them: most boxes are a few pixels wide (the variances are divided by SHRINK), where ~15 numpy calls
-    per Gaussian would cost more than their arithmetic. An array of copies of a Gaussian's scalar gives the
-    products the scalar gives, and the padding is never written to `prior`. A Gaussian alone is broadcast from
-    its row and column instead of copied into every row (a copy costs as much as a step of the arithmetic).
+    Several Gaussians: their boxes' rows are stacked in one array, padded to the widest box, so that each step is
+    one numpy call for all of them; most boxes are a few pixels wide (the variances are divided by SHRINK), where
+    ~15 numpy calls per Gaussian would cost more than their arithmetic. An array of copies of a Gaussian's scalar
+    gives the products the scalar gives, and the padding is never written to `prior`. One Gaussian: its row of
+    x and column of y broadcast, without the stacking's table and copies (which cost a wide box ~1.5x).
     """
-    table = np.array(gaussians)                                              # K x 10 float64
-    ux, uy, vx, vy, vxy, c = table[:, :6].T
-    x0, x1, y0, y1 = table[:, 6:].astype(np.intp).T
-    nx, ny = x1 - x0 + 1, y1 - y0 + 1
-    rows = np.repeat(np.arange(len(gaussians)), ny)                          # each stacked row's Gaussian
-    first = np.cumsum(ny) - ny                                               # each Gaussian's first row
-    pick = rows if len(gaussians) > 1 else slice(None)                       # R rows, or 1 row that broadcasts
-    q = _BUFFERS.scratch(len(rows) * int(nx.max())).reshape(len(rows), -1)    # R x width
     with np.errstate(over="ignore", invalid="ignore"):                       # the padding may overflow
-        dx = (_COORDS[:q.shape[1]] + x0[:, None]) - ux[:, None]              # K x width: x - ux
-        dy = (y0[rows] + (np.arange(len(rows)) - first[rows])) - uy[rows]    # R: y - uy
-        np.multiply((2.0 * dx)[pick], dy[:, None], out=q)
-        q *= vxy[pick, None]
-        q /= (vx * vy)[pick, None]
-        np.subtract((dx * dx / vx[:, None])[pick], q, out=q)
-        q += (dy * dy / vy[rows])[:, None]
-        q *= c[pick, None]
+        if len(gaussians) == 1:
+            ux, uy, vx, vy, vxy, c, x0, x1, y0, y1 = gaussians[0]
+            dx, dy = _COORDS[x0:x1 + 1] - ux, _COORDS[y0:y1 + 1] - uy       # W: x - ux, R: y - uy
+            two_dx, dx2_vx = 2.0 * dx, dx * dx / vx                          # W, broadcast to every row
+            vxy_r, vxvy_r, vy_r, c_r = vxy, vx * vy, vy, c                    # the same for every row
+            first = [0]
+        else:
+            table = np.array(gaussians)                                      # K x 10 float64
+            ux, uy, vx, vy, vxy, c = table[:, :6].T
+            x0, x1, y0, y1 = table[:, 6:].astype(np.intp).T
+            nx, ny = x1 - x0 + 1, y1 - y0 + 1
+            rows = np.repeat(np.arange(len(gaussians)), ny)                  # each stacked row's Gaussian
+            starts = np.cumsum(ny) - ny                                      # each Gaussian's first row
+            dx = (_COORDS[:int(nx.max())] + x0[:, None]) - ux[:, None]       # K x width: x - ux
+            dy = (y0[rows] + (np.arange(len(rows)) - starts[rows])) - uy[rows]  # R: y - uy
+            two_dx, dx2_vx = (2.0 * dx)[rows], (dx * dx / vx[:, None])[rows]  # R x width
+            vxy_r, vxvy_r, vy_r, c_r = vxy[rows, None], (vx * vy)[rows, None], vy[rows], c[rows, None]
+            first = starts.tolist()
+        q = _BUFFERS.scratch(dy.size * two_dx.shape[-1]).reshape(dy.size, -1)  # R x width
+        np.multiply(two_dx, dy[:, None], out=q)
+        q *= vxy_r
+        q /= vxvy_r
+        np.subtract(dx2_vx, q, out=q)
+        q += (dy * dy / vy_r)[:, None]
+        q *= c_r
         np.exp(q, out=q)
-    for (_, _, _, _, _, _, gx0, gx1, gy0, gy1), r in zip(gaussians, first.tolist()):
+    for (_, _, _, _, _, _, gx0, gx1, gy0, gy1), r in zip(gaussians, first):
         window = prior[gy0:gy1 + 1, gx0:gx1 + 1]
         np.maximum(window, q[r:r + gy1 - gy0 + 1, :gx1 - gx0 + 1], out=window)
 
@@ -142,21 +151,22 @@ def gaussian_prior(cam256: np.ndarray, out: Optional[np.ndarray] = None) -> np.n
     """`method.gaussian_prior` of the 256 x 256 normalised CAM, fast: into `out` (float64 or float32,
     256 x 256; a new float64 array when none is given), which it returns.
 
-    The Gaussians go to `_add_gaussians` in groups of similar box width, which bounds the padding there to
-    2x: those up to `_NARROW` columns wide (most) together, wider ones by the power of two of their width.
-    """
+    The Gaussians of boxes up to `_NARROW` columns wide (most) are evaluated together (`_add_gaussians`), wider
+    ones one by one, without padding."""
     prior = np.empty((SIZE, SIZE), dtype=np.float64) if out is None else out
     prior.fill(0)
-    groups: dict[int, list] = {}
-    for m in _moments(cam256):
-        c = exponent_factor(*m[2:])
+    narrow = []
+    for ux, uy, vx, vy, vxy in _moments(cam256):
+        c = exponent_factor(vx, vy, vxy)
         if c is None:
             continue
-        box = gaussian_box(*m[:4])
-        width = box[1] - box[0] + 1
-        groups.setdefault(0 if width <= _NARROW else width.bit_length(), []).append(m + (c,) + box)
-    for gaussians in groups.values():
-        _add_gaussians(prior, gaussians)
+        x0, x1, y0, y1 = gaussian_box(ux, uy, vx, vy)
+        if x1 - x0 < _NARROW:
+            narrow.append((ux, uy, vx, vy, vxy, c, x0, x1, y0, y1))
+        else:
+            _add_gaussians(prior, [(ux, uy, vx, vy, vxy, c, x0, x1, y0, y1)])
+    if narrow:
+        _add_gaussians(prior, narrow)
     return prior
 
 
