@@ -182,7 +182,7 @@ def make_pseudo_mask(cam: np.ndarray, width: int, height: int, prior: str = "gau
     width, height = int(width), int(height)
     b = _BUFFERS
     cam = np.asarray(cam, dtype=np.float32)
-    # method.normalise_cam into a reused array: a fresh 256 x 256 one costs ~4x the resize in page faults
+    # method.normalise_cam into a reused array: a fresh 256 x 256 one costs 4x the normalisation in page faults
     cam256 = cv2.resize(cam / (cam.max() + EPS), (SIZE, SIZE), dst=b.cam256, interpolation=cv2.INTER_LINEAR)
     if prior == "gaussian":
         gaussian_prior(cam256, out=b.prior)
@@ -209,7 +209,7 @@ def make_pseudo_mask(cam: np.ndarray, width: int, height: int, prior: str = "gau
 def write_mask(cam: np.ndarray, width: int, height: int, path: str, prior: str = "gaussian",
                writer: str = "auto") -> None:
     """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask); `prior`: a name
-    of `method.PRIORS` (looked up here, in the worker: a name pickles, a function of a test may not);
+    of `method.PRIORS`, looked up in the process that writes (a pool worker imports the table itself);
     `writer`: the PNG encoder (`utils.png`: the same pixels from either)."""
     data = png.encode_rgb(make_pseudo_mask(cam, width, height, prior, rgb=True), writer)
     write_atomic(path, lambda f: f.write(data))

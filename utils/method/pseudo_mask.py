@@ -127,4 +127,4 @@ def pseudo_mask(cam: np.ndarray, width: int, height: int, prior: str = "gaussian
     # the two channels resized together: OpenCV's 2-channel kernel rounds as the fast path's does (its 3-channel
     # one can differ in the last float bit, so by one grey level where a pixel sits on a whole level)
     two = cv2.resize(fused, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
-    return np.dstack([two.reshape(height, width, 2), np.zeros((height, width), np.uint8)])
+    return np.dstack([two, np.zeros((height, width), np.uint8)])
