@@ -22,9 +22,8 @@ from utils.cam_loc import ious_at, normalised_cams
 from utils.checkpoint import load_weights, save_atomic
 from utils.engine import sgd, train_step
 from utils.errors import UserError
+from utils.method.losses import dual_head_loss, seg_loss
 from utils.pseudo_mask import make_pseudo_mask
-from utils.stage_cam import dual_head_loss
-from utils.stage_seg import seg_loss
 
 
 # ------------------------------------------------------------------------------------------ network
@@ -161,7 +160,7 @@ def test_snapshots_without_a_record_load_as_their_keys_show(snapshots):
 def test_no_prior_leaves_channel_1_empty_and_the_cam_unchanged():
     cam = np.zeros((16, 16), np.float32)
     cam[4:12, 5:11] = np.linspace(0.2, 1.0, 6)[None, :]
-    with_prior, without = make_pseudo_mask(cam, 60, 40), make_pseudo_mask(cam, 60, 40, gaussian=False)
+    with_prior, without = make_pseudo_mask(cam, 60, 40), make_pseudo_mask(cam, 60, 40, prior="none")
     assert with_prior[..., 1].max() > 0 and without[..., 1].max() == 0
     assert np.array_equal(with_prior[..., 0], without[..., 0]) and without[..., 2].max() == 0
 

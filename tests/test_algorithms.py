@@ -1,12 +1,13 @@
-"""Hand-computed answers for the algorithms of docs/method.md §4 to §6: IoU, box extraction, the Gaussian
+"""Hand-computed answers for the algorithms of docs/method.md §4-§6: IoU, box extraction, the Gaussian
 prior, segmentation targets and ignore weights, GT-box geometry and the metrics."""
 import math
 
 import numpy as np
 import pytest
 
-from utils.boxes import best_iou, iou, largest_box, localisation_metrics
-from utils.pseudo_mask import gaussian_prior, make_pseudo_mask
+from utils.method.boxes import best_iou, iou, largest_box, localisation_metrics
+from utils.method.pseudo_mask import gaussian_prior
+from utils.pseudo_mask import make_pseudo_mask
 from utils.transforms import boxes_to_eval_frame, resize_transform
 
 

@@ -71,7 +71,7 @@ def test_imagenet_eval_uses_every_box_of_the_class_only(inet, seg_model, tmp_pat
     _evaluate(inet, seg_model, tmp_path)
     rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "boxes.csv"))}
     assert len(rows) == 9
-    from utils.boxes import best_iou
+    from utils.method.boxes import best_iou
     from utils.lists import read_imagenet_list
     from utils.transforms import boxes_to_eval_frame
     import cv2

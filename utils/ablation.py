@@ -211,7 +211,7 @@ def collect(a: argparse.Namespace, s: Setting, cam_times: tuple, seg_times: tupl
 def baselines(datapath: str, size: int, crop: int) -> dict:
     """GT-known Loc (%) of boxes that ignore the image, in the seg stage's evaluation frame: the whole crop,
     and its central half (in width and height). A setting at the first has localised nothing."""
-    from utils.boxes import best_iou
+    from utils.method.boxes import best_iou
     from utils.lists import read_cub_list
     from utils.transforms import boxes_to_eval_frame
     from utils.validate import read_headers

@@ -84,7 +84,8 @@ from utils.datasets import CUB  # noqa: E402
 from utils.distributed import Dist, setup  # noqa: E402
 from utils.engine import amp_dtype, autocast, channels_last_for, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.pseudo_mask import make_pseudo_mask, normalise_cam, regions, write_masks  # noqa: E402
+from utils.method.pseudo_mask import normalise_cam  # noqa: E402
+from utils.pseudo_mask import make_pseudo_mask, regions, write_masks  # noqa: E402
 from utils.ring import RingBatches, ring_batches, slots_for  # noqa: E402
 from utils.workers import post_pool  # noqa: E402
 from utils.transforms import mask_transform  # noqa: E402

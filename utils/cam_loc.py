@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from network import load_mffnet  # noqa: E402
 from utils import cli, distributed  # noqa: E402
-from utils.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
+from utils.method.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
 from utils.data import ImageSet  # noqa: E402
 from utils.datasets import DATASETS  # noqa: E402
 from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
@@ -41,6 +41,7 @@ from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, hand
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.lists import subset  # noqa: E402
 from utils.log import maybe_tqdm, write_json  # noqa: E402
+from utils.method.pseudo_mask import EPS  # noqa: E402
 from utils.stage_seg import eval_samples  # noqa: E402
 from utils.transforms import boxes_to_eval_frame, eval_transform  # noqa: E402
 
@@ -49,9 +50,9 @@ CURVE = tuple(round(0.05 * k, 2) for k in range(1, 20))  # thresholds of the thr
 
 def normalised_cams(maps: torch.Tensor, labels: torch.Tensor, crop: int) -> torch.Tensor:
     """B x K x h x w class maps -> B x crop x crop float32 (on their device): each image's GT-class map /
-    (its max + 1e-6), upsampled bilinearly (align_corners=True)."""
+    (its max + EPS, as the pseudo masks'), upsampled bilinearly (align_corners=True)."""
     cam = maps[torch.arange(len(labels), device=maps.device), labels].float()[:, None]   # B x 1 x h x w
-    cam = cam / (cam.amax((2, 3), keepdim=True) + 1e-6)
+    cam = cam / (cam.amax((2, 3), keepdim=True) + EPS)
     return F.interpolate(cam, size=(crop, crop), mode="bilinear", align_corners=True)[:, 0]
 
 

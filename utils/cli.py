@@ -19,6 +19,7 @@ from utils.datasets import DataSet
 from utils.engine import TrainConfig
 from utils.errors import UserError
 from utils.lists import count_classes
+from utils.method.pseudo_mask import PRIORS
 
 PATH_ARGS = ("datapath", "savepath", "snapshot", "top1top5", "maskpath", "pretrained", "resume")
 
@@ -108,7 +109,7 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vis", type=int, default=0,
                    help="draw image, CAM, Gaussian prior and pseudo mask of the first N images of the list to "
                         "<maskpath>/../vis/ (one PNG each and grid.png)")
-    g.add_argument("--prior", choices=("gaussian", "none"), default="gaussian",
+    g.add_argument("--prior", choices=sorted(PRIORS), default="gaussian",
                    help="channel 1 of the masks: the Gaussian prior (SPOL), or none (left 0, so the seg stage "
                         "learns from the CAM alone: the paper's ablation of the prior)")
 

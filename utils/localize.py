@@ -171,7 +171,7 @@ def mask_boxes(mask: np.ndarray, prob: np.ndarray, all_boxes: bool = False) -> l
     if not contours:
         return []
     areas = [cv2.contourArea(c) for c in contours]
-    # max() takes the first of equal areas, as utils.boxes.largest_box does; sorted() is stable
+    # max() takes the first of equal areas, as utils.method.boxes.largest_box does; sorted() is stable
     order = sorted(range(len(contours)), key=lambda k: -areas[k]) if all_boxes else \
         [max(range(len(contours)), key=lambda k: areas[k])]
     out = []

@@ -30,26 +30,13 @@ from utils.engine import (HostPipe, Pending, Throughput, amp_dtype, autocast, ch
                           place_model, to_device)
 from utils.errors import UserError
 from utils.log import maybe_tqdm
+from utils.method.losses import dual_head_loss, single_head_loss
+from utils.method.pseudo_mask import EPS
 from utils.pseudo_mask import write_masks
 from utils.ring import ring_batches
 from utils.transforms import mask_transform, train_transform
 from utils.vis import pseudo_mask_pictures, tensorboard_hook
 from utils.workers import post_pool
-
-
-def dual_head_loss(model, batch) -> torch.Tensor:
-    """CUB: CE on the deep maps, plus the fused maps distilled towards the deep maps' prediction."""
-    maps_deep, maps_fused = model(batch["image"])
-    logits_deep = maps_deep.float().mean((2, 3))
-    logits_fused = maps_fused.float().mean((2, 3))
-    loss1 = F.cross_entropy(logits_deep, batch["label"])
-    loss2 = -(F.softmax(logits_deep, 1).detach() * F.log_softmax(logits_fused, 1)).sum(1).mean()
-    return (loss1 + loss2) / 2
-
-
-def single_head_loss(model, batch) -> torch.Tensor:
-    """ImageNet: CE on the spatial mean of the fused maps."""
-    return F.cross_entropy(model(batch["image"]).float().mean((2, 3)), batch["label"])
 
 
 @distributed.entry
@@ -84,7 +71,7 @@ def _gt_class_cam(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
     """TensorBoard pictures: the ground-truth class's CAM (eval mode), / max as for the pseudo masks."""
     maps = model(images).float()                                                  # B x K x h x w
     cam = maps[torch.arange(len(labels), device=maps.device), labels][:, None]    # B x 1 x h x w
-    cam = cam / (cam.amax((2, 3), keepdim=True) + 1e-6)
+    cam = cam / (cam.amax((2, 3), keepdim=True) + EPS)
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0], None
 
 
@@ -160,7 +147,7 @@ def make_masks(args, d) -> dict:
         # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)
         batches = ring_batches(samples, todo[d.rank::d.world], args.batch_size, mask_transform(args.size).into,
                                (args.size, args.size, 3), args.num_workers, d)
-        masks = MaskWriter(samples, out, args.prior == "gaussian", writer, args.snapshot, pool, ready,
+        masks = MaskWriter(samples, out, args.prior, writer, args.snapshot, pool, ready,
                            args.post_workers, args.batch_size, d.device)
         bad = _run_masks(model, batches, masks, d, args.on_bad_image, channels_last, dtype)
     finally:
@@ -186,13 +173,13 @@ class MaskWriter:
     the batch is handed on one batch late, after the next forward is queued). Once on the host, they must be
     finite (a broken snapshot would give empty masks silently) and the mask of each sample (`indices` into
     `samples`, of original `sizes` H, W) goes to `maskpath` (`pseudo_mask.write_masks` by the PNG `writer`;
-    `prior`: the Gaussian prior in channel 1): in `pool`, one task per worker (of `workers`) and batch (of
+    `prior`: the name of channel 1's prior, `--prior`): in `pool`, one task per worker (of `workers`) and batch (of
     `batch_size`), or here without a pool. The pool's `ready` futures are awaited first; the loop blocks only
     when ~8 batches' tasks are pending (a fast GPU must not outrun the pool forever). `finish()` hands on and
     writes the rest; `written` counts the masks, `rate` their throughput.
     """
 
-    def __init__(self, samples, maskpath: str, prior: bool, writer: str, snapshot: str,
+    def __init__(self, samples, maskpath: str, prior: str, writer: str, snapshot: str,
                  pool: Optional[ProcessPoolExecutor], ready: list, workers: int, batch_size: int,
                  device: torch.device):
         self.samples, self.maskpath, self.prior, self.writer, self.snapshot = samples, maskpath, prior, writer, snapshot

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
 from utils import cli, distributed, validate, wsol_protocol
-from utils.boxes import best_iou, largest_box, localisation_metrics
+from utils.method.boxes import best_iou, largest_box, localisation_metrics
 from utils.checkpoint import load_weights
 from utils.data import ImageSet
 from utils.datasets import DATASETS, DataSet
@@ -26,18 +26,11 @@ from utils.engine import (HostPipe, Throughput, amp_dtype, autocast, channels_la
 from utils.errors import UserError
 from utils.lists import subset
 from utils.log import maybe_tqdm, write_json
+from utils.method.losses import seg_loss
 from utils.outputs import Folder
 from utils.results import match_top1top5, read_top1top5, write_boxes_csv
 from utils.transforms import boxes_to_eval_frame, eval_transform, train_transform
 from utils.vis import EvalPictures, tensorboard_hook
-
-
-def seg_loss(model, batch) -> torch.Tensor:
-    """BCE on the pseudo-mask target; pixels neither target nor clear background have weight 0."""
-    logits = model(batch["image"]).float()
-    target, weight = batch["mask"][:, 0], batch["mask"][:, 1]
-    logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
-    return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
 
 
 @distributed.entry

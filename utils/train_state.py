@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from utils.checkpoint import save_atomic, torch_load
-from utils.data import SampleTable
+from utils.lists import SampleTable
 from utils.distributed import Dist
 from utils.errors import Stopped, UserError
 from utils.log import LossLog

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import torch
 
+from utils.method.seg_target import seg_target
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # (mean, scale) per channel as float32 bits: float32(mean * 255) and float32(1 / (std * 255)), channel 1's scale
@@ -73,8 +75,7 @@ class Pipeline:
 
     The pseudo mask (H x W x 3 float, ch0 = CAM, ch1 = Gaussian prior) follows the image geometry
     (NEAREST resize, same crop and flip) and comes back as 2 x h x w: the segmentation target and
-    its weight (docs/method.md §5: target = CAM > 0.25 or prior > 0.25; pixels that are neither target nor
-    clear background (CAM < 0.01) get weight 0).
+    its weight (`utils.method.seg_target`, docs/method.md §5).
     """
 
     def __init__(self, ops: Callable, eager: bool = True):
@@ -102,9 +103,7 @@ class Pipeline:
         image_t = _chw(out["image"])
         if mask is None:
             return image_t, None
-        fore, gaus = out["mask"][..., 0], out["mask"][..., 1]
-        target = (fore > 0.25) | (gaus > 0.25)
-        weight = target | (fore < 0.01)
+        target, weight = seg_target(out["mask"][..., 0], out["mask"][..., 1])
         return image_t, torch.from_numpy(np.stack([target, weight]).astype(np.float32))
 
 

@@ -5,8 +5,9 @@ epoch end of training. OpenCV only (matplotlib is not a dependency).
 Every panel is PANEL x PANEL RGB uint8, drawn from maps and boxes of one frame (the evaluation frame, or
 the original image for pseudo masks) scaled to the panel. Boxes are `x0 y0 x1 y1` in pixels of that
 frame. Colours: predicted box red, ground-truth boxes green, predicted mask outline white; pseudo masks
-(docs/method.md §5) red where CAM > 0.25, yellow where only the Gaussian prior > 0.25 (both are
-target), grey where the loss ignores the pixel, the image darkened where it is background.
+(the seg stage's classes, `utils.method.seg_target`, docs/method.md §5) red where the CAM makes the pixel
+object, yellow where only the prior does, grey where the loss ignores the pixel, the image darkened where it
+is background.
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ import torch
 
 from utils import distributed, outputs
 from utils.data import BadImage, ImageSet, collate, mask_name, read_image, read_pseudo_mask
+from utils.method.seg_target import OBJECT, seg_target
 from utils.transforms import MEAN, STD, eval_transform
 
 PANEL = 224
 RED, GREEN, WHITE, YELLOW, GREY = (255, 0, 0), (0, 255, 0), (255, 255, 255), (255, 220, 0), (150, 150, 150)
 BOX_LEGEND = "red: predicted box   green: ground truth   white: predicted mask"
-PSEUDO_LEGEND = "pseudo mask: red CAM > 0.25, yellow prior > 0.25 (target), grey ignored, dark background"
+PSEUDO_LEGEND = f"pseudo mask: red CAM > {OBJECT:g}, yellow prior > {OBJECT:g} (target), grey ignored, dark background"
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -73,14 +75,14 @@ def draw_outline(panel: np.ndarray, mask: np.ndarray, colour: tuple = WHITE) -> 
 def pseudo_mask_panel(image: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
     """The image with the classes of its pseudo mask (H x W x 3 float in [0, 1]: ch0 CAM, ch1 prior) painted on.
 
-    The classes are the seg stage's (docs/method.md §5): target = CAM > 0.25 or prior > 0.25, background =
-    CAM < 0.01 and not target, ignored = the rest.
+    The classes are the seg stage's (`seg_target`): target (red where the CAM > OBJECT, else yellow: the prior
+    alone), background, ignored = weight 0 (grey).
     """
     pseudo = _fit(np.asarray(pseudo, dtype=np.float32), cv2.INTER_NEAREST)
-    fore, gaus = pseudo[..., 0], pseudo[..., 1]
-    by_cam = fore > 0.25
-    by_prior = (gaus > 0.25) & ~by_cam
-    ignored = ~(by_cam | by_prior | (fore < 0.01))
+    target, weight = seg_target(pseudo[..., 0], pseudo[..., 1])
+    by_cam = pseudo[..., 0] > OBJECT
+    by_prior = target & ~by_cam
+    ignored = ~weight
     base = _fit(image).astype(np.float32)
     out = base * 0.4  # background: darkened image
     for region, colour in ((by_cam, RED), (by_prior, YELLOW), (ignored, GREY)):

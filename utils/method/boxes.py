@@ -1,4 +1,5 @@
-"""Boxes from masks, IoU and the SPOL localisation metrics (docs/method.md §6).
+"""Boxes from masks, IoU and the SPOL localisation metrics (docs/method.md §6): the seg stage's mask ->
+largest contour -> its bounding box -> IoU with the ground truth -> GT-known / Top-1 / Top-5 Loc.
 
 Convention: boxes are `x0 y0 x1 y1` in pixels of the 224 x 224 evaluation frame, x1/y1 exclusive for
 predicted boxes (`x + w` of `cv2.boundingRect`), floats for ground truth; IoU without the +1 pixel
