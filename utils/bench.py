@@ -79,6 +79,7 @@ from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet, load_mffnet  # noqa: E402
 from utils import cli, engine, png, scale, stage_cam, stage_seg  # noqa: E402
+from utils.method import losses  # noqa: E402
 from utils.data import read_image  # noqa: E402
 from utils.datasets import CUB  # noqa: E402
 from utils.distributed import Dist, setup  # noqa: E402
@@ -598,13 +599,13 @@ def measure_training(a, image: torch.Tensor, label: torch.Tensor, stages: Stages
     """train_step of the CUB cam model (dual head) and of the seg model on one 224 x 224 batch."""
     batch = {"image": image, "label": label}
     model = prepare_model(build_mffnet(CLASSES, a.backbone, dual=True), a)
-    stages.add("cam_train_step", training(model, stage_cam.dual_head_loss, batch, a), len(image) * a.train_steps,
+    stages.add("cam_train_step", training(model, losses.dual_head_loss, batch, a), len(image) * a.train_steps,
                steps=a.train_steps)
     del model
     target = (torch.rand(len(image), CROP, CROP, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     batch["mask"] = torch.stack([target, torch.ones_like(target)], 1).to(a.device)   # B x 2 x 224 x 224
     model = prepare_model(build_mffnet(1, a.backbone, seg=True), a)
-    stages.add("seg_train_step", training(model, stage_seg.seg_loss, batch, a), len(image) * a.train_steps,
+    stages.add("seg_train_step", training(model, losses.seg_loss, batch, a), len(image) * a.train_steps,
                steps=a.train_steps)
 
 
