@@ -196,6 +196,6 @@ def test_a_new_file_in_network_backbones_is_a_choice_of_the_stage_scripts(tmp_pa
             """))
     p = run_script(tmp_path / "cub200-cam" / "train.py", "--help", cwd=tmp_path)
     choices = re.search(r"--backbone \{([^}]*)\}", p.stdout).group(1).split(",")
-    assert choices == sorted(BACKBONES) + ["tiny-file"]
+    assert choices == sorted([*BACKBONES, "tiny-file"])
     assert "tiny-file" not in run_script("cub200-cam/train.py", "--help").stdout     # the copy's file only
     assert sys.modules.get("network.backbones.tiny_file") is None

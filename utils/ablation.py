@@ -43,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `python utils/ablation.py` as well as `python -m utils.ablation`
     sys.path.insert(0, ROOT)
 
+from network.mffnet import FUSIONS  # noqa: E402
 from utils.cli import add_backbone_arg  # noqa: E402
 from utils.lists import count_classes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
@@ -54,7 +55,8 @@ DEFAULT_GRID = ("fuse1", "fuse2-add", "fuse2-concat", "fuse2-mul", "fuse3-add", 
 # the recipe flags a grid is run with: a resumed grid must use the same ones, or its rows would not compare
 RECIPE = ("datapath", "backbone", "pretrained", "size", "crop", "cam_epochs", "seg_epochs", "cam_batch_size",
           "seg_batch_size", "lr", "backbone_lr", "seed", "cam_threshold", "amp")
-_NAME = re.compile(r"^(?:(spol)|fuse([1-4])(?:-(mul|add|concat))?)((?:-no-mca|-no-prior)*)$")
+# the fusions are network/mffnet.py's table: a fusion added there is a setting here with no other change
+_NAME = re.compile(rf"^(?:(spol)|fuse([1-4])(?:-({'|'.join(FUSIONS)}))?)((?:-no-mca|-no-prior)*)$")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class Setting:
     def parse(cls, token: str) -> "Setting":
         m = _NAME.match(token.strip().lower())
         if not m:
-            raise UserError(f"--grid: unknown setting {token!r}; names are fuse<1-4>-<mul|add|concat>, fuse1, spol, "
-                            f"with optional -no-mca / -no-prior (e.g. fuse2-add, spol-no-prior)")
+            raise UserError(f"--grid: unknown setting {token!r}; names are fuse<1-4>-<{'|'.join(FUSIONS)}>, fuse1, "
+                            f"spol, with optional -no-mca / -no-prior (e.g. fuse2-add, spol-no-prior)")
         spol, levels, fusion, suffix = m.groups()
         levels = 3 if spol else int(levels)
         fusion = "mul" if spol or levels == 1 else fusion
@@ -272,13 +274,14 @@ def plot(path: str, rows: list, title: str, fixed: Optional[dict] = None) -> Non
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, subtitle in ((axes[0], "cam_gt_known", "CAM alone (Figure 1(b))"),
                               (axes[1], "final_gt_known", "after the seg stage (SPOL)")):
-        for fusion in ("add", "concat", "mul"):
-            color, marker, line = styles[fusion]
+        for fusion in sorted(FUSIONS, key=lambda f: (f == "mul", f)):   # SPOL's drawn last, on top
+            color, marker, line = styles.get(fusion, (None, "v", ":"))
             names = ["fuse1"] + [Setting(levels, fusion).name for levels in (2, 3, 4)]
             points = [(k + 1, by_name[n][key]) for k, n in enumerate(names) if n in by_name]
             if points:
                 xs, ys = zip(*points)
-                label = {"mul": "multiplication (SPOL)", "add": "addition", "concat": "concatenation"}[fusion]
+                wording = {"mul": "multiplication (SPOL)", "add": "addition", "concat": "concatenation"}
+                label = wording.get(fusion, fusion)
                 ax.plot(xs, ys, line, color=color, marker=marker, label=label)
         for name, marker, label in (("spol-no-mca", "x", "SPOL without MCA"),
                                     ("spol-no-prior", "D", "SPOL without the Gaussian prior")):
