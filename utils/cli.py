@@ -110,8 +110,9 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
                    help="draw image, CAM, Gaussian prior and pseudo mask of the first N images of the list to "
                         "<maskpath>/../vis/ (one PNG each and grid.png)")
     g.add_argument("--prior", choices=sorted(PRIORS), default="gaussian",
-                   help="channel 1 of the masks: the Gaussian prior (SPOL), or none (left 0, so the seg stage "
-                        "learns from the CAM alone: the paper's ablation of the prior)")
+                   help="channel 1 of the masks, a prior of the PRIORS table (utils/method/pseudo_mask.py): gaussian "
+                        "is SPOL's; none leaves it 0, so the seg stage learns from the CAM alone (the paper's "
+                        "ablation of the prior)")
 
 
 def add_network_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -119,8 +120,8 @@ def add_network_args(p: argparse.ArgumentParser, train: bool) -> None:
     them unset so that the snapshot's recorded network is rebuilt (a flag that contradicts it is an error)."""
     g = p.add_argument_group("MFF-Net ablations", "SPOL's network by default; test.py: the snapshot's network")
     g.add_argument("--fusion", choices=FUSIONS, default="mul" if train else None,
-                   help="fusion of the reduced stage features: mul (SPOL, f5*f4*f3), add (f5+f4+f3), concat "
-                        "(channel concatenation; the output layer's input widens)")
+                   help="fusion of the reduced stage features (network/mffnet.py's FUSIONS): mul (SPOL, f5*f4*f3), "
+                        "add (f5+f4+f3), concat (channel concatenation; the output layer's input widens)")
     g.add_argument("--levels", type=int, choices=(1, 2, 3, 4), default=3 if train else None,
                    help="fuse the last N backbone stages: 1 = layer4 alone (a plain CAM), 3 = SPOL (layer2..4), "
                         "4 adds layer1")
