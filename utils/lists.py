@@ -202,6 +202,14 @@ def _parse_boxes(text: str) -> list:
     return [values[i:i + 4] for i in range(0, len(values), 4)]
 
 
+def list_lines(path: str):
+    """(line number, line) of each non-blank line of a list file, read as UTF-8 (a byte-order mark is fine)."""
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                yield n, line
+
+
 def read_cub_list(datapath: str, listname: str, require_boxes: bool = False) -> SampleTable:
     """CUB-layout list: `relpath,label,xmin ymin xmax ymax` per line (label 0-based); the box field may
     hold more boxes (4 numbers each) or be left out (`relpath,label`). `require_boxes`: every image
@@ -209,20 +217,17 @@ def read_cub_list(datapath: str, listname: str, require_boxes: bool = False) -> 
     check_datapath(datapath)
     path, root = list_path(datapath, listname), cub_image_dir(datapath)
     samples = TableBuilder()
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                fields = line.strip().split(",")
-                if len(fields) not in (2, 3):
-                    raise ValueError(f"{len(fields)} comma-separated fields")
-                name, label = fields[0], int(fields[1])
-                boxes = _parse_boxes(fields[2] if len(fields) == 3 else "")
-                samples.add(name, root, label, boxes)
-            except ValueError:
-                raise UserError(f"{path}:{n}: expected 'relpath,label,xmin ymin xmax ymax' (more boxes: 4 more "
-                                f"numbers each; none: 'relpath,label'), got {line.strip()!r}") from None
+    for n, line in list_lines(path):
+        try:
+            fields = line.strip().split(",")
+            if len(fields) not in (2, 3):
+                raise ValueError(f"{len(fields)} comma-separated fields")
+            name, label = fields[0], int(fields[1])
+            boxes = _parse_boxes(fields[2] if len(fields) == 3 else "")
+            samples.add(name, root, label, boxes)
+        except ValueError:
+            raise UserError(f"{path}:{n}: expected 'relpath,label,xmin ymin xmax ymax' (more boxes: 4 more "
+                            f"numbers each; none: 'relpath,label'), got {line.strip()!r}") from None
     samples = samples.table()
     if not len(samples):
         raise UserError(f"{path} is empty")
@@ -278,28 +283,25 @@ def read_imagenet_list(datapath: str, listname: str, with_boxes: bool = True) ->
     synsets = read_synsets(datapath) if split == "val" else None
     folder = os.path.join(datapath, split)
     samples = TableBuilder()
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                name, label = line.split()
-                label = int(label)
-            except ValueError:
-                raise UserError(f"{path}:{n}: expected 'relpath label', got {line.strip()!r}") from None
-            if synsets is not None and not 0 <= label < len(synsets):
-                raise UserError(f"{path}:{n}: label {label} of {name} is outside 0..{len(synsets) - 1} (the "
-                                f"{len(synsets)} synsets of {datapath}): fix the list")
-            where, boxes = folder, []
-            if split == "val":
-                if not os.path.exists(os.path.join(folder, name)):  # val/<synset>/<file> layout
-                    where = os.path.join(folder, synsets[label])
-                if with_boxes:
-                    xml = imagenet_box_file(datapath, name)
-                    boxes = [b for s, b in read_voc_boxes(xml) if s == synsets[label]]
-                    if not boxes:
-                        raise UserError(f"{xml}: no box of the image's class {synsets[label]}")
-            samples.add(name, where, label, boxes)
+    for n, line in list_lines(path):
+        try:
+            name, label = line.split()
+            label = int(label)
+        except ValueError:
+            raise UserError(f"{path}:{n}: expected 'relpath label', got {line.strip()!r}") from None
+        if synsets is not None and not 0 <= label < len(synsets):
+            raise UserError(f"{path}:{n}: label {label} of {name} is outside 0..{len(synsets) - 1} (the "
+                            f"{len(synsets)} synsets of {datapath}): fix the list")
+        where, boxes = folder, []
+        if split == "val":
+            if not os.path.exists(os.path.join(folder, name)):  # val/<synset>/<file> layout
+                where = os.path.join(folder, synsets[label])
+            if with_boxes:
+                xml = imagenet_box_file(datapath, name)
+                boxes = [b for s, b in read_voc_boxes(xml) if s == synsets[label]]
+                if not boxes:
+                    raise UserError(f"{xml}: no box of the image's class {synsets[label]}")
+        samples.add(name, where, label, boxes)
     samples = samples.table()
     if not len(samples):
         raise UserError(f"{path} is empty")
@@ -317,17 +319,14 @@ def read_openimages_list(datapath: str, listname: str, with_boxes: bool = False)
     check_datapath(datapath)
     path = list_path(datapath, listname)
     samples = TableBuilder()
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.strip().split(",")
-            try:
-                if len(fields) != 2:
-                    raise ValueError
-                samples.add(fields[0], datapath, int(fields[1]), [])
-            except ValueError:
-                raise UserError(f"{path}:{n}: expected 'relpath,label', got {line.strip()!r}") from None
+    for n, line in list_lines(path):
+        fields = line.strip().split(",")
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            samples.add(fields[0], datapath, int(fields[1]), [])
+        except ValueError:
+            raise UserError(f"{path}:{n}: expected 'relpath,label', got {line.strip()!r}") from None
     samples = samples.table()
     if not len(samples):
         raise UserError(f"{path} is empty")
