@@ -22,7 +22,10 @@ code ignores it), so a snapshot rebuilds its own network: `load_mffnet`.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import operator
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -34,7 +37,24 @@ from utils.checkpoint import load_state, read_state_dict
 from utils.errors import UserError
 
 HIDDEN = 128  # width of every head feature in the authors' code
-FUSIONS = ("mul", "add", "concat")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One way to fuse the reduced levels [f5, f4, ...] (deepest first, each B x 128 x h x w) into one map."""
+
+    combine: Callable[[list], torch.Tensor]
+    label: str              # its name in the ablation figure's legend (utils/ablation.py)
+    stacked: bool = False   # the levels are stacked along channels: `linear` then reads 128 x levels channels
+
+
+# The --fusion table (the paper's Figure 1(b)): a new operator is one entry here, then a --fusion choice of
+# every stage and a setting of utils.ablation's --grid (fuse<levels>-<name>).
+FUSIONS = {
+    "mul": Fusion(lambda f: functools.reduce(operator.mul, f), "multiplication (SPOL)"),   # f5 * f4 * f3
+    "add": Fusion(lambda f: functools.reduce(operator.add, f), "addition"),                # f5 + f4 + f3
+    "concat": Fusion(lambda f: torch.cat(f, 1), "concatenation", stacked=True),          # B x 128*levels x h x w
+}
 STAGES = (5, 4, 3, 2)  # fused stages, deepest first: out5 = layer4 ... out2 = layer1 (the paper's numbering)
 SPOL = {"fusion": "mul", "levels": 3, "mca": True}
 METADATA_KEY = "mffnet"  # where the architecture is recorded in a state dict's _metadata
@@ -66,7 +86,7 @@ class MFFNet(nn.Module):
         for i in self.stages:  # reduction of each level to 128 channels before the fusion
             setattr(self, f"linear{i}", nn.Conv2d(channels[i], HIDDEN, 1))
             setattr(self, f"bn{i}", nn.BatchNorm2d(HIDDEN))
-        width = HIDDEN * self.levels if self.fusion == "concat" else HIDDEN
+        width = HIDDEN * self.levels if FUSIONS[fusion].stacked else HIDDEN
         self.linear = nn.Conv2d(width, out_channels, 1)
         # (rank, world): this process holds rows rank, rank + world, ... of the global training batch
         # (utils.distributed.EpochBatchSampler); set by the training engine, see `_dropout`
@@ -128,12 +148,7 @@ class MFFNet(nn.Module):
             if i != self.stages[-1]:
                 f_i = F.interpolate(f_i, size=size, mode="bilinear", align_corners=True)
             f.append(f_i)                                                     # f5, f4, f3, f2: B x 128 x h x w
-        fused = f[0]
-        if self.fusion == "concat":
-            fused = torch.cat(f, 1)                                          # B x 128*levels x h x w
-        else:
-            for f_i in f[1:]:
-                fused = fused * f_i if self.fusion == "mul" else fused + f_i  # B x 128 x h x w
+        fused = FUSIONS[self.fusion].combine(f)                              # SPOL: f5 * f4 * f3
 
         out = self.linear(self._dropout(fused))   # B x K x h x w
         if self.seg:
@@ -141,7 +156,7 @@ class MFFNet(nn.Module):
         maps = F.relu(out)
         if self.dual and self.training:
             deep = self._dropout(f[0])
-            if self.fusion == "concat":  # `linear` reads f5 through its first 128 input channels (others zeroed)
+            if FUSIONS[self.fusion].stacked:  # `linear` reads f5 through its first 128 input channels (others zeroed)
                 deep = F.conv2d(deep, self.linear.weight[:, :HIDDEN], self.linear.bias)
             else:
                 deep = self.linear(deep)
@@ -198,7 +213,7 @@ def resolve_architecture(state: dict, path: str, fusion: Optional[str] = None, l
     known = recorded if recorded is not None else inferred_architecture(state)
     given = {"fusion": fusion, "levels": levels, "mca": mca}
     arch = {k: (v if v is not None else known[k]) for k, v in given.items()}
-    if recorded is None and fusion in ("mul", "add") and known["fusion"] != "concat":
+    if recorded is None and fusion in FUSIONS and not FUSIONS[fusion].stacked and not FUSIONS[known["fusion"]].stacked:
         known = dict(known, fusion=fusion)  # without a record, the keys cannot tell mul from add
     wrong = [k for k, v in given.items() if v is not None and v != known[k]
              and not (k == "fusion" and known["levels"] == 1 == arch["levels"])]  # one level: nothing is fused

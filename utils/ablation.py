@@ -280,9 +280,7 @@ def plot(path: str, rows: list, title: str, fixed: Optional[dict] = None) -> Non
             points = [(k + 1, by_name[n][key]) for k, n in enumerate(names) if n in by_name]
             if points:
                 xs, ys = zip(*points)
-                wording = {"mul": "multiplication (SPOL)", "add": "addition", "concat": "concatenation"}
-                label = wording.get(fusion, fusion)
-                ax.plot(xs, ys, line, color=color, marker=marker, label=label)
+                ax.plot(xs, ys, line, color=color, marker=marker, label=FUSIONS[fusion].label)
         for name, marker, label in (("spol-no-mca", "x", "SPOL without MCA"),
                                     ("spol-no-prior", "D", "SPOL without the Gaussian prior")):
             if name in by_name and not (key == "cam_gt_known" and name == "spol-no-prior"):  # same CAM as spol

@@ -119,9 +119,9 @@ def add_network_args(p: argparse.ArgumentParser, train: bool) -> None:
     """The MFF-Net ablation switches (network/mffnet.py). Training defaults to SPOL's network; test.py leaves
     them unset so that the snapshot's recorded network is rebuilt (a flag that contradicts it is an error)."""
     g = p.add_argument_group("MFF-Net ablations", "SPOL's network by default; test.py: the snapshot's network")
-    g.add_argument("--fusion", choices=FUSIONS, default="mul" if train else None,
-                   help="fusion of the reduced stage features (network/mffnet.py's FUSIONS): mul (SPOL, f5*f4*f3), "
-                        "add (f5+f4+f3), concat (channel concatenation; the output layer's input widens)")
+    g.add_argument("--fusion", choices=list(FUSIONS), default="mul" if train else None,
+                   help="fusion of the reduced stage features, a row of network/mffnet.py's FUSIONS table: "
+                        + ", ".join(f"{name}: {f.label}" for name, f in FUSIONS.items()))
     g.add_argument("--levels", type=int, choices=(1, 2, 3, 4), default=3 if train else None,
                    help="fuse the last N backbone stages: 1 = layer4 alone (a plain CAM), 3 = SPOL (layer2..4), "
                         "4 adds layer1")
