@@ -14,11 +14,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import localize  # noqa: E402
-from utils.datasets import CUB  # noqa: E402
+from utils.data.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 
-DATASET = CUB          # utils/datasets.py: the mask threshold (0.2); a --classifier's classes: classes.txt
+DATASET = CUB          # utils/data/datasets.py: the mask threshold (0.2); a --classifier's classes: classes.txt
 RELEASED = "model-8"   # without --snapshot: out/model-8, else the last out/model-N
 
 

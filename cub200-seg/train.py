@@ -11,12 +11,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from utils import cli, stage_seg  # noqa: E402
-from utils.datasets import CUB  # noqa: E402
+from utils.stages import cli, stage_seg  # noqa: E402
+from utils.data.datasets import CUB  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 
-DATASET = CUB          # utils/datasets.py: its lists and stage folders
+DATASET = CUB          # utils/data/datasets.py: its lists and stage folders
 
 
 def main(argv=None):

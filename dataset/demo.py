@@ -26,9 +26,9 @@ sys.path.insert(0, ROOT)
 
 from dataset.synthetic import make_cub  # noqa: E402
 from utils.method.boxes import iou  # noqa: E402
-from utils.lists import read_cub_list  # noqa: E402
+from utils.data.lists import read_cub_list  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.transforms import boxes_to_eval_frame  # noqa: E402
+from utils.data.transforms import boxes_to_eval_frame  # noqa: E402
 
 
 def run(step: str, script: str, *args: object) -> None:

@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from utils.data import IMAGE_EXTENSIONS, BadImage, read_image
+from utils.data.images import IMAGE_EXTENSIONS, BadImage, read_image
 from utils.errors import UserError
 
 # names the stage scripts give a meaning to in a data folder (cub_image_dir takes images/ or image/)
@@ -185,7 +185,7 @@ def scan_classes(root: str) -> tuple:
 
 
 def read_sizes(root: str, images: list, skip_unreadable: bool) -> list:
-    """Decode every image as the stages will (utils.data.read_image) and keep its size; an unreadable
+    """Decode every image as the stages will (utils.data.images.read_image) and keep its size; an unreadable
     file stops with a list of them, or with `skip_unreadable` is left out and named. Returns the kept."""
     def size(item: FolderImage) -> Optional[str]:
         try:

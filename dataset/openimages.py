@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from utils.datasets import OPENIMAGES
+from utils.data.datasets import OPENIMAGES
 from utils.errors import UserError
 from utils.wsol_eval import _image_ids, _rows
 

@@ -32,9 +32,9 @@ from typing import Iterable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from utils.data import BadImage, read_image  # noqa: E402
-from utils.datasets import CUB, IMAGENET  # noqa: E402
-from utils.lists import cub_image_dir, read_synsets, read_voc_boxes  # noqa: E402
+from utils.data.images import BadImage, read_image  # noqa: E402
+from utils.data.datasets import CUB, IMAGENET  # noqa: E402
+from utils.data.lists import cub_image_dir, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from dataset.folder import add_parser as add_folder_parser, prepare_folder  # noqa: E402
 from dataset.openimages import add_parser as add_openimages_parser, prepare_openimages  # noqa: E402

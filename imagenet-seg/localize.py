@@ -14,11 +14,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import localize  # noqa: E402
-from utils.datasets import IMAGENET  # noqa: E402
+from utils.data.datasets import IMAGENET  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 
-DATASET = IMAGENET     # utils/datasets.py: the mask threshold (0.8); a --classifier's classes: the synset order
+DATASET = IMAGENET     # utils/data/datasets.py: the mask threshold (0.8); a --classifier's classes: the synset order
 RELEASED = "model-6000"  # without --snapshot: out/model-6000, else the last out/model-N
 
 

@@ -16,12 +16,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from utils import cli, stage_seg  # noqa: E402
-from utils.datasets import IMAGENET  # noqa: E402
+from utils.stages import cli, stage_seg  # noqa: E402
+from utils.data.datasets import IMAGENET  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 
-DATASET = IMAGENET     # utils/datasets.py: its lists and box files, the mask threshold (0.8), the image left
+DATASET = IMAGENET     # utils/data/datasets.py: its lists and box files, the mask threshold (0.8), the image left
                        # out (wrong label), the cls stage
 RELEASED = "model-6000"  # without --snapshot: out/model-6000, the authors' released name, else the last out/model-N
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 from network import weights
 from network.backbones import BACKBONES, get_backbone
 from network.weights import load_backbone_weights
-from utils.checkpoint import fill_batchnorm_counters, read_state_dict
+from utils.engine.checkpoint import fill_batchnorm_counters, read_state_dict
 from utils.errors import UserError
 
 RESOURCE = weights.RESOURCE

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from network.backbones import get_backbone
 from network.weights import load_backbone_weights
-from utils.checkpoint import load_state, read_state_dict
+from utils.engine.checkpoint import load_state, read_state_dict
 from utils.errors import UserError
 
 HIDDEN = 128  # width of every head feature in the authors' code
@@ -89,7 +89,7 @@ class MFFNet(nn.Module):
         width = HIDDEN * self.levels if FUSIONS[fusion].stacked else HIDDEN
         self.linear = nn.Conv2d(width, out_channels, 1)
         # (rank, world): this process holds rows rank, rank + world, ... of the global training batch
-        # (utils.distributed.EpochBatchSampler); set by the training engine, see `_dropout`
+        # (utils.engine.distributed.EpochBatchSampler); set by the training engine, see `_dropout`
         self.batch_split = (0, 1)
         self._init_head()
         self.register_state_dict_post_hook(_record_architecture)
@@ -120,7 +120,7 @@ class MFFNet(nn.Module):
 
     def check_snapshot(self, state: dict, path: str) -> None:
         """Refuse the snapshot `state` (read from `path`) of an MFF-Net with other switches, naming them:
-        utils.checkpoint.load_state calls this before loading (checkpoint code knows no network)."""
+        utils.engine.checkpoint.load_state calls this before loading (checkpoint code knows no network)."""
         if "linear5.weight" in state or recorded_architecture(state):
             resolve_architecture(state, path, **self.architecture)
 

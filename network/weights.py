@@ -20,7 +20,7 @@ import torch.hub
 import torch.nn as nn
 
 from network.backbones import BACKBONES
-from utils.checkpoint import fill_batchnorm_counters, read_state_dict
+from utils.engine.checkpoint import fill_batchnorm_counters, read_state_dict
 from utils.errors import UserError
 
 RESOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resource")

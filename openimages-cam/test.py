@@ -13,12 +13,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from utils import cli, stage_cam  # noqa: E402
-from utils.datasets import OPENIMAGES  # noqa: E402
+from utils.stages import cli, stage_cam  # noqa: E402
+from utils.data.datasets import OPENIMAGES  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 
-DATASET = OPENIMAGES   # utils/datasets.py: its lists (`id,label`)
+DATASET = OPENIMAGES   # utils/data/datasets.py: its lists (`id,label`)
 RELEASED = "model-10"  # without --snapshot: out/model-10, the last epoch of train.py's defaults
 
 

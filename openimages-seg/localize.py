@@ -17,11 +17,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from utils import localize  # noqa: E402
-from utils.datasets import OPENIMAGES  # noqa: E402
+from utils.data.datasets import OPENIMAGES  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 
-DATASET = OPENIMAGES   # utils/datasets.py: the mask threshold (0.5, see above), its mask files left out
+DATASET = OPENIMAGES   # utils/data/datasets.py: the mask threshold (0.5, see above), its mask files left out
 RELEASED = "model-2"   # without --snapshot: out/model-2, else the last out/model-N
 
 

@@ -12,8 +12,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import utils.engine as engine  # noqa: E402
-import utils.vis as vis  # noqa: E402
+import utils.engine.loop as engine  # noqa: E402
+import utils.stages.vis as vis  # noqa: E402
 
 _place_model, _to_device = engine.place_model, engine.to_device
 

@@ -19,11 +19,11 @@ from conftest import ROOT
 from utils.ablation import DEFAULT_GRID, Setting, baselines, parse_grid, plot
 from utils.ablation import main as ablation
 from utils.cam_loc import ious_at, normalised_cams
-from utils.checkpoint import load_weights, save_atomic
-from utils.engine import sgd, train_step
+from utils.engine.checkpoint import load_weights, save_atomic
+from utils.engine.loop import sgd, train_step
 from utils.errors import UserError
 from utils.method.losses import dual_head_loss, seg_loss
-from utils.pseudo_mask import make_pseudo_mask
+from utils.engine.masks import make_pseudo_mask
 
 
 # ------------------------------------------------------------------------------------------ network

@@ -7,8 +7,8 @@ import pytest
 
 from utils.method.boxes import best_iou, iou, largest_box, localisation_metrics
 from utils.method.pseudo_mask import gaussian_prior
-from utils.pseudo_mask import make_pseudo_mask
-from utils.transforms import boxes_to_eval_frame, resize_transform
+from utils.engine.masks import make_pseudo_mask
+from utils.data.transforms import boxes_to_eval_frame, resize_transform
 
 
 def test_iou_hand_computed():

@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT, run_inprocess, run_script
 from dataset.synthetic import make_cub, make_imagenet
 from network import build_mffnet
-from utils.checkpoint import find_snapshot, load_weights
+from utils.engine.checkpoint import find_snapshot, load_weights
 from utils.errors import UserError
 from utils.results import match_top1top5, read_top1top5
 

@@ -135,7 +135,8 @@ def test_register_refuses_a_second_entry_and_wrong_levels(tiny):
 
 def _backbone_actions():
     """The --backbone action of every parser that has the flag."""
-    from utils import ablation, bench, cli, localize
+    from utils import ablation, bench, localize
+    from utils.stages import cli
     parsers = [cli.make_parser("doc", train=True), cli.make_parser("doc", train=False), ablation.get_args_parser(),
                bench.get_args_parser(), localize.get_args_parser("doc")]
     return [next(a for a in p._actions if "--backbone" in a.option_strings) for p in parsers]

@@ -74,7 +74,7 @@ def test_folder_links_are_not_followed_and_each_file_is_listed_once(tmp_path):
 def test_read_image_refuses_a_fifo_without_opening_it(tmp_path):
     fifo = tmp_path / "x.jpg"
     os.mkfifo(fifo)
-    code = ("from utils.data import BadImage, read_image\n"
+    code = ("from utils.data.images import BadImage, read_image\n"
             "try:\n    read_image(%r)\nexcept BadImage as e:\n    print(e)\n" % str(fifo))
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode == 0 and p.stdout.strip() == f"{fifo}: not a regular file", (p.stdout, p.stderr)

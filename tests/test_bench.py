@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from utils import png
-from utils.engine import HostCopy, Pending, Throughput
+from utils.data import png
+from utils.engine.loop import HostCopy, Pending, Throughput
 
 STAGES = ("data_loading", "cam_forward", "pseudo_masks", "seg_forward", "seg_eval", "cam_train_step",
           "seg_train_step")
@@ -176,10 +176,10 @@ def test_post_pool_workers_import_neither_the_main_script_nor_torch(tmp_path):
         sys.path.insert(0, {str(ROOT)!r})
         import numpy as np
         import torch
-        from utils.workers import post_pool
+        from utils.engine.workers import post_pool
         print("main script ran")    # a worker that ran this script would print it again
         if __name__ == "__main__":
-            from utils.pseudo_mask import write_masks
+            from utils.engine.masks import write_masks
             from utils.wsol_eval import score_image
             pool = post_pool(1)
             cam = np.random.rand(32, 32).astype(np.float32)
@@ -203,7 +203,7 @@ def test_freed_memory_is_kept_for_the_next_batch():
     code = textwrap.dedent("""
         import resource, sys
         import numpy as np
-        from utils.workers import keep_freed_memory
+        from utils.engine.workers import keep_freed_memory
         if sys.argv[1] == "keep":
             assert keep_freed_memory()
         batch = [np.ones((256, 256, 3), np.float32) for _ in range(32)]
@@ -232,8 +232,8 @@ def test_loader_workers_run_one_opencv_thread():
     (a forked worker setting it itself would hang once this process's OpenCV pool has run)."""
     import cv2
     import numpy as np
-    from utils.distributed import Dist
-    from utils.engine import inference_batches
+    from utils.engine.distributed import Dist
+    from utils.engine.loop import inference_batches
     cv2.setNumThreads(2)
     cv2.resize(np.zeros((512, 512), np.float32), (100, 100))   # this process's OpenCV pool has run
     batches = list(inference_batches(_Threads(), [0, 1], 1, 1, Dist()))

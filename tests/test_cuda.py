@@ -33,8 +33,8 @@ import torch
 from conftest import ROOT, run_script
 from dataset.synthetic import make_cub, make_imagenet
 from network import build_resnet
-from utils.data import mask_name
-from utils.datasets import DATASETS
+from utils.data.images import mask_name
+from utils.data.datasets import DATASETS
 
 DEVICE = os.environ.get("SPOL_GPU_SUITE_DEVICE", "cuda")
 if DEVICE not in ("cuda", "cpu"):

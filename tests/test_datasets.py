@@ -1,4 +1,4 @@
-"""The data-set table (utils/datasets.py): the code asks it, never a data set's name; the stage scripts name
+"""The data-set table (utils/data/datasets.py): the code asks it, never a data set's name; the stage scripts name
 their entry and hide no setting; what a run records (checkpoint.pth's "args") is what it always was."""
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import sys
 import pytest
 
 from conftest import ROOT, _script_main
-from utils import cli, localize, stage_cam, stage_cls, stage_seg
-from utils.datasets import CUB, DATASETS, IMAGENET, OPENIMAGES, by_wsol_name
+from utils.stages import cli, stage_cam, stage_cls, stage_seg
+from utils import localize
+from utils.data.datasets import CUB, DATASETS, IMAGENET, OPENIMAGES, by_wsol_name
 from utils.errors import UserError
 
 SCRIPTS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "*-*", "*.py")))
 NAMES = {"cub", "imagenet", "openimages", "folder", "CUB", "ILSVRC", "OpenImages"}
 # where a name may still be compared: the table itself, and the sub-command dispatch of the two dataset/ tools
-MAY_COMPARE = {"utils/datasets.py", "dataset/prepare.py", "dataset/synthetic.py"}
+MAY_COMPARE = {"utils/data/datasets.py", "dataset/prepare.py", "dataset/synthetic.py"}
 
 
 def _project_files() -> list:
@@ -45,7 +46,7 @@ def _name_comparisons(path: str) -> list:
 
 
 def test_no_code_compares_a_data_set_name_outside_the_table():
-    assert "utils/stage_seg.py" in _project_files() and "cub200-seg/test.py" in _project_files()
+    assert "utils/stages/stage_seg.py" in _project_files() and "cub200-seg/test.py" in _project_files()
     offending = {p: lines for p in _project_files() if p not in MAY_COMPARE for lines in [_name_comparisons(p)]
                  if lines}
     assert offending == {}
@@ -89,8 +90,8 @@ def test_wsolevaluation_names_and_image_ids():
 
 
 def test_the_table_is_torch_free():
-    """utils.wsol_eval reads the table in pool workers, which must not import torch (utils/workers.py)."""
-    code = "import sys, utils.datasets, utils.wsol_eval; print('torch' in sys.modules)"
+    """utils.wsol_eval reads the table in pool workers, which must not import torch (utils/engine/workers.py)."""
+    code = "import sys, utils.data.datasets, utils.wsol_eval; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import utils.distributed as distributed
-import utils.engine as engine
+import utils.engine.distributed as distributed
+import utils.engine.loop as engine
 from utils.errors import UserError
 
 

@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils import cli, engine
-from utils.distributed import Dist
+from utils.stages import cli
+import utils.engine.loop as engine
+from utils.engine.distributed import Dist
 from utils.errors import Stopped, UserError
-from utils.log import LossLog, RunLog
-from utils.train_state import Checkpoints
+from utils.engine.log import LossLog, RunLog
+from utils.engine.train_state import Checkpoints
 
 
 class Images(torch.utils.data.Dataset):

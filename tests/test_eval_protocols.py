@@ -180,7 +180,7 @@ def test_evaluators_merge_to_the_single_evaluator():
 
 
 def test_scoremaps_are_min_max_normalised_and_constant_maps_zero():
-    from utils.wsol_protocol import scoremaps
+    from utils.evaluation.wsol_protocol import scoremaps
     logits = torch.zeros(2, 1, 7, 7)
     logits[0, 0, 3, 3] = 5.0
     maps = scoremaps(logits).numpy()
@@ -192,10 +192,10 @@ def test_scoremaps_are_min_max_normalised_and_constant_maps_zero():
 @pytest.mark.parametrize("stage", ["cam", "seg"])
 def test_tensorboard_pictures_at_epoch_end_leave_the_model_as_it_was(data, tmp_path, stage):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from utils import stage_cam, stage_seg
-    from utils.datasets import CUB
-    from utils.log import RunLog
-    from utils.vis import tensorboard_hook
+    from utils.stages import stage_cam, stage_seg
+    from utils.data.datasets import CUB
+    from utils.engine.log import RunLog
+    from utils.stages.vis import tensorboard_hook
     samples = CUB.read_list(data["root"], "train.txt", with_boxes=False)
     model = build_mffnet(1, "resnet18", seg=True) if stage == "seg" else build_mffnet(3, "resnet18", dual=True)
     heat = stage_seg._predicted_mask if stage == "seg" else stage_cam._gt_class_cam

@@ -20,7 +20,7 @@ sys.path.insert(0, REPO)
 
 from bad_files import write_corrupt_file  # noqa: E402
 from dataset.folder import val_count  # noqa: E402
-from utils.lists import count_classes, read_class_names, read_cub_list  # noqa: E402
+from utils.data.lists import count_classes, read_class_names, read_cub_list  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("prepare_for_folder", os.path.join(REPO, "dataset", "prepare.py"))

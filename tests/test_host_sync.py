@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import utils.engine as engine
+import utils.engine.loop as engine
 from conftest import run_inprocess, run_script
 from dataset.synthetic import make_cub
 
@@ -82,10 +82,11 @@ def recorder(monkeypatch):
 
     import utils.cam_loc
     import utils.localize
-    import utils.stage_cam
-    import utils.stage_cls
-    import utils.stage_seg
-    for module in (engine, utils.stage_cam, utils.stage_seg, utils.stage_cls, utils.cam_loc, utils.localize):
+    import utils.stages.stage_cam
+    import utils.stages.stage_cls
+    import utils.stages.stage_seg
+    for module in (engine, utils.stages.stage_cam, utils.stages.stage_seg, utils.stages.stage_cls, utils.cam_loc,
+                   utils.localize):
         if hasattr(module, "place_model"):
             monkeypatch.setattr(module, "place_model", placed)
     monkeypatch.setattr(engine.HostCopy, "get", host_copy)

@@ -72,8 +72,8 @@ def test_imagenet_eval_uses_every_box_of_the_class_only(inet, seg_model, tmp_pat
     rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "boxes.csv"))}
     assert len(rows) == 9
     from utils.method.boxes import best_iou
-    from utils.lists import read_imagenet_list
-    from utils.transforms import boxes_to_eval_frame
+    from utils.data.lists import read_imagenet_list
+    from utils.data.transforms import boxes_to_eval_frame
     import cv2
     samples = {s.name: s for s in read_imagenet_list(inet, "val.txt")}
     several = 0
@@ -179,7 +179,7 @@ def test_torchrun_eval_and_masks_equal_one_process(inet, seg_model, tmp_path):
 
 
 def test_ranks_see_exactly_the_single_process_batches():
-    from utils.distributed import Dist, EpochBatchSampler
+    from utils.engine.distributed import Dist, EpochBatchSampler
     one = list(EpochBatchSampler(20, 8, Dist(), seed=3))
     parts = [list(EpochBatchSampler(20, 4, Dist(rank=r, world=2), seed=3)) for r in range(2)]
     for step, batch in enumerate(one[:2]):                       # the full batches

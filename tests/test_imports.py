@@ -17,7 +17,7 @@ SKIP = {"tests", "resource", "docs", "out", "demo"}  # folders of no project mod
 
 def project_modules(root: str = ROOT) -> dict:
     """{module name: file path}. Folders named like identifiers (network, utils, dataset) are packages
-    (`utils.cli`); the stage folders' scripts are named by their path (`cub200-cam/train.py`)."""
+    (`utils.stages.cli`); the stage folders' scripts are named by their path (`cub200-cam/train.py`)."""
     modules = {}
     for top in sorted(os.listdir(root)):
         folder = os.path.join(root, top)
@@ -41,7 +41,7 @@ def project_modules(root: str = ROOT) -> dict:
 
 
 def _resolve(name: str, modules: dict) -> Optional[str]:
-    """The project module `name` is, or is inside (`utils.cli.make_parser` -> `utils.cli`); None: not ours."""
+    """The project module `name` is, or is inside (`utils.stages.cli.parse` -> `utils.stages.cli`); None: not ours."""
     parts = name.split(".")
     while parts:
         if ".".join(parts) in modules:
@@ -63,7 +63,7 @@ def imports_of(module: str, path: str, modules: dict) -> set:
             if node.level:  # relative: from the package, `level - 1` folders up
                 anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from utils import cli` imports the module utils.cli; `from utils.cli import parse`, utils.cli
+            # `from utils.stages import cli` imports the module utils.stages.cli; `from utils.stages.cli import x`, too
             names = [f"{base}.{alias.name}" if _resolve(f"{base}.{alias.name}", modules) == f"{base}.{alias.name}"
                      else base for alias in node.names]
         else:
@@ -126,9 +126,9 @@ def test_imports_are_resolved_to_project_modules(tmp_path):
 
 def test_no_import_cycle_among_the_project_modules():
     modules = project_modules()
-    assert {"network.mffnet", "utils.checkpoint", "utils.cli", "dataset.prepare",
+    assert {"network.mffnet", "utils.engine.checkpoint", "utils.stages.cli", "dataset.prepare",
             os.path.join("cub200-cam", "train.py")} <= set(modules)
     graph = {m: imports_of(m, p, modules) for m, p in modules.items()}
-    assert "utils.checkpoint" in graph["utils.cli"]                        # the graph has the project's edges
+    assert "utils.engine.checkpoint" in graph["utils.stages.cli"]          # the graph has the project's edges
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)

@@ -25,7 +25,7 @@ import torch
 from bad_files import write_corrupt_file
 from conftest import ROOT, run_script
 from dataset.synthetic import make_folder
-from utils.distributed import Dist
+from utils.engine.distributed import Dist
 from utils.errors import run_main
 from utils.localize import find_images, localize_images, mask_boxes, output_names, probability_map
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from conftest import run_inprocess, run_script
 from dataset.synthetic import make_cub
 from network import build_mffnet
-from utils import cli
+from utils.stages import cli
 from utils.method import pseudo_mask as method
 from utils.method.losses import dual_head_loss, seg_loss, single_head_loss
 from utils.method.seg_target import BACKGROUND, OBJECT, seg_target
-from utils.pseudo_mask import make_pseudo_mask
+from utils.engine.masks import make_pseudo_mask
 
 
 def inverted_cam(cam256: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 import torch
 
 from network import build_mffnet, build_resnet, load_backbone_weights
-from utils.checkpoint import load_weights, read_state_dict
+from utils.engine.checkpoint import load_weights, read_state_dict
 from utils.errors import UserError
 
 import pytest

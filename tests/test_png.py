@@ -1,4 +1,4 @@
-"""The pseudo-mask PNG writers (utils/png.py): fpng and OpenCV's give masks that `cv2.imread` returns
+"""The pseudo-mask PNG writers (utils/data/png.py): fpng and OpenCV's give masks that `cv2.imread` returns
 exactly as the masks written before fpng (`cv2.imencode` of make_pseudo_mask's BGR array); a missing or
 failing fpng falls back to OpenCV's writer."""
 import os
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from test_pseudo_mask import varied_cams
-from utils import png
+from utils.data import png
 from utils.errors import UserError
-from utils.pseudo_mask import make_pseudo_mask
-from utils.pseudo_mask import write_mask, write_masks
+from utils.engine.masks import make_pseudo_mask
+from utils.engine.masks import write_mask, write_masks
 
 HAVE_FPNG = png._fpng is not None
 # odd sizes, one-pixel-wide, and one over the pseudo-mask buffers' reuse limit (fresh arrays)

@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "dataset", "prepare.py")
 sys.path.insert(0, REPO)
 
-from utils.lists import read_cub_list, read_imagenet_list  # noqa: E402
+from utils.data.lists import read_cub_list, read_imagenet_list  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("prepare", SCRIPT)

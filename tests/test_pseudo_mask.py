@@ -1,4 +1,4 @@
-"""The pseudo mask: the fast path (utils/pseudo_mask.py: windowed and stacked Gaussians, reused buffers, float32
+"""The pseudo mask: the fast path (utils/engine/masks.py: windowed and stacked Gaussians, reused buffers, float32
 prior) gives the masks of the plain definition (utils/method/pseudo_mask.py) bit for bit, and the definition
 is the authors' formula (docs/method.md §4) written out once more here, with no shortcut, to within its
 documented grey level."""
@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import pseudo_mask
+import utils.engine.masks as pseudo_mask
 from utils.method import pseudo_mask as method
-from utils.pseudo_mask import gaussian_prior, make_pseudo_mask
+from utils.engine.masks import gaussian_prior, make_pseudo_mask
 
 
 def authors_pseudo_mask(cam: np.ndarray, width: int, height: int) -> np.ndarray:

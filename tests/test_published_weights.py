@@ -10,7 +10,7 @@ import pytest
 from conftest import run_inprocess
 from network import build_mffnet, build_resnet, load_backbone_weights
 from network.classifier import build_classifier, load_imagenet_weights
-from utils.checkpoint import load_weights
+from utils.engine.checkpoint import load_weights
 from utils.errors import UserError
 
 # torchvision's published files: conv and BN parameters, BN running statistics and the fc layer, no counters.

@@ -142,7 +142,7 @@ def test_resume_refuses_a_list_that_changed(cub, tmp_path):
 
 
 def test_a_second_run_into_a_folder_in_use_stops_naming_the_first(cub, tmp_path):
-    from utils import lock
+    from utils.engine import lock
     out = tmp_path / "out"
     out.mkdir()
     lock.hold(str(out), "--savepath")  # this process plays the run that is writing there

@@ -1,4 +1,4 @@
-"""The mask stage's loader (utils.ring): batches written in place into a ring of shared slots are the batches
+"""The mask stage's loader (utils.engine.ring): batches written in place into a ring of shared slots are the batches
 of the plain loader, and a slot is never written while the main process may still read it."""
 import os
 import subprocess
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from utils import ring
-from utils.data import ImageSet
-from utils.lists import Sample
-from utils.distributed import Dist
-from utils.engine import inference_batches
-from utils.transforms import mask_transform
+from utils.engine import ring
+from utils.data.images import ImageSet
+from utils.data.lists import Sample
+from utils.engine.distributed import Dist
+from utils.engine.loop import inference_batches
+from utils.data.transforms import mask_transform
 
 SIZE = 32
 
@@ -129,10 +129,10 @@ def test_workers_started_by_forkserver(samples, tmp_path):
     paths = [s.path for s in samples]
     code = textwrap.dedent(f"""
         import multiprocessing
-        from utils import ring
-        from utils.lists import Sample
-        from utils.distributed import Dist
-        from utils.transforms import mask_transform
+        from utils.engine import ring
+        from utils.data.lists import Sample
+        from utils.engine.distributed import Dist
+        from utils.data.transforms import mask_transform
         if __name__ == "__main__":
             multiprocessing.set_start_method("{method}")
             samples = [Sample(name=str(i), path=p, label=0) for i, p in enumerate({paths!r})]

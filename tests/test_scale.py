@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from utils.datasets import IMAGENET
-from utils.lists import Sample, SampleTable, TableBuilder, subset
+from utils.data.datasets import IMAGENET
+from utils.data.lists import Sample, SampleTable, TableBuilder, subset
 from utils.scale import private_mb, write_imagenet_list
 
 
@@ -100,7 +100,7 @@ def test_bench_scale_mode(tmp_path):
 
 
 def test_mask_resume_lists_each_folder_once(tmp_path, monkeypatch):
-    from utils.stage_cam import missing_masks
+    from utils.stages.stage_cam import missing_masks
     (tmp_path / "a").mkdir()
     png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
     (tmp_path / "a" / "1.png").write_bytes(png)

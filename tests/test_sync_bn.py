@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from utils.distributed import Dist, GlobalBatchNorm2d, sync_batchnorm
+from utils.engine.distributed import Dist, GlobalBatchNorm2d, sync_batchnorm
 
 
 def _batch():

@@ -58,9 +58,9 @@ def test_seg_stage(cub, tmp_path):
     # pseudo masks of smooth random CAMs, written here (where they come from does not matter to this test)
     import cv2
     import numpy as np
-    from utils.data import mask_name
-    from utils.datasets import CUB
-    from utils.pseudo_mask import write_mask
+    from utils.data.images import mask_name
+    from utils.data.datasets import CUB
+    from utils.engine.masks import write_mask
     rng = np.random.default_rng(0)
     for s in CUB.read_list(cub, "train.txt", with_boxes=False):
         h, w = cv2.imread(s.path).shape[:2]
@@ -75,7 +75,7 @@ def test_bad_files_of_every_rank_are_counted_and_listed(tmp_path):
     root = str(tmp_path / "CUB_200_2011")
     make_cub(root, num_classes=3, train_per_class=8, val_per_class=1, seed=6, min_size=48, max_size=64)
     run_script("dataset/prepare.py", "cub", "--root", root)
-    from utils.datasets import CUB
+    from utils.data.datasets import CUB
     import numpy as np
     samples = CUB.read_list(root, "train.txt", with_boxes=False)
     # one unreadable image in the first batch of each of the two ranks (batch 8: 4 per rank, 3 batches each):

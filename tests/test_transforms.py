@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils import transforms
-from utils.distributed import Dist
-from utils.engine import to_device
-from utils.transforms import (MEAN, STD, Pipeline, eval_transform, mask_transform, normalise, resize_transform,
+from utils.data import transforms
+from utils.engine.distributed import Dist
+from utils.engine.loop import to_device
+from utils.data.transforms import (MEAN, STD, Pipeline, eval_transform, mask_transform, normalise, resize_transform,
                               train_transform)
 
 SIZES = [(1, 1), (1, 9), (7, 1), (2, 3), (256, 256), (224, 224), (300, 200), (375, 500), (333, 517), (640, 481)]
@@ -146,7 +146,7 @@ def test_read_image_is_the_bgr_decode_in_rgb_order(tmp_path):
     import cv2
 
     from bad_files import write_cmyk_jpeg, write_grayscale_jpeg
-    from utils.data import read_image
+    from utils.data.images import read_image
     rng = np.random.default_rng(5)
     smooth = next(images())
     paths = [write_grayscale_jpeg(str(tmp_path / "gray.jpg"), 40, 50, seed=1)]
@@ -176,7 +176,7 @@ def test_read_image_is_the_bgr_decode_in_rgb_order(tmp_path):
 def test_classifier_pipelines_and_pickled_pipelines_are_the_albumentations_ones():
     import pickle
 
-    from utils.transforms import cls_test_transform, cls_train_transform
+    from utils.data.transforms import cls_test_transform, cls_train_transform
     image = next(images())
     cases = [(cls_test_transform(64, 56, shorter_side=True), [A.SmallestMaxSize(64), A.CenterCrop(56, 56)]),
              (cls_test_transform(48), [A.Resize(48, 48)]),
@@ -196,9 +196,10 @@ def test_inference_never_imports_albumentations():
     import os
     import subprocess
     import sys
-    code = ("import sys, numpy as np; import utils.stage_cam, utils.stage_cls, utils.stage_seg, utils.wsol_protocol\n"
+    code = ("import sys, numpy as np; import utils.stages.stage_cam, utils.stages.stage_cls, utils.stages.stage_seg\n"
+            "import utils.evaluation.wsol_protocol\n"
             "import utils.localize, utils.bench\n"
-            "from utils.transforms import cls_test_transform, eval_transform, mask_transform, resize_transform\n"
+            "from utils.data.transforms import cls_test_transform, eval_transform, mask_transform, resize_transform\n"
             "image = np.zeros((30, 40, 3), np.uint8); row = np.empty((32, 32, 3), np.float32)\n"
             "eval_transform(64, 56)(image); resize_transform(32)(image); mask_transform(32).into(image, row)\n"
             "cls_test_transform(64, 56)(image); cls_test_transform(48)(image)\n"

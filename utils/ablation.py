@@ -44,11 +44,11 @@ if ROOT not in sys.path:  # `python utils/ablation.py` as well as `python -m uti
     sys.path.insert(0, ROOT)
 
 from network.mffnet import FUSIONS  # noqa: E402
-from utils.cli import add_backbone_arg  # noqa: E402
-from utils.lists import count_classes  # noqa: E402
+from utils.stages.cli import add_backbone_arg  # noqa: E402
+from utils.data.lists import count_classes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.log import write_json  # noqa: E402
-from utils.outputs import write_text  # noqa: E402
+from utils.engine.log import write_json  # noqa: E402
+from utils.engine.outputs import write_text  # noqa: E402
 
 DEFAULT_GRID = ("fuse1", "fuse2-add", "fuse2-concat", "fuse2-mul", "fuse3-add", "fuse3-concat", "spol",
                 "fuse4-add", "fuse4-concat", "fuse4-mul", "spol-no-mca", "spol-no-prior")
@@ -214,9 +214,9 @@ def baselines(datapath: str, size: int, crop: int) -> dict:
     """GT-known Loc (%) of boxes that ignore the image, in the seg stage's evaluation frame: the whole crop,
     and its central half (in width and height). A setting at the first has localised nothing."""
     from utils.method.boxes import best_iou
-    from utils.lists import read_cub_list
-    from utils.transforms import boxes_to_eval_frame
-    from utils.validate import read_headers
+    from utils.data.lists import read_cub_list
+    from utils.data.transforms import boxes_to_eval_frame
+    from utils.data.validate import read_headers
 
     samples = read_cub_list(datapath, "val.txt")
     fixed = {"whole_crop": [0, 0, crop, crop], "centre_box": [crop / 4, crop / 4, 3 * crop / 4, 3 * crop / 4]}

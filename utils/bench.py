@@ -10,7 +10,7 @@
 What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed afterwards; with
 --datapath, --images images of each of its lists, spread evenly over them):
   data_loading    JPEG decode + normalise + resize 256 in the --num_workers loader workers, through the
-                  mask stage's loader (`utils.ring`)
+                  mask stage's loader (`utils.engine.ring`)
   cam_forward     the bare batched forward of the CAM model (200 classes or --cam_snapshot's, 256 x 256)
   pseudo_masks    mask generation end to end, through `stage_cam.make_masks` itself: decode, forward,
                   post-processing and PNG writes in the --post_workers pool
@@ -23,7 +23,7 @@ What is measured, on JPEGs of ~500 x 375 like CUB's (a temporary folder, removed
                   same masks, OpenCV's PNG writer at its defaults (`opencv_png_ms`, zlib level 1: the
                   stage's writer before fpng): machines differ by up to 2x in speed, so the targets are
                   ratios to it. Then the hand-off of the batches from the loader workers to the main
-                  process (the stage's ring of shared batches, `utils.ring`; per image: the workers' and
+                  process (the stage's ring of shared batches, `utils.engine.ring`; per image: the workers' and
                   the main process's CPU); the two kinds of worker measured whole (a loader worker from
                   decode to hand-off, a post worker from CAM to written PNG: what the steps cost
                   together, memory and file writes included); and the masks/s that the cores of a
@@ -78,18 +78,21 @@ if REPO not in sys.path:  # `python utils/bench.py` as well as `python -m utils.
 from dataset.prepare import prepare_cub  # noqa: E402
 from dataset.synthetic import make_cub  # noqa: E402
 from network import build_mffnet, load_mffnet  # noqa: E402
-from utils import cli, engine, png, scale, stage_cam, stage_seg  # noqa: E402
+from utils.stages import cli, stage_cam, stage_seg  # noqa: E402
+from utils.data import png  # noqa: E402
+from utils import scale  # noqa: E402
+import utils.engine.loop as engine  # noqa: E402
 from utils.method import losses  # noqa: E402
-from utils.data import read_image  # noqa: E402
-from utils.datasets import CUB  # noqa: E402
-from utils.distributed import Dist, setup  # noqa: E402
-from utils.engine import amp_dtype, autocast, channels_last_for, train_step  # noqa: E402
+from utils.data.images import read_image  # noqa: E402
+from utils.data.datasets import CUB  # noqa: E402
+from utils.engine.distributed import Dist, setup  # noqa: E402
+from utils.engine.loop import amp_dtype, autocast, channels_last_for, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.method.pseudo_mask import normalise_cam  # noqa: E402
-from utils.pseudo_mask import make_pseudo_mask, regions, write_masks  # noqa: E402
-from utils.ring import RingBatches, ring_batches, slots_for  # noqa: E402
-from utils.workers import post_pool  # noqa: E402
-from utils.transforms import mask_transform  # noqa: E402
+from utils.engine.masks import make_pseudo_mask, regions, write_masks  # noqa: E402
+from utils.engine.ring import RingBatches, ring_batches, slots_for  # noqa: E402
+from utils.engine.workers import post_pool  # noqa: E402
+from utils.data.transforms import mask_transform  # noqa: E402
 
 CLASSES = 200        # CUB: the CAM model's output channels
 SIZE, CROP = 256, 224
@@ -293,7 +296,7 @@ def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Nam
 
 def handoff_ms(image: np.ndarray, samples: list, a, n: int = 512) -> tuple:
     """CPU ms per image, (loader workers, main process), of handing batches on as the mask stage's loader
-    does (`utils.ring`): claim a slot, send the batch's small tensors and a view of the slot, receive it
+    does (`utils.engine.ring`): claim a slot, send the batch's small tensors and a view of the slot, receive it
     (and pin it on CUDA). The images are decoded once beforehand (`image`) and not transformed: only the
     hand-off is left.
 

@@ -32,18 +32,19 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from network import load_mffnet  # noqa: E402
-from utils import cli, distributed  # noqa: E402
+from utils.stages import cli  # noqa: E402
+from utils.engine import distributed  # noqa: E402
 from utils.method.boxes import best_iou, largest_box, localisation_metrics  # noqa: E402
-from utils.data import ImageSet  # noqa: E402
-from utils.datasets import DATASETS  # noqa: E402
-from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
+from utils.data.images import ImageSet  # noqa: E402
+from utils.data.datasets import DATASETS  # noqa: E402
+from utils.engine.loop import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,  # noqa: E402
                           place_model, to_device)
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.lists import subset  # noqa: E402
-from utils.log import maybe_tqdm, write_json  # noqa: E402
+from utils.data.lists import subset  # noqa: E402
+from utils.engine.log import maybe_tqdm, write_json  # noqa: E402
 from utils.method.pseudo_mask import EPS  # noqa: E402
-from utils.stage_seg import eval_samples  # noqa: E402
-from utils.transforms import boxes_to_eval_frame, eval_transform  # noqa: E402
+from utils.stages.stage_seg import eval_samples  # noqa: E402
+from utils.data.transforms import boxes_to_eval_frame, eval_transform  # noqa: E402
 
 CURVE = tuple(round(0.05 * k, 2) for k in range(1, 20))  # thresholds of the threshold-free view
 
@@ -136,7 +137,7 @@ def main(argv=None) -> dict:
     g = parser.add_argument_group("CAM localisation")
     g.add_argument("--threshold", type=float, default=0.2,
                    help="box the region above this fraction of the CAM's maximum (0.2: the CAM paper's rule)")
-    # the data sets with boxes (utils/datasets.py), which GT-known Loc needs
+    # the data sets with boxes (utils/data/datasets.py), which GT-known Loc needs
     g.add_argument("--dataset", choices=[name for name, d in DATASETS.items() if d.boxes], default="cub",
                    help="layout of --datapath")
     # --savepath: the folder of cam_loc.json; not given, the snapshot's own folder

@@ -39,16 +39,18 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from network import load_mffnet
-from utils import cli, distributed, outputs, validate
-from utils.checkpoint import load_weights
-from utils.data import IMAGE_EXTENSIONS, BadImage, read_image
-from utils.datasets import DATASETS, DataSet
-from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches, place_model,
-                          to_device)
+from utils.stages import cli
+from utils.engine import distributed, outputs
+from utils.data import validate
+from utils.engine.checkpoint import load_weights
+from utils.data.images import IMAGE_EXTENSIONS, BadImage, read_image
+from utils.data.datasets import DATASETS, DataSet
+from utils.engine.loop import (HostPipe, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,
+                               place_model, to_device)
 from utils.errors import UserError
-from utils.log import maybe_tqdm, write_json
-from utils.transforms import cls_test_transform, resize_transform
-from utils.vis import PANEL, RED, WHITE, caption, grid
+from utils.engine.log import maybe_tqdm, write_json
+from utils.data.transforms import cls_test_transform, resize_transform
+from utils.stages.vis import PANEL, RED, WHITE, caption, grid
 
 GRID = 16        # images in vis/grid.jpg
 GRID_COLUMNS = 4

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from utils import outputs
+from utils.engine import outputs
 from utils.errors import UserError, run_main
 
 _NPY_MAGIC = b"\x93NUMPY"

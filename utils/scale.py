@@ -29,10 +29,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from utils import cli, engine, validate
-from utils.data import ImageSet
-from utils.datasets import IMAGENET
-from utils.distributed import Dist
+from utils.stages import cli
+from utils.data import validate
+import utils.engine.loop as engine
+from utils.data.images import ImageSet
+from utils.data.datasets import IMAGENET
+from utils.engine.distributed import Dist
 
 SIZES = (12_810, 128_100, 1_281_167)   # ImageNet's train list and a tenth and a hundredth of it
 CLASSES = 1000

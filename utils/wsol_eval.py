@@ -31,10 +31,10 @@ from typing import Iterable, Optional, Sequence
 import cv2
 import numpy as np
 
-from utils.datasets import DATASETS as TABLE, by_wsol_name
+from utils.data.datasets import DATASETS as TABLE, by_wsol_name
 from utils.errors import UserError, run_main
 from utils.results import npy_header
-from utils.outputs import write_atomic, write_text
+from utils.engine.outputs import write_atomic, write_text
 
 RESIZE_LENGTH = 224  # the protocol evaluates every map and box in a 224 x 224 frame
 DATASETS = tuple(d.wsol_name for d in TABLE.values())  # their names: CUB, ILSVRC, OpenImages
@@ -309,7 +309,7 @@ class PxAPEvaluator:
 
 # ----------------------------------------------------------------------------------------------- metadata
 # Where the project's val lists sit in wsolevaluation's `metadata/<dataset>/<split>/`, and their image ids: the
-# data-set table's wsol_name, wsol_split and wsol_image_id (utils/datasets.py). Their ILSVRC split `test` is the
+# data-set table's wsol_name, wsol_split and wsol_image_id (utils/data/datasets.py). Their ILSVRC split `test` is the
 # official 50,000-image ILSVRC2012 val set (ids `val/ILSVRC2012_val_XXXXXXXX.JPEG`); their split `val` is
 # ImageNetV2 (ids `val2/<class>/<n>.jpeg`). CUB's split `test` is the official test set (ids `<class>/<file>.jpg`).
 IMAGENETV2_PREFIX = "val2/"
@@ -519,7 +519,7 @@ def score_image(scoremap: np.ndarray, gt: Optional[np.ndarray], interval: float,
     masks). The GT mask is CUB's `<mask_root>/<id>.png`, or, given `instance_masks` = (mask paths, ignore path)
     of OpenImages' localization.txt, `openimages_mask(mask_root, ...)`. Saves the map first when `save_path`
     is given. A `failed` image (unreadable) localises nothing: zero IoUs, and its mask's pixels all score 0.
-    Here, in a torch-free module, because it runs in the post-processing pool's workers (utils.workers)."""
+    Here, in a torch-free module, because it runs in the post-processing pool's workers (utils.engine.workers)."""
     if save_path:  # into the open file: np.save(path) would append .npy to the temporary name
         write_atomic(save_path, lambda f: np.save(f, scoremap.astype(np.float32, copy=False)))
     best_v1 = best_v2 = hists = None
@@ -596,7 +596,7 @@ def _set_job(job: dict, parent: Optional[int] = None) -> None:
     if parent is not None:  # a pool worker: it must not outlive a killed evaluation
         import signal
 
-        from utils.workers import die_with_parent
+        from utils.engine.workers import die_with_parent
         # forked with run_main's SIGTERM handler: pool.terminate() would print a Stopped trace per worker
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         die_with_parent(parent)

@@ -4,7 +4,7 @@ alone: where each part of it is computed. docs/method.md explains each part; cha
     part of the method                             where (module: function)
     ---------------------------------------------  ----------------------------------------------------------
     MFF-Net: ResNet + multi-scale channel          network/mffnet.py: MFFNet, build_mffnet
-      attention + shallow x deep fusion (§2)         (backbone: network/resnet.py)
+      attention + shallow x deep fusion (§2)         (backbones: network/backbones/)
     training recipes: epochs, batch, learning      the stage scripts' defaults: cub200-cam/train.py,
       rates, snapshots (§3)                          imagenet-cam/train.py, cub200-seg/train.py, ...
     cam stage losses (§3)                          utils/method/losses.py: dual_head_loss (CUB),
@@ -19,8 +19,8 @@ alone: where each part of it is computed. docs/method.md explains each part; cha
     wsolevaluation protocol: MaxBoxAcc(V2),        utils/wsol_eval.py (not SPOL's own, reported beside it)
       PxAP (§7)
 
-The rest of utils/ is machinery that leaves these results unchanged: data and transforms, the training loop
-(utils/engine.py: fit), the fast pseudo-mask path (utils/pseudo_mask.py, bit for bit the definition) with its
-worker pools, checkpoints, logging. Nothing here imports torch but losses.py, so that the pseudo-mask workers
-stay light.
+The rest of utils/ leaves these results unchanged (utils/__init__.py maps it): the stage layer (utils/stages/), the
+machinery (utils/engine/: the training loop, the fast pseudo-mask path masks.py, bit for bit the definition, its
+worker pools, checkpoints, logs), the data (utils/data/). Nothing here imports torch but losses.py, so that the
+pseudo-mask workers stay light.
 """

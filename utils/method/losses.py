@@ -1,5 +1,5 @@
 """SPOL's training losses (docs/method.md §3, §5), as `loss(model, batch) -> scalar tensor`, the form the
-training loop (`utils.engine.fit`) calls: `batch["image"]` is B x 3 x H x W, `batch["label"]` B class indices,
+training loop (`utils.engine.loop.fit`) calls: `batch["image"]` is B x 3 x H x W, `batch["label"]` B class indices,
 `batch["mask"]` B x 2 x H x W (the seg target and its weight, `utils.method.seg_target`).
 
 Class scores are the spatial means of the class maps (the MFF-Net has no fc layer); every loss is computed in

@@ -6,7 +6,7 @@ fitted to each mid-confidence region of the CAM (`gaussian_prior`); `PRIORS` nam
 stage can write (`--prior`), so a new variant is one function here plus one entry in that table.
 
 Written for reading, not speed: every array is the full 256 x 256 grid. The cam stage runs
-utils/pseudo_mask.py instead, which computes the same masks bit for bit (tests/test_pseudo_mask.py) about
+utils/engine/masks.py instead, which computes the same masks bit for bit (tests/test_pseudo_mask.py) about
 ten times faster, and takes its constants from here. The one shortcut of the project, stated here so that
 both agree: a Gaussian is 0 outside the whole-pixel box beyond which it stays under 1/1000 of a grey level
 (`gaussian_box`; it saves computing tails that would round away, but can move a written pixel by one grey

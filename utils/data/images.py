@@ -1,5 +1,5 @@
 """Images and the torch Datasets of every stage: robust image reading (truncated JPEGs, FIFOs, CMYK), the
-pseudo masks' files, and `ImageSet`, which turns the samples of a list (utils/lists.py) into transformed
+pseudo masks' files, and `ImageSet`, which turns the samples of a list (utils/data/lists.py) into transformed
 tensors.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.lists import SampleTable
+from utils.data.lists import SampleTable
 
 
 # image files OpenCV decodes (GIF: its first frame): what class folders and localize.py's folders may hold

@@ -1,6 +1,6 @@
 """The seg stage: train the class-agnostic MFF-Net on the pseudo masks (docs/method.md §5), then
 localise: mask -> largest contour -> box -> IoU with the ground truth (§6). `--protocol wsol` evaluates
-the same model with the community's protocol instead (§7, utils/wsol_protocol.py).
+the same model with the community's protocol instead (§7, utils/evaluation/wsol_protocol.py).
 
 Evaluation is batched; under torchrun each rank takes every world-th image (no padding, so no image
 is counted twice) and rank 0 gathers the per-image records. An image whose mask is empty, or whose
@@ -16,21 +16,24 @@ import torch
 import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
-from utils import cli, distributed, validate, wsol_protocol
+from utils.stages import cli
+from utils.engine import distributed
+from utils.data import validate
+from utils.evaluation import wsol_protocol
 from utils.method.boxes import best_iou, largest_box, localisation_metrics
-from utils.checkpoint import load_weights
-from utils.data import ImageSet
-from utils.datasets import DATASETS, DataSet
-from utils.engine import (HostPipe, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
+from utils.engine.checkpoint import load_weights
+from utils.data.images import ImageSet
+from utils.data.datasets import DATASETS, DataSet
+from utils.engine.loop import (HostPipe, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
                           inference_batches, place_model, to_device)
 from utils.errors import UserError
-from utils.lists import subset
-from utils.log import maybe_tqdm, write_json
+from utils.data.lists import subset
+from utils.engine.log import maybe_tqdm, write_json
 from utils.method.losses import seg_loss
-from utils.outputs import Folder
+from utils.engine.outputs import Folder
 from utils.results import match_top1top5, read_top1top5, write_boxes_csv
-from utils.transforms import boxes_to_eval_frame, eval_transform, train_transform
-from utils.vis import EvalPictures, tensorboard_hook
+from utils.data.transforms import boxes_to_eval_frame, eval_transform, train_transform
+from utils.stages.vis import EvalPictures, tensorboard_hook
 
 
 @distributed.entry
@@ -71,7 +74,7 @@ def _predicted_mask(model, images: torch.Tensor, labels: torch.Tensor) -> tuple:
 def eval_samples(dataset: DataSet, datapath: str, listname: str, skip: bool, main: bool, workers: int,
                  num_classes: Optional[int] = None) -> tuple:
     """The evaluation list's samples with their boxes, checked (names, labels when `num_classes` is given,
-    boxes: utils/validate.py). Returns (samples to evaluate, names left out for unscorable boxes)."""
+    boxes: utils/data/validate.py). Returns (samples to evaluate, names left out for unscorable boxes)."""
     samples = dataset.read_list(datapath, listname, with_boxes=True)
     list_path = validate.list_file(datapath, listname)
     samples = validate.check_names(samples, list_path, num_classes, skip=skip, main=main)

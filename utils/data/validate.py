@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
-from utils.data import mask_name
+from utils.data.images import mask_name
 from utils.errors import UserError
-from utils.lists import subset
+from utils.data.lists import subset
 
 if TYPE_CHECKING:
     import torch
 
-    from utils.lists import SampleTable
+    from utils.data.lists import SampleTable
 
 
 def _line_finder(list_path: str) -> Callable[[str], str]:
@@ -154,7 +154,7 @@ def read_headers(paths: list, workers: int = 8) -> list:
 
 def check_writable(folder: str, flag: str, lock: bool = False) -> None:
     """Create `folder` if needed and make sure a file can be written there, before any work is done; `lock`:
-    also take the folder for this run (`utils.lock`: a second run into it stops, naming the first)."""
+    also take the folder for this run (`utils.engine.lock`: a second run into it stops, naming the first)."""
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
@@ -163,7 +163,7 @@ def check_writable(folder: str, flag: str, lock: bool = False) -> None:
         reason = e.strerror or type(e).__name__
         raise UserError(f"cannot write to {folder} ({reason}): pass a writable {flag}") from None
     if lock:
-        from utils import lock as locks
+        import utils.engine.lock as locks
         locks.hold(folder, flag)
 
 

@@ -22,21 +22,23 @@ import torch.nn.functional as F
 
 from network import build_mffnet, load_mffnet
 from network.backbones import get_backbone
-from utils import cli, distributed, outputs, png, validate
-from utils.checkpoint import load_weights
-from utils.data import ImageSet, mask_name
-from utils.datasets import DATASETS
-from utils.engine import (HostPipe, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
+from utils.stages import cli
+from utils.engine import distributed, outputs
+from utils.data import png, validate
+from utils.engine.checkpoint import load_weights
+from utils.data.images import ImageSet, mask_name
+from utils.data.datasets import DATASETS
+from utils.engine.loop import (HostPipe, Pending, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
                           place_model, to_device)
 from utils.errors import UserError
-from utils.log import maybe_tqdm
+from utils.engine.log import maybe_tqdm
 from utils.method.losses import dual_head_loss, single_head_loss
 from utils.method.pseudo_mask import EPS
-from utils.pseudo_mask import write_masks
-from utils.ring import ring_batches
-from utils.transforms import mask_transform, train_transform
-from utils.vis import pseudo_mask_pictures, tensorboard_hook
-from utils.workers import post_pool
+from utils.engine.masks import write_masks
+from utils.engine.ring import ring_batches
+from utils.data.transforms import mask_transform, train_transform
+from utils.stages.vis import pseudo_mask_pictures, tensorboard_hook
+from utils.engine.workers import post_pool
 
 
 @distributed.entry
@@ -144,7 +146,7 @@ def make_masks(args, d) -> dict:
                             **cli.architecture(args.fusion, args.levels, args.mca))
         model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)
         channels_last, dtype = channels_last_for(args.channels_last, d.device), amp_dtype(args.amp, d.device)
-        # decoded and transformed by the loader workers straight into a ring of shared batches (utils.ring)
+        # decoded and transformed by the loader workers straight into a ring of shared batches (utils.engine.ring)
         batches = ring_batches(samples, todo[d.rank::d.world], args.batch_size, mask_transform(args.size).into,
                                (args.size, args.size, 3), args.num_workers, d)
         masks = MaskWriter(samples, out, args.prior, writer, args.snapshot, pool, ready,

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import save_atomic, torch_load
-from utils.lists import SampleTable
-from utils.distributed import Dist
+from utils.engine.checkpoint import save_atomic, torch_load
+from utils.data.lists import SampleTable
+from utils.engine.distributed import Dist
 from utils.errors import Stopped, UserError
-from utils.log import LossLog
+from utils.engine.log import LossLog
 
 
 class Checkpoints:
@@ -115,7 +115,7 @@ def resume(state: dict, path: str, model: nn.Module, optimizer: torch.optim.Opti
 
 def remove_torn_saves(folder: str) -> None:
     """Remove the `.tmp-*.pth` a run killed while saving (SIGKILL, a power cut) left in its output folder: the
-    folder's lock (utils.lock) makes this run its only writer, so none of them is being written now."""
+    folder's lock (utils.engine.lock) makes this run its only writer, so none of them is being written now."""
     if not os.path.isdir(folder):
         return
     for name in os.listdir(folder):

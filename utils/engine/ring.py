@@ -24,9 +24,9 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch.utils.data import Dataset
 
-from utils import engine
-from utils.data import BadImage, read_image
-from utils.distributed import Dist
+import utils.engine.loop as engine
+from utils.data.images import BadImage, read_image
+from utils.engine.distributed import Dist
 from utils.errors import UserError
 
 

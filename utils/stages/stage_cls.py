@@ -15,15 +15,17 @@ import torch.nn.functional as F
 
 from network.classifier import (build_classifier, imagenet_weights_file, load_imagenet_weights, param_groups,
                                 resolve_imagenet_weights)
-from utils import cli, distributed, validate
-from utils.checkpoint import load_weights
-from utils.data import ImageSet
-from utils.datasets import DATASETS, DataSet
-from utils.engine import (HostPipe, amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches,
+from utils.stages import cli
+from utils.engine import distributed
+from utils.data import validate
+from utils.engine.checkpoint import load_weights
+from utils.data.images import ImageSet
+from utils.data.datasets import DATASETS, DataSet
+from utils.engine.loop import (HostPipe, amp_dtype, autocast, channels_last_for, fit, handle_bad, inference_batches,
                           place_model, to_device)
-from utils.log import maybe_tqdm
+from utils.engine.log import maybe_tqdm
 from utils.results import write_top1top5
-from utils.transforms import cls_test_transform, cls_train_transform
+from utils.data.transforms import cls_test_transform, cls_train_transform
 
 
 def pretrained_path(arch: str, pretrained: str) -> str:

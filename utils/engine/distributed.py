@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from utils import lock
+from utils.engine import lock
 from utils.errors import UserError
 
 

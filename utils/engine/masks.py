@@ -22,9 +22,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from utils import png
+from utils.data import png
 from utils.method.pseudo_mask import EPS, HIGH, LOW, MIN_AREA, PRIORS, SHRINK, SIZE, exponent_factor, gaussian_box
-from utils.outputs import write_atomic
+from utils.engine.outputs import write_atomic
 
 _COORDS = np.arange(SIZE, dtype=np.float64)  # pixel coordinates: slices of it replace per-region aranges
 _NARROW = 32        # Gaussians whose box is at most this wide (columns) are evaluated together
@@ -177,7 +177,7 @@ def make_pseudo_mask(cam: np.ndarray, width: int, height: int, prior: str = "gau
 
     Write it with `cv2.imwrite(path, mask)`: `cv2.imread` then gives channel 0 = CAM,
     channel 1 = prior, channel 2 = 0, as the original code's PNGs. `rgb=True` gives the same
-    mask in the PNG file's channel order (0, prior, CAM), for `utils.png.encode_rgb`, at the same cost.
+    mask in the PNG file's channel order (0, prior, CAM), for `utils.data.png.encode_rgb`, at the same cost.
     """
     width, height = int(width), int(height)
     b = _BUFFERS
@@ -210,7 +210,7 @@ def write_mask(cam: np.ndarray, width: int, height: int, path: str, prior: str =
                writer: str = "auto") -> None:
     """Post-process one CAM and write its PNG atomically (a crash never leaves a torn mask); `prior`: a name
     of `method.PRIORS`, looked up in the process that writes (a pool worker imports the table itself);
-    `writer`: the PNG encoder (`utils.png`: the same pixels from either)."""
+    `writer`: the PNG encoder (`utils.data.png`: the same pixels from either)."""
     data = png.encode_rgb(make_pseudo_mask(cam, width, height, prior, rgb=True), writer)
     write_atomic(path, lambda f: f.write(data))
 
@@ -218,6 +218,6 @@ def write_mask(cam: np.ndarray, width: int, height: int, path: str, prior: str =
 def write_masks(items: list, writer: str = "auto") -> None:
     """`write_mask` of each (cam, width, height, path[, prior]): one pool task per chunk of a batch keeps the
     pool's per-task cost (futures, pickling, pipes: in the main process, under its GIL) small. Here, in a
-    torch-free module, because it runs in the post-processing pool's workers (utils.workers)."""
+    torch-free module, because it runs in the post-processing pool's workers (utils.engine.workers)."""
     for item in items:
         write_mask(*item, writer=writer)

@@ -1,6 +1,6 @@
 """List files: the samples a stage reads, in the list formats of each data-set layout (the authors' CUB and
 ImageNet lists, docs/formats.md; OpenImages' `id,label`), and the class lists beside them. Torch-free: the
-data-set table (utils/datasets.py) names these readers, and wsolevaluation's evaluator, which must not import
+data-set table (utils/data/datasets.py) names these readers, and wsolevaluation's evaluator, which must not import
 torch in its worker processes, reads that table.
 
 A list line becomes a `Sample`: the list's relative name (the key of every artefact: masks, boxes.csv,

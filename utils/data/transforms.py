@@ -130,7 +130,7 @@ class ResizeCrop(Pipeline):
 
     def into(self, image: np.ndarray, out: np.ndarray) -> None:
         """The normalised, resized image (no crop) written into `out` (size x size x 3 float32, C-contiguous):
-        the h x w x 3 array of `mask_transform`, where the caller wants it (`utils.ring`)."""
+        the h x w x 3 array of `mask_transform`, where the caller wants it (`utils.engine.ring`)."""
         if self.crop:
             raise ValueError("ResizeCrop.into writes uncropped images")
         written = cv2.resize(normalise(image), (self.size, self.size), dst=out, interpolation=cv2.INTER_LINEAR)

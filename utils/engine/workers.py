@@ -1,7 +1,7 @@
 """Worker processes: those of the post-processing pools (pseudo masks, wsol scoring), how they start and
 die, and the settings of the DataLoaders' workers (one OpenCV thread, freed memory kept).
 
-Torch-free, as are the modules of the tasks the pools run (`utils.pseudo_mask.write_masks`,
+Torch-free, as are the modules of the tasks the pools run (`utils.engine.masks.write_masks`,
 `utils.wsol_eval.score_image`): a pool worker imports numpy, OpenCV and fpng, not torch.
 """
 from __future__ import annotations

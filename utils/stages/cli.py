@@ -1,6 +1,6 @@
 """One argument-parser factory for every stage script (the original's flags, typed, plus the ones a
 modern trainer has). Stage scripts set their flags' defaults (the paper's) with `set_defaults`, and pass their
-data set (utils/datasets.py) and their other named values to `parse`.
+data set (utils/data/datasets.py) and their other named values to `parse`.
 
 Relative path defaults are resolved against the stage folder, so `python cub200-cam/train.py` and
 `cd cub200-cam && python train.py` do the same; paths typed by the user are relative to the cwd.
@@ -14,11 +14,11 @@ from typing import Optional
 from network.classifier import EFFICIENTNETS
 from network.mffnet import FUSIONS
 from network.backbones import BACKBONES
-from utils.checkpoint import find_snapshot
-from utils.datasets import DataSet
-from utils.engine import TrainConfig
+from utils.engine.checkpoint import find_snapshot
+from utils.data.datasets import DataSet
+from utils.engine.loop import TrainConfig
 from utils.errors import UserError
-from utils.lists import count_classes
+from utils.data.lists import count_classes
 from utils.method.pseudo_mask import PRIORS
 
 PATH_ARGS = ("datapath", "savepath", "snapshot", "top1top5", "maskpath", "pretrained", "resume")

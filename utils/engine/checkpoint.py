@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
-from utils.outputs import write_error
+from utils.engine.outputs import write_error
 
 _PREFIXES = ("module.", "_orig_mod.")
 

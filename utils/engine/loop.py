@@ -27,14 +27,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from utils.outputs import write_error
-from utils.data import collate
-from utils import distributed
-from utils.distributed import Dist, EpochBatchSampler, sync_batchnorm
+from utils.engine.outputs import write_error
+from utils.data.images import collate
+from utils.engine import distributed
+from utils.engine.distributed import Dist, EpochBatchSampler, sync_batchnorm
 from utils.errors import Stopped, UserError
-from utils.log import LossLog, RunLog, maybe_tqdm
-from utils.train_state import Checkpoints, list_fingerprint, read_state, remove_torn_saves, resume
-from utils.workers import init_loader_worker, loader_threads
+from utils.engine.log import LossLog, RunLog, maybe_tqdm
+from utils.engine.train_state import Checkpoints, list_fingerprint, read_state, remove_torn_saves, resume
+from utils.engine.workers import init_loader_worker, loader_threads
 
 
 # --------------------------------------------------------------------------------- precision/model
@@ -121,7 +121,7 @@ PREFETCH = 4  # batches on their way per loader worker
 def loader(dataset, batch_sampler, num_workers: int, d: Dist, persistent: bool = True,
            collate_fn: Callable = collate) -> DataLoader:
     """The stages' loader: its workers get one OpenCV thread and a malloc that keeps what it frees
-    (`utils.workers`), and batch in shared memory (pinned on CUDA); `persistent`: the workers stay for
+    (`utils.engine.workers`), and batch in shared memory (pinned on CUDA); `persistent`: the workers stay for
     the next pass (training's epochs)."""
     workers = max(0, num_workers)
     loader_threads()

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from utils.errors import UserError
-from utils.outputs import Folder, write_error, write_text
+from utils.engine.outputs import Folder, write_error, write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

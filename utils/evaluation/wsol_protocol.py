@@ -24,17 +24,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import distributed, validate
-from utils.data import ImageSet
-from utils.datasets import DATASETS
-from utils.engine import (HostPipe, Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,
+from utils.engine import distributed
+from utils.data import validate
+from utils.data.images import ImageSet
+from utils.data.datasets import DATASETS
+from utils.engine.loop import (HostPipe, Pending, amp_dtype, autocast, channels_last_for, handle_bad, inference_batches,
                           to_device)
 from utils.errors import UserError
-from utils.log import maybe_tqdm, write_json
-from utils.outputs import Folder
-from utils.transforms import resize_transform
-from utils.vis import EvalPictures
-from utils.workers import post_pool
+from utils.engine.log import maybe_tqdm, write_json
+from utils.engine.outputs import Folder
+from utils.data.transforms import resize_transform
+from utils.stages.vis import EvalPictures
+from utils.engine.workers import post_pool
 from utils.wsol_eval import (RESIZE_LENGTH, V2_IOUS, BoxEvaluator, PxAPEvaluator, boxes_at_thresholds, iou_plus1,
                              read_metadata, resize_box_224, score_image)
 

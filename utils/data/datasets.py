@@ -6,8 +6,8 @@ entry here, and the code asks the entry, never the name.
 A stage script names its entry (`DATASET = CUB`); the entry's `name` is what `args.dataset` records (and
 checkpoint.pth with it), and `DATASETS[name]` finds the entry again. A class-folder data set of
 `dataset/prepare.py folder` needs no entry: its lists are CUB's format and the CUB stage scripts read it
-(utils/lists.py `cub_image_dir` finds its images). A new layout of its own needs one list reader in
-utils/lists.py and one entry below. Torch-free: utils/wsol_eval.py, which runs in pool workers, reads it.
+(utils/data/lists.py `cub_image_dir` finds its images). A new layout of its own needs one list reader in
+utils/data/lists.py and one entry below. Torch-free: utils/wsol_eval.py, which runs in pool workers, reads it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from utils.errors import UserError
-from utils.lists import (SampleTable, imagenet_box_file, list_path, read_class_names, read_cub_list,
+from utils.data.lists import (SampleTable, imagenet_box_file, list_path, read_class_names, read_cub_list,
                          read_imagenet_list, read_openimages_list, read_synsets)
 
 
@@ -31,7 +31,7 @@ class DataSet:
 
     name: str                    # the key: `args.dataset`, checkpoint.pth's "args", utils.cam_loc's --dataset
     stage_prefix: str            # its stage folders: <prefix>-cam/, <prefix>-seg/, <prefix>-cls/
-    reader: Callable[[str, str, bool], SampleTable]  # (datapath, list name, with_boxes): utils/lists.py
+    reader: Callable[[str, str, bool], SampleTable]  # (datapath, list name, with_boxes): utils/data/lists.py
     count_classes: bool          # --clsnum not given: the lines of <datapath>/classes.txt (else the script's default)
     class_names: Callable[[str], list]  # datapath -> the class names in label order (localize.py --classifier)
     class_list: str              # the file that names them, for messages

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import torch
 
-from utils import distributed, outputs
-from utils.data import BadImage, ImageSet, collate, mask_name, read_image, read_pseudo_mask
+from utils.engine import distributed, outputs
+from utils.data.images import BadImage, ImageSet, collate, mask_name, read_image, read_pseudo_mask
 from utils.method.seg_target import OBJECT, seg_target
-from utils.transforms import MEAN, STD, eval_transform
+from utils.data.transforms import MEAN, STD, eval_transform
 
 PANEL = 224
 RED, GREEN, WHITE, YELLOW, GREY = (255, 0, 0), (0, 255, 0), (255, 255, 255), (255, 220, 0), (150, 150, 150)
@@ -240,7 +240,7 @@ def pseudo_mask_pictures(samples: list, maskpath: str, count: int, outdir: str) 
 # --------------------------------------------------------------------------------------- TensorBoard
 def tensorboard_hook(samples: list, size: int, crop: int, tag: str, heat_fn: Callable,
                      count: int = 8) -> Callable:
-    """An `on_epoch_end(model, epoch, log)` for `utils.engine.fit`: logs the first `count` images of the
+    """An `on_epoch_end(model, epoch, log)` for `utils.engine.loop.fit`: logs the first `count` images of the
     list (evaluation transform) with `heat_fn(model, images, labels) -> (B x h x w heat in [0, 1],
     B x h x w masks or None)` overlaid, under `tag`. Eval mode and no_grad, then back to train mode;
     nothing runs where nothing is logged (ranks other than 0, no TensorBoard)."""
