@@ -14,6 +14,7 @@ from conftest import ROOT, _script_main
 from utils.stages import cli, stage_cam, stage_cls, stage_seg
 from utils import localize
 from utils.data.datasets import CUB, DATASETS, IMAGENET, OPENIMAGES, by_wsol_name
+from utils.data.lists import SampleTable
 from utils.errors import UserError
 
 SCRIPTS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "*-*", "*.py")))
@@ -205,3 +206,44 @@ def test_test_scripts_find_the_released_snapshot_and_the_cls_stage(tmp_path, mon
     assert args["snapshot"] == str(tmp_path / "model-2") and args["top1top5"] is None
     args = _stage_args(monkeypatch, localize, "localize", "openimages-seg/localize.py", "--savepath", tmp_path, "x")
     assert args["snapshot"] == str(tmp_path / "model-2") and args["dataset"] == "openimages"
+
+
+def _read_toy_list(datapath: str, listname: str, with_boxes: bool) -> SampleTable:
+    """A layout none of the scripts knows: `<file> <label>` per line, the images in `<datapath>/pictures/`."""
+    from utils.data.lists import TableBuilder, list_lines
+    samples = TableBuilder()
+    for _, line in list_lines(os.path.join(datapath, listname)):
+        name, label = line.split()
+        samples.add(name, os.path.join(datapath, "pictures"), int(label), [])
+    return samples.table()
+
+
+def test_a_new_layout_is_a_reader_and_a_table_entry(tmp_path, monkeypatch):
+    """A data set with a layout of its own runs with an existing stage script's recipe through --dataset once
+    the table has its entry (the reader above and the entry below: no other code)."""
+    import cv2
+    import numpy as np
+    from utils.data.datasets import DataSet
+    toy = DataSet(name="toy", stage_prefix="imagenet", reader=_read_toy_list, count_classes=False,
+                  class_names=lambda datapath: ["a", "b"], class_list="-", dual_head=False, threshold=0.5,
+                  boxes=False, wsol_name="toy")
+    monkeypatch.setitem(DATASETS, "toy", toy)
+    (tmp_path / "pictures").mkdir()
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "train.txt", "w") as f:
+        for i in range(4):
+            cv2.imwrite(str(tmp_path / "pictures" / f"{i}.png"), rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+            f.write(f"{i}.png {i % 2}\n")
+    args = _stage_args(monkeypatch, stage_cam, "train", "imagenet-cam/train.py", "--dataset", "toy",
+                       "--datapath", tmp_path, "--list", "train.txt", "--clsnum", 2)
+    assert args["dataset"] == "toy" and args["freeze_stem"]        # the layout is toy's, the recipe ImageNet's
+    monkeypatch.undo()
+    monkeypatch.setitem(DATASETS, "toy", toy)
+    out = tmp_path / "out"
+    _script_main("imagenet-cam/train.py")(["--dataset", "toy", "--datapath", str(tmp_path), "--list", "train.txt",
+                                           "--clsnum", "2", "--backbone", "resnet18", "--pretrained", "none",
+                                           "--device", "cpu", "--num_workers", "0", "--size", "32", "--crop", "32",
+                                           "--batch_size", "2", "--epoch", "1", "--savepath", str(out)])
+    assert (out / "model-2.pth").is_file()                        # ImageNet names snapshots by step: 4 / 2
+    with pytest.raises(SystemExit):  # not in the table: a usage error naming the choices
+        _script_main("imagenet-cam/train.py")(["--dataset", "nosuch"])

@@ -7,7 +7,8 @@ A stage script names its entry (`DATASET = CUB`); the entry's `name` is what `ar
 checkpoint.pth with it), and `DATASETS[name]` finds the entry again. A class-folder data set of
 `dataset/prepare.py folder` needs no entry: its lists are CUB's format and the CUB stage scripts read it
 (utils/data/lists.py `cub_image_dir` finds its images). A new layout of its own needs one list reader in
-utils/data/lists.py and one entry below. Torch-free: utils/wsol_eval.py, which runs in pool workers, reads it.
+utils/data/lists.py and one entry below; every stage script then runs it with its own recipe: `--dataset <name>`
+(tests/test_datasets.py does it). Torch-free: utils/wsol_eval.py, which runs in pool workers, reads it.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class DataSet:
     """One data set: its layout's reader and every property in which the stages treat it differently."""
 
     name: str                    # the key: `args.dataset`, checkpoint.pth's "args", utils.cam_loc's --dataset
-    stage_prefix: str            # its stage folders: <prefix>-cam/, <prefix>-seg/, <prefix>-cls/
+    stage_prefix: str            # its stage folders: <prefix>-cam/, <prefix>-seg/, <prefix>-cls/ (a layout run
+                                 # with another's scripts: theirs)
     reader: Callable[[str, str, bool], SampleTable]  # (datapath, list name, with_boxes): utils/data/lists.py
     count_classes: bool          # --clsnum not given: the lines of <datapath>/classes.txt (else the script's default)
     class_names: Callable[[str], list]  # datapath -> the class names in label order (localize.py --classifier)

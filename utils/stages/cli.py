@@ -15,7 +15,7 @@ from network.classifier import EFFICIENTNETS
 from network.mffnet import FUSIONS
 from network.backbones import BACKBONES
 from utils.engine.checkpoint import find_snapshot
-from utils.data.datasets import DataSet
+from utils.data.datasets import DATASETS, DataSet
 from utils.engine.loop import TrainConfig
 from utils.errors import UserError
 from utils.data.lists import count_classes
@@ -186,14 +186,18 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Opti
           classes: bool = False, released: Optional[str] = None, **recorded) -> argparse.Namespace:
     """The stage script's flags, checked, with paths resolved and the defaults that depend on other values:
 
-    `dataset`: the script's data set, recorded as `args.dataset` (its name); a seg test.py (one with --top1top5)
-    of a data set with boxes takes the classifier's results from its `<stage_prefix>-cls/` folder.
+    `dataset`: the script's data set, the default of --dataset (recorded as `args.dataset`); a seg test.py (one
+    with --top1top5) of a data set with boxes takes the classifier's results from its `<stage_prefix>-cls/` folder.
     `classes`: the stage's model has one output per class; where the data set counts its classes (CUB:
     classes.txt), --clsnum not given is that count, and `count_classes` is recorded.
     `released`: test.py's snapshot without --snapshot, the authors' released name in out/ (else the last
     model-<N> there). `recorded`: the script's named values that are not flags (e.g. freeze_stem); like
     `dataset` and `count_classes` they are recorded with the flags (checkpoint.pth's "args", args.json).
     """
+    if dataset is not None:
+        parser.add_argument("--dataset", choices=list(DATASETS), default=dataset.name,
+                            help="the data set's layout, a row of utils/data/datasets.py's DATASETS table: this "
+                                 "script's recipe on another layout (a new layout: a list reader and a row there)")
     args = parser.parse_args(argv)
     if args.mode != parser.get_default("mode"):
         parser.error(f"--mode {args.mode} does not fit {os.path.basename(script)}: "
@@ -202,7 +206,7 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Opti
     if problem:
         parser.error(problem)
     if dataset is not None:
-        args.dataset = dataset.name
+        dataset = DATASETS[args.dataset]
         if classes and dataset.count_classes:
             args.count_classes = True
     for name, value in recorded.items():
