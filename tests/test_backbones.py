@@ -155,7 +155,7 @@ def test_every_backbone_flag_is_the_one_definition_with_the_registry_as_choices(
                 text = open(os.path.join(folder, name), encoding="utf-8").read()
                 defined += [os.path.relpath(os.path.join(folder, name), ROOT)] * len(
                     re.findall(r"add_argument\(\s*\"--backbone\"", text))
-    assert defined == [os.path.join("utils", "cli.py")]
+    assert defined == [os.path.join("utils", "stages", "cli.py")]
 
 
 @pytest.fixture(scope="module")
