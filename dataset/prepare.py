@@ -32,7 +32,7 @@ from typing import Iterable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from utils.data import BadImage, read_image  # noqa: E402
+from utils.data import MAX_PIXELS, BadImage, read_image, set_max_pixels  # noqa: E402
 from utils.datasets import CUB, IMAGENET  # noqa: E402
 from utils.lists import cub_image_dir, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
@@ -545,13 +545,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="rewrite list files and wsol_metadata/ that already exist")
     cub.add_argument("--check-images", action="store_true",
                      help="read every image's size and warn about boxes reaching outside it (slow)")
-    add_folder_parser(sub, _Formatter)
+    for p in (cub, inet, add_folder_parser(sub, _Formatter)):
+        p.add_argument("--max-pixels", dest="max_pixels", type=int, default=MAX_PIXELS,
+                       help="an image whose header claims more pixels is unreadable (the stages' --max-pixels)")
     add_openimages_parser(sub, _Formatter)
     return parser
 
 
 def main(argv: Optional[list] = None) -> None:
     args = get_args_parser().parse_args(argv)
+    set_max_pixels(getattr(args, "max_pixels", MAX_PIXELS))  # the limit of read_image, the size reads' decoder
     if args.dataset == "cub":
         prepare_cub(args.root, args.force, args.check_images)
     elif args.dataset == "openimages":
