@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from utils.data import MAX_PIXELS, BadImage, read_image, set_max_pixels  # noqa: E402
 from utils.datasets import CUB, IMAGENET  # noqa: E402
-from utils.lists import cub_image_dir, read_synsets, read_voc_boxes  # noqa: E402
+from utils.lists import cub_image_dir, list_lines, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from dataset.folder import add_parser as add_folder_parser, prepare_folder  # noqa: E402
 from dataset.openimages import add_parser as add_openimages_parser, prepare_openimages  # noqa: E402
@@ -148,16 +148,13 @@ def _read_table(root: str, fname: str, ncols: int) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"{path} not found: is {root} the unpacked CUB_200_2011 folder?")
     table = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != ncols + 1:
-                raise UserError(f"{path}:{n}: expected {ncols + 1} fields, got {line.strip()!r}")
-            if parts[0] in table:
-                raise UserError(f"{path}:{n}: image id {parts[0]} listed twice")
-            table[parts[0]] = parts[1:]
+    for n, line in list_lines(path):
+        parts = line.split()
+        if len(parts) != ncols + 1:
+            raise UserError(f"{path}:{n}: expected {ncols + 1} fields, got {line.strip()!r}")
+        if parts[0] in table:
+            raise UserError(f"{path}:{n}: image id {parts[0]} listed twice")
+        table[parts[0]] = parts[1:]
     return table
 
 
@@ -204,8 +201,7 @@ def read_cub_annotations(root: str) -> tuple:
     labels, split, boxes = others.values()
     classes = os.path.join(root, "classes.txt")
     if os.path.isfile(classes):
-        with open(classes) as f:
-            nclasses = sum(1 for line in f if line.strip())
+        nclasses = sum(1 for _ in list_lines(classes))
     else:  # optional for this script: the list files need only the labels
         nclasses = max(int(c[0]) for c in labels.values() if c[0].isdigit()) if labels else 0
     records = [_parse_cub_record(root, i, images[i][0], labels[i][0], split[i][0], boxes[i], nclasses)
@@ -319,21 +315,18 @@ def _val_from_list(root: str, synsets: list) -> list:
     """The val images of an existing val.txt (`file.JPEG label`)."""
     path, val = os.path.join(root, "val.txt"), os.path.join(root, "val")
     out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                name, label = line.split()
-                label = int(label)
-                if not 0 <= label < len(synsets):
-                    raise ValueError
-            except ValueError:
-                raise UserError(f"{path}:{n}: expected 'file.JPEG label' with label in 0..{len(synsets) - 1}, "
-                                f"got {line.strip()!r}") from None
-            image = os.path.join(val, name)
-            out.append(ValImage(name, label, image if os.path.exists(image) else
-                                os.path.join(val, synsets[label], name)))
+    for n, line in list_lines(path):  # UTF-8, a byte-order mark ignored: as the stages read it
+        try:
+            name, label = line.split()
+            label = int(label)
+            if not 0 <= label < len(synsets):
+                raise ValueError
+        except ValueError:
+            raise UserError(f"{path}:{n}: expected 'file.JPEG label' with label in 0..{len(synsets) - 1}, "
+                            f"got {line.strip()!r}") from None
+        image = os.path.join(val, name)
+        out.append(ValImage(name, label, image if os.path.exists(image) else
+                            os.path.join(val, synsets[label], name)))
     return out
 
 

@@ -20,7 +20,7 @@ from conftest import ROOT, run_inprocess
 from dataset.synthetic import make_cub
 from network import build_mffnet
 from utils.data import MAX_PIXELS, BadImage, read_image
-from utils.errors import run_main
+from utils.errors import UserError, run_main
 
 _spec = importlib.util.spec_from_file_location("prepare_round3", os.path.join(ROOT, "dataset", "prepare.py"))
 prepare_module = importlib.util.module_from_spec(_spec)
@@ -110,3 +110,57 @@ def test_prepare_folder_refuses_a_huge_image_or_leaves_it_out(tmp_path):
     assert f"left out: {big}: too large" in p.stderr and "huge" not in (root / "train.txt").read_text()
     p = prepare("folder", "--root", root, "--max-pixels", 599, "--force", check=False)
     assert p.returncode == 2 and "--max-pixels 599" in p.stderr
+
+
+# ------------------------------------------------------------------------------ foreign text files (N2, N12, N14)
+def test_one_encoding_rule_for_lists_class_lists_and_metadata(tmp_path):
+    """UTF-8 with a byte-order mark reads as without it (wsol metadata kept it in the first id: "score map not
+    found"); Latin-1 bytes are one error naming the file, the line and the byte (were UnicodeDecodeErrors)."""
+    from utils.lists import read_class_names, read_synsets
+    from utils.wsol_eval import _image_ids, _rows
+
+    bom = tmp_path / "bom"
+    bom.mkdir()
+    (bom / "image_ids.txt").write_bytes(b"\xef\xbb\xbf001/a.jpg\r\n001/b.jpg\n")
+    (bom / "class_labels.txt").write_bytes(b"\xef\xbb\xbf001/a.jpg,0\n")
+    (bom / "classes.txt").write_bytes(b"\xef\xbb\xbf1 Black_footed_Albatross\n")
+    (bom / "synsets.txt").write_bytes(b"\xef\xbb\xbfn01440764 tench\n")
+    assert _image_ids(str(bom / "image_ids.txt")) == ["001/a.jpg", "001/b.jpg"]
+    assert _rows(str(bom / "class_labels.txt"), 2) == [(1, ["001/a.jpg", "0"])]
+    assert read_class_names(str(bom)) == ["Black_footed_Albatross"] and read_synsets(str(bom)) == ["n01440764"]
+
+    bad = tmp_path / "latin1"
+    bad.mkdir()
+    for name in ("image_ids.txt", "classes.txt", "synsets.txt"):
+        (bad / name).write_bytes(b"1 ok\n2 caf\xe9\n")
+    for read in (lambda: _image_ids(str(bad / "image_ids.txt")), lambda: read_class_names(str(bad)),
+                 lambda: read_synsets(str(bad))):
+        with pytest.raises(UserError, match=r"latin1/\w+\.txt:2: not UTF-8 text \(byte 6 of the line: b'\\xe9\\n'\)"):
+            read()
+
+
+def test_prepare_cub_annotations_not_utf8_or_with_a_bom(cub):
+    """images.txt in Latin-1 was a UnicodeDecodeError traceback from prepare.py cub."""
+    images = cub / "images.txt"
+    text = images.read_bytes()
+    images.write_bytes(b"\xef\xbb\xbf" + text)  # a BOM: the first id is still `1`
+    prepare("cub", "--root", cub, "--force")
+    first = text.split(b"\n")[0]
+    images.write_bytes(text.replace(first, first + b"\xe9", 1))
+    p = prepare("cub", "--root", cub, "--force", check=False)
+    assert p.returncode == 2 and f"{images}:1: not UTF-8 text" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_prepare_imagenet_reads_a_val_list_with_a_bom(tmp_path):
+    """A kept val.txt with a BOM: its first name was '\\ufeffILSVRC2012_val_...' (not found)."""
+    from dataset.synthetic import make_imagenet
+
+    root = tmp_path / "inet"
+    make_imagenet(str(root), synsets=("n01440764", "n01443537"), train_per_class=1, val_per_class=1, seed=0,
+                  min_size=48, max_size=48)
+    prepare("imagenet", "--root", root)
+    val = root / "val.txt"
+    val.write_bytes(b"\xef\xbb\xbf" + val.read_bytes())
+    shutil.rmtree(root / "wsol_metadata")
+    prepare("imagenet", "--root", root)
+    assert (root / "wsol_metadata" / "ILSVRC" / "test" / "image_ids.txt").read_text().startswith("val/ILSVRC")
