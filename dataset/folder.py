@@ -38,6 +38,7 @@ import numpy as np
 
 from utils.data import IMAGE_EXTENSIONS, BadImage, read_image
 from utils.errors import UserError
+from utils.outputs import write_text
 
 # names the stage scripts give a meaning to in a data folder (cub_image_dir takes images/ or image/)
 RESERVED = ("images", "image")
@@ -62,11 +63,9 @@ def _num(v: float) -> str:
 
 
 def _write_lines(path: str, lines: list) -> None:
-    """Via a temporary file and os.replace: an interrupted run leaves no half-written list."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    """Via a temporary file of this process and os.replace (utils.outputs.write_text): an interrupted run leaves
+    no half-written list, two runs never share a temporary, a failed write is one error line."""
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 # ------------------------------------------------------------------------------------------- scan

@@ -36,6 +36,8 @@ from utils.data import MAX_PIXELS, BadImage, read_image, set_max_pixels  # noqa:
 from utils.datasets import CUB, IMAGENET  # noqa: E402
 from utils.lists import cub_image_dir, list_lines, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
+from utils.lock import hold, release_all  # noqa: E402
+from utils.outputs import write_text  # noqa: E402
 from dataset.folder import add_parser as add_folder_parser, prepare_folder  # noqa: E402
 from dataset.openimages import add_parser as add_openimages_parser, prepare_openimages  # noqa: E402
 
@@ -75,11 +77,9 @@ def wsol_box(box: list, width: int, height: int) -> tuple:
 
 
 def _write_lines(path: str, lines: Iterable[str]) -> None:
-    """Write via a temporary file and os.replace: an interrupted run leaves no half-written list."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    """Write UTF-8 via a temporary file of this process and os.replace (utils.outputs.write_text): an interrupted
+    run leaves no half-written list, two runs never share a temporary, a failed write is one error line."""
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _exists(path: str, is_dir: bool = False) -> bool:
@@ -122,7 +122,6 @@ def _image_sizes(paths: list) -> list:
 def _write_wsol_metadata(folder: str, names: list, labels: list, sizes: list, boxes: list) -> None:
     """The four wsolevaluation metadata files; names are their image ids, sizes (width, height), boxes[i] the
     list of x0y0x1y1 GT boxes of names[i] in original pixels (written as `wsol_box`)."""
-    os.makedirs(folder, exist_ok=True)
     _write_lines(os.path.join(folder, "image_ids.txt"), names)
     _write_lines(os.path.join(folder, "class_labels.txt"), (f"{n},{c}" for n, c in zip(names, labels)))
     _write_lines(os.path.join(folder, "image_sizes.txt"), (f"{n},{w},{h}" for n, (w, h) in zip(names, sizes)))
@@ -548,14 +547,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> None:
     args = get_args_parser().parse_args(argv)
     set_max_pixels(getattr(args, "max_pixels", MAX_PIXELS))  # the limit of read_image, the size reads' decoder
-    if args.dataset == "cub":
-        prepare_cub(args.root, args.force, args.check_images)
-    elif args.dataset == "openimages":
-        prepare_openimages(args.root, args.metadata, args.force)
-    elif args.dataset == "folder":
-        prepare_folder(args.root, args.val_fraction, args.seed, args.boxes, args.force, args.skip_unreadable)
-    else:
-        prepare_imagenet(args.root, args.force)
+    if os.path.isdir(args.root):  # one run per data folder: a second one would write the same lists at once
+        hold(args.root, "--root")
+    try:
+        if args.dataset == "cub":
+            prepare_cub(args.root, args.force, args.check_images)
+        elif args.dataset == "openimages":
+            prepare_openimages(args.root, args.metadata, args.force)
+        elif args.dataset == "folder":
+            prepare_folder(args.root, args.val_fraction, args.seed, args.boxes, args.force, args.skip_unreadable)
+        else:
+            prepare_imagenet(args.root, args.force)
+    finally:
+        release_all()  # as a stage's end does: a later run in this process may use the folder
 
 
 if __name__ == "__main__":

@@ -164,3 +164,25 @@ def test_prepare_imagenet_reads_a_val_list_with_a_bom(tmp_path):
     shutil.rmtree(root / "wsol_metadata")
     prepare("imagenet", "--root", root)
     assert (root / "wsol_metadata" / "ILSVRC" / "test" / "image_ids.txt").read_text().startswith("val/ILSVRC")
+
+
+# ------------------------------------------------------------------------------------ prepare.py's writes (D1-D4)
+def test_a_second_prepare_into_one_folder_stops_and_a_failed_write_is_one_line(cub):
+    """Two runs shared one `<list>.tmp` with no lock (a crash in 6 of 6 tries); a list that cannot be written
+    was an OSError traceback (a read-only folder; here the target is a folder, which stops root too)."""
+    import fcntl
+
+    fd = os.open(cub, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running prepare.py holds
+        p = prepare("cub", "--root", cub, "--force", check=False)
+        assert p.returncode == 2 and f"{cub} is in use by another run" in p.stderr
+    finally:
+        os.close(fd)
+    os.remove(cub / "val.txt")
+    os.mkdir(cub / "val.txt")
+    p = prepare("cub", "--root", cub, "--force", check=False)
+    assert p.returncode == 2 and f"cannot write {cub / 'val.txt'}: Is a directory" in p.stderr
+    assert "Traceback" not in p.stderr and not [f for f in os.listdir(cub) if f.endswith(".tmp")]
+    os.rmdir(cub / "val.txt")
+    prepare("cub", "--root", cub)  # the lock went with the run before
