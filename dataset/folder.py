@@ -69,6 +69,15 @@ def _write_lines(path: str, lines: list) -> None:
 
 
 # ------------------------------------------------------------------------------------------- scan
+def _utf8(name: str) -> bool:
+    """Is a name from os.listdir UTF-8? (Other bytes come back as surrogates.)"""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
@@ -161,6 +170,12 @@ def scan_classes(root: str) -> tuple:
         if not found:
             empty.append(cls)
         images += [FolderImage(rel, label) for rel in found]
+    # a name in another encoding (Latin-1 from an old archive) cannot be written to the UTF-8 lists: refused now,
+    # before any list is written (classes.txt alone, written before, blocked the rerun)
+    foreign = [os.fsencode(n) for n in classes + [i.relpath for i in images] if not _utf8(n)]
+    if foreign:
+        raise UserError(f"{root}: folder or file name(s) {_head(foreign)} are not UTF-8, which the lists are: "
+                        f"rename them (e.g. convmv -f latin1 -t utf-8 -r --notest {root})")
     if empty:
         _report_skipped(skipped)  # an empty class may be one whose files were all left out
         raise UserError(f"{root}: class folder(s) {_head(empty)} hold no image ({', '.join(IMAGE_EXTENSIONS)}): "

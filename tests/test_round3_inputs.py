@@ -186,3 +186,19 @@ def test_a_second_prepare_into_one_folder_stops_and_a_failed_write_is_one_line(c
     assert "Traceback" not in p.stderr and not [f for f in os.listdir(cub) if f.endswith(".tmp")]
     os.rmdir(cub / "val.txt")
     prepare("cub", "--root", cub)  # the lock went with the run before
+
+
+def test_prepare_folder_refuses_names_that_are_not_utf8_before_writing_anything(tmp_path):
+    """A Latin-1 file or folder name was a UnicodeEncodeError after classes.txt was written (which then
+    blocked the rerun)."""
+    root = tmp_path / "pets"
+    for rel in ("cat/a.png", "cat/b.png", "dog/c.png", "dog/d.png"):
+        os.makedirs(root / os.path.dirname(rel), exist_ok=True)
+        assert cv2.imwrite(str(root / rel), np.full((20, 30, 3), 90, np.uint8))
+    latin1 = os.path.join(os.fsencode(root), b"dog", b"caf\xe9.png")
+    shutil.copy(root / "dog" / "c.png", latin1)
+    p = prepare("folder", "--root", root, check=False)
+    assert p.returncode == 2 and "b'dog/caf\\xe9.png'" in p.stderr and "not UTF-8" in p.stderr
+    assert "Traceback" not in p.stderr and not os.path.exists(root / "classes.txt")
+    os.remove(latin1)
+    prepare("folder", "--root", root)
