@@ -69,7 +69,7 @@ def _write_lines(path: str, lines: list) -> None:
 
 
 # ------------------------------------------------------------------------------------------- scan
-def _utf8(name: str) -> bool:
+def is_utf8(name: str) -> bool:
     """Is a name from os.listdir UTF-8? (Other bytes come back as surrogates.)"""
     try:
         name.encode("utf-8")
@@ -172,7 +172,7 @@ def scan_classes(root: str) -> tuple:
         images += [FolderImage(rel, label) for rel in found]
     # a name in another encoding (Latin-1 from an old archive) cannot be written to the UTF-8 lists: refused now,
     # before any list is written (classes.txt alone, written before, blocked the rerun)
-    foreign = [os.fsencode(n) for n in classes + [i.relpath for i in images] if not _utf8(n)]
+    foreign = [os.fsencode(n) for n in classes + [i.relpath for i in images] if not is_utf8(n)]
     if foreign:
         raise UserError(f"{root}: folder or file name(s) {_head(foreign)} are not UTF-8, which the lists are: "
                         f"rename them (e.g. convmv -f latin1 -t utf-8 -r --notest {root})")

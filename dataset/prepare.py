@@ -38,7 +38,7 @@ from utils.lists import cub_image_dir, list_lines, read_synsets, read_voc_boxes 
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.lock import hold, release_all  # noqa: E402
 from utils.outputs import write_text  # noqa: E402
-from dataset.folder import add_parser as add_folder_parser, prepare_folder  # noqa: E402
+from dataset.folder import add_parser as add_folder_parser, is_utf8, prepare_folder  # noqa: E402
 from dataset.openimages import add_parser as add_openimages_parser, prepare_openimages  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -310,6 +310,19 @@ def imagenet_train_lines(root: str, synsets: list) -> list:
     return lines
 
 
+def _check_names(root: str, names: list, split: str) -> None:
+    """Names the `relpath label` lists can carry: no space, tab or line break (the stages split the line on
+    whitespace), UTF-8 (what the lists are). Checked before anything is written."""
+    spaced = [n for n in names if any(ch.isspace() for ch in n)]
+    if spaced:
+        raise UserError(f"{root}/{split}: file name(s) {_head([repr(n) for n in spaced])} hold a space, tab or line "
+                        f"break, which the list lines (`relpath label`) cannot carry: rename them")
+    foreign = [os.fsencode(n) for n in names if not is_utf8(n)]
+    if foreign:
+        raise UserError(f"{root}/{split}: file name(s) {_head(foreign)} are not UTF-8, which the lists are: "
+                        f"rename them")
+
+
 def _val_from_list(root: str, synsets: list) -> list:
     """The val images of an existing val.txt (`file.JPEG label`)."""
     path, val = os.path.join(root, "val.txt"), os.path.join(root, "val")
@@ -462,6 +475,8 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
     val_list = os.path.join(root, "val.txt")
     keep_val = os.path.exists(val_list) and not force
     images, source = imagenet_val_images(root, synsets, use_list=keep_val)
+    _check_names(root, [line.rsplit(" ", 1)[0] for line in train], "train")
+    _check_names(root, [v.name for v in images], "val")
     meta = os.path.join(root, "wsol_metadata", IMAGENET.wsol_name, IMAGENET.wsol_split)  # their "val": ImageNetV2
     write_meta = force or not _exists(meta, is_dir=True)
     # derived labels are checked against the boxes now; a kept val.txt only when its metadata is written

@@ -202,3 +202,20 @@ def test_prepare_folder_refuses_names_that_are_not_utf8_before_writing_anything(
     assert "Traceback" not in p.stderr and not os.path.exists(root / "classes.txt")
     os.remove(latin1)
     prepare("folder", "--root", root)
+
+
+@pytest.mark.parametrize("name", ["ILSVRC2012_val_0000 copy.JPEG", "a\tb.JPEG", b"caf\xe9.JPEG"])
+def test_prepare_imagenet_refuses_names_its_lists_cannot_carry(tmp_path, name):
+    """A train image named with a space (or tab, or Latin-1 bytes) was written into train.txt, which the
+    stages' reader then refused (or a traceback)."""
+    from dataset.synthetic import make_imagenet
+
+    root = tmp_path / "inet"
+    make_imagenet(str(root), synsets=("n01440764", "n01443537"), train_per_class=1, val_per_class=1, seed=0,
+                  min_size=48, max_size=48)
+    folder = os.path.join(os.fsencode(root), b"train", b"n01443537")
+    first = os.path.join(folder, sorted(os.listdir(folder))[0])
+    os.rename(first, os.path.join(folder, name if isinstance(name, bytes) else name.encode()))
+    p = prepare("imagenet", "--root", root, check=False)
+    assert p.returncode == 2 and "train: file name(s)" in p.stderr and "Traceback" not in p.stderr
+    assert not os.path.exists(root / "train.txt") and not os.path.exists(root / "synsets.txt")
