@@ -38,6 +38,7 @@ import numpy as np
 
 from utils.data.images import IMAGE_EXTENSIONS, BadImage, read_image
 from utils.errors import UserError
+from utils.engine.outputs import write_text
 
 # names the stage scripts give a meaning to in a data folder (cub_image_dir takes images/ or image/)
 RESERVED = ("images", "image")
@@ -62,14 +63,21 @@ def _num(v: float) -> str:
 
 
 def _write_lines(path: str, lines: list) -> None:
-    """Via a temporary file and os.replace: an interrupted run leaves no half-written list."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    """Via a temporary file of this process and os.replace (utils.engine.outputs.write_text): an interrupted run leaves
+    no half-written list, two runs never share a temporary, a failed write is one error line."""
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 # ------------------------------------------------------------------------------------------- scan
+def is_utf8(name: str) -> bool:
+    """Is a name from os.listdir UTF-8? (Other bytes come back as surrogates.)"""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
@@ -162,6 +170,12 @@ def scan_classes(root: str) -> tuple:
         if not found:
             empty.append(cls)
         images += [FolderImage(rel, label) for rel in found]
+    # a name in another encoding (Latin-1 from an old archive) cannot be written to the UTF-8 lists: refused now,
+    # before any list is written (classes.txt alone, written before, blocked the rerun)
+    foreign = [os.fsencode(n) for n in classes + [i.relpath for i in images] if not is_utf8(n)]
+    if foreign:
+        raise UserError(f"{root}: folder or file name(s) {_head(foreign)} are not UTF-8, which the lists are: "
+                        f"rename them (e.g. convmv -f latin1 -t utf-8 -r --notest {root})")
     if empty:
         _report_skipped(skipped)  # an empty class may be one whose files were all left out
         raise UserError(f"{root}: class folder(s) {_head(empty)} hold no image ({', '.join(IMAGE_EXTENSIONS)}): "

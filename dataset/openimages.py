@@ -15,6 +15,7 @@ import argparse
 import os
 from utils.data.datasets import OPENIMAGES
 from utils.errors import UserError
+from utils.engine.outputs import write_text
 from utils.wsol_eval import _image_ids, _rows
 
 SPLITS = ("train", "val", "test")
@@ -124,11 +125,8 @@ def _write(path: str, lines: list, force: bool) -> None:
     if os.path.exists(path) and not force:
         print(f"kept existing {path} (rerun with --force to rewrite it)")
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)  # no half-written list after an interrupted run
+    # no half-written list after an interrupted run, a temporary of this process, a failed write in one line
+    write_text(path, "".join(line + "\n" for line in lines))
     print(f"wrote {path} ({len(lines)} lines)")
 
 

@@ -32,11 +32,13 @@ from typing import Iterable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from utils.data.images import BadImage, read_image  # noqa: E402
+from utils.data.images import MAX_PIXELS, BadImage, read_image, set_max_pixels  # noqa: E402
 from utils.data.datasets import CUB, IMAGENET  # noqa: E402
-from utils.data.lists import cub_image_dir, read_synsets, read_voc_boxes  # noqa: E402
+from utils.data.lists import cub_image_dir, list_lines, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-from dataset.folder import add_parser as add_folder_parser, prepare_folder  # noqa: E402
+from utils.engine.lock import hold, release_all  # noqa: E402
+from utils.engine.outputs import write_text  # noqa: E402
+from dataset.folder import add_parser as add_folder_parser, is_utf8, prepare_folder  # noqa: E402
 from dataset.openimages import add_parser as add_openimages_parser, prepare_openimages  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -75,11 +77,9 @@ def wsol_box(box: list, width: int, height: int) -> tuple:
 
 
 def _write_lines(path: str, lines: Iterable[str]) -> None:
-    """Write via a temporary file and os.replace: an interrupted run leaves no half-written list."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    """Write UTF-8 via a temporary file of this process and os.replace (utils.engine.outputs.write_text): an interrupted
+    run leaves no half-written list, two runs never share a temporary, a failed write is one error line."""
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _exists(path: str, is_dir: bool = False) -> bool:
@@ -122,7 +122,6 @@ def _image_sizes(paths: list) -> list:
 def _write_wsol_metadata(folder: str, names: list, labels: list, sizes: list, boxes: list) -> None:
     """The four wsolevaluation metadata files; names are their image ids, sizes (width, height), boxes[i] the
     list of x0y0x1y1 GT boxes of names[i] in original pixels (written as `wsol_box`)."""
-    os.makedirs(folder, exist_ok=True)
     _write_lines(os.path.join(folder, "image_ids.txt"), names)
     _write_lines(os.path.join(folder, "class_labels.txt"), (f"{n},{c}" for n, c in zip(names, labels)))
     _write_lines(os.path.join(folder, "image_sizes.txt"), (f"{n},{w},{h}" for n, (w, h) in zip(names, sizes)))
@@ -148,16 +147,13 @@ def _read_table(root: str, fname: str, ncols: int) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"{path} not found: is {root} the unpacked CUB_200_2011 folder?")
     table = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != ncols + 1:
-                raise UserError(f"{path}:{n}: expected {ncols + 1} fields, got {line.strip()!r}")
-            if parts[0] in table:
-                raise UserError(f"{path}:{n}: image id {parts[0]} listed twice")
-            table[parts[0]] = parts[1:]
+    for n, line in list_lines(path):
+        parts = line.split()
+        if len(parts) != ncols + 1:
+            raise UserError(f"{path}:{n}: expected {ncols + 1} fields, got {line.strip()!r}")
+        if parts[0] in table:
+            raise UserError(f"{path}:{n}: image id {parts[0]} listed twice")
+        table[parts[0]] = parts[1:]
     return table
 
 
@@ -204,8 +200,7 @@ def read_cub_annotations(root: str) -> tuple:
     labels, split, boxes = others.values()
     classes = os.path.join(root, "classes.txt")
     if os.path.isfile(classes):
-        with open(classes) as f:
-            nclasses = sum(1 for line in f if line.strip())
+        nclasses = sum(1 for _ in list_lines(classes))
     else:  # optional for this script: the list files need only the labels
         nclasses = max(int(c[0]) for c in labels.values() if c[0].isdigit()) if labels else 0
     records = [_parse_cub_record(root, i, images[i][0], labels[i][0], split[i][0], boxes[i], nclasses)
@@ -315,25 +310,35 @@ def imagenet_train_lines(root: str, synsets: list) -> list:
     return lines
 
 
+def _check_names(root: str, names: list, split: str) -> None:
+    """Names the `relpath label` lists can carry: no space, tab or line break (the stages split the line on
+    whitespace), UTF-8 (what the lists are). Checked before anything is written."""
+    spaced = [n for n in names if any(ch.isspace() for ch in n)]
+    if spaced:
+        raise UserError(f"{root}/{split}: file name(s) {_head([repr(n) for n in spaced])} hold a space, tab or line "
+                        f"break, which the list lines (`relpath label`) cannot carry: rename them")
+    foreign = [os.fsencode(n) for n in names if not is_utf8(n)]
+    if foreign:
+        raise UserError(f"{root}/{split}: file name(s) {_head(foreign)} are not UTF-8, which the lists are: "
+                        f"rename them")
+
+
 def _val_from_list(root: str, synsets: list) -> list:
     """The val images of an existing val.txt (`file.JPEG label`)."""
     path, val = os.path.join(root, "val.txt"), os.path.join(root, "val")
     out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                name, label = line.split()
-                label = int(label)
-                if not 0 <= label < len(synsets):
-                    raise ValueError
-            except ValueError:
-                raise UserError(f"{path}:{n}: expected 'file.JPEG label' with label in 0..{len(synsets) - 1}, "
-                                f"got {line.strip()!r}") from None
-            image = os.path.join(val, name)
-            out.append(ValImage(name, label, image if os.path.exists(image) else
-                                os.path.join(val, synsets[label], name)))
+    for n, line in list_lines(path):  # UTF-8, a byte-order mark ignored: as the stages read it
+        try:
+            name, label = line.split()
+            label = int(label)
+            if not 0 <= label < len(synsets):
+                raise ValueError
+        except ValueError:
+            raise UserError(f"{path}:{n}: expected 'file.JPEG label' with label in 0..{len(synsets) - 1}, "
+                            f"got {line.strip()!r}") from None
+        image = os.path.join(val, name)
+        out.append(ValImage(name, label, image if os.path.exists(image) else
+                            os.path.join(val, synsets[label], name)))
     return out
 
 
@@ -470,6 +475,8 @@ def prepare_imagenet(root: str, force: bool = False) -> None:
     val_list = os.path.join(root, "val.txt")
     keep_val = os.path.exists(val_list) and not force
     images, source = imagenet_val_images(root, synsets, use_list=keep_val)
+    _check_names(root, [line.rsplit(" ", 1)[0] for line in train], "train")
+    _check_names(root, [v.name for v in images], "val")
     meta = os.path.join(root, "wsol_metadata", IMAGENET.wsol_name, IMAGENET.wsol_split)  # their "val": ImageNetV2
     write_meta = force or not _exists(meta, is_dir=True)
     # derived labels are checked against the boxes now; a kept val.txt only when its metadata is written
@@ -545,21 +552,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="rewrite list files and wsol_metadata/ that already exist")
     cub.add_argument("--check-images", action="store_true",
                      help="read every image's size and warn about boxes reaching outside it (slow)")
-    add_folder_parser(sub, _Formatter)
+    for p in (cub, inet, add_folder_parser(sub, _Formatter)):
+        p.add_argument("--max-pixels", dest="max_pixels", type=int, default=MAX_PIXELS,
+                       help="an image whose header claims more pixels is unreadable (the stages' --max-pixels)")
     add_openimages_parser(sub, _Formatter)
     return parser
 
 
 def main(argv: Optional[list] = None) -> None:
     args = get_args_parser().parse_args(argv)
-    if args.dataset == "cub":
-        prepare_cub(args.root, args.force, args.check_images)
-    elif args.dataset == "openimages":
-        prepare_openimages(args.root, args.metadata, args.force)
-    elif args.dataset == "folder":
-        prepare_folder(args.root, args.val_fraction, args.seed, args.boxes, args.force, args.skip_unreadable)
-    else:
-        prepare_imagenet(args.root, args.force)
+    set_max_pixels(getattr(args, "max_pixels", MAX_PIXELS))  # the limit of read_image, the size reads' decoder
+    if os.path.isdir(args.root):  # one run per data folder: a second one would write the same lists at once
+        hold(args.root, "--root")
+    try:
+        if args.dataset == "cub":
+            prepare_cub(args.root, args.force, args.check_images)
+        elif args.dataset == "openimages":
+            prepare_openimages(args.root, args.metadata, args.force)
+        elif args.dataset == "folder":
+            prepare_folder(args.root, args.val_fraction, args.seed, args.boxes, args.force, args.skip_unreadable)
+        else:
+            prepare_imagenet(args.root, args.force)
+    finally:
+        release_all()  # as a stage's end does: a later run in this process may use the folder
 
 
 if __name__ == "__main__":

@@ -55,3 +55,26 @@ def write_corrupt_file(path: str, size: int = 4096, seed: int = 0) -> str:
     data = bytearray(np.random.default_rng([int(seed), size]).integers(0, 256, size, dtype=np.uint8).tobytes())
     data[0] = 0x00  # never a JPEG/PNG/BMP magic number by chance
     return _write(path, bytes(data))
+
+
+def write_huge_png(path: str, width: int = 60000, height: int = 60000) -> str:
+    """A PNG of a few hundred bytes whose header claims `width` x `height` pixels (RGB, 8 bits): a decompression
+    bomb's header, refused before any decoding (its one IDAT holds a few zero rows)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return _write(path, b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                  + chunk(b"IDAT", zlib.compress(b"\0" * (1 + 3 * min(width, 64)))) + chunk(b"IEND", b""))
+
+
+def write_huge_bmp(path: str, width: int = 60000, height: int = 60000) -> str:
+    """A 54-byte BMP whose header claims `width` x `height` pixels (24 bits) and that holds none of them."""
+    import struct
+
+    row = (3 * width + 3) // 4 * 4
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, row * height & 0xFFFFFFFF, 2835, 2835, 0, 0)
+    return _write(path, b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + info)

@@ -242,7 +242,7 @@ def test_list_encodings(cub, base, tmp_path):
     (cub / "val.txt").write_bytes(b"\xef\xbb\xbf" + text)                      # a UTF-8 byte-order mark: fine
     seg_eval(cub, base, tmp_path, check=True)
     (cub / "val.txt").write_bytes(text.replace(b"_", "\u00e9".encode("latin-1"), 1))
-    clear_error(seg_eval(cub, base, tmp_path), f"{cub / 'val.txt'}", "is not UTF-8 text")
+    clear_error(seg_eval(cub, base, tmp_path), f"{cub / 'val.txt'}", "val.txt:1: not UTF-8 text")
 
 
 # ------------------------------------------------------------------------------------ right words

@@ -100,7 +100,7 @@ def test_the_table_is_torch_free():
 def test_a_list_that_is_not_utf8_is_one_line(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "train.txt").write_bytes("a/\xe9.jpg,0,1 2 3 4\n".encode("latin-1"))
-    with pytest.raises(UserError, match=r"train.txt \(or the class list beside it\) is not UTF-8 text"):
+    with pytest.raises(UserError, match=r"train.txt:1: not UTF-8 text \(byte 3 of the line"):
         CUB.read_list(str(tmp_path), "train.txt", with_boxes=False)
 
 

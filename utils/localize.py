@@ -467,6 +467,7 @@ def get_args_parser(doc: str) -> argparse.ArgumentParser:
                    help="data-loading worker processes per rank (0: load in the main process)")
     r.add_argument("--on-bad-image", dest="on_bad_image", choices=("stop", "skip"), default="stop",
                    help="an unreadable image: stop naming the file, or skip it (left out of boxes.csv)")
+    cli.add_max_pixels_arg(r)
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     r.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision; auto: bf16 on CUDA, off on the CPU")

@@ -33,6 +33,7 @@ import numpy as np
 
 from utils.data.datasets import DATASETS as TABLE, by_wsol_name
 from utils.errors import UserError, run_main
+from utils.data.lists import list_lines
 from utils.results import npy_header
 from utils.engine.outputs import write_atomic, write_text
 
@@ -347,15 +348,12 @@ def _rows(path: str, n_fields: int, required: bool = True) -> list[tuple[int, li
             raise UserError(f"metadata file not found: {path}")
         return []
     rows = []
-    with open(path) as f:
-        for no, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split(",")
-            if len(fields) != n_fields:
-                raise UserError(f"{path}:{no}: expected {n_fields} comma-separated fields, got {line!r}")
-            rows.append((no, fields))
+    for no, line in list_lines(path):  # UTF-8, a byte-order mark ignored (it would hide in the first id)
+        line = line.rstrip("\r\n")
+        fields = line.split(",")
+        if len(fields) != n_fields:
+            raise UserError(f"{path}:{no}: expected {n_fields} comma-separated fields, got {line!r}")
+        rows.append((no, fields))
     return rows
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from utils.errors import UserError
-from utils.data.lists import (SampleTable, imagenet_box_file, list_path, read_class_names, read_cub_list,
+from utils.data.lists import (SampleTable, imagenet_box_file, read_class_names, read_cub_list,
                          read_imagenet_list, read_openimages_list, read_synsets)
 
 
@@ -52,13 +52,9 @@ class DataSet:
     imagenetv2_split: Optional[str] = None  # wsolevaluation's split that holds ImageNetV2, not this data set
 
     def read_list(self, datapath: str, listname: str, with_boxes: bool = True) -> SampleTable:
-        """The samples of a list file (UTF-8, a leading byte-order mark ignored); `with_boxes`: every image
-        needs its ground-truth boxes (evaluation)."""
-        try:
-            return self.reader(datapath, listname, with_boxes)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{list_path(datapath, listname)} (or the class list beside it) is not UTF-8 text "
-                            f"(byte {e.start}: {e.object[e.start:e.start + 4]!r}): save it as UTF-8") from None
+        """The samples of a list file (UTF-8, a leading byte-order mark ignored: utils.data.lists.text_lines);
+        `with_boxes`: every image needs its ground-truth boxes (evaluation)."""
+        return self.reader(datapath, listname, with_boxes)
 
 
 CUB = DataSet(

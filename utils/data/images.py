@@ -1,16 +1,19 @@
-"""Images and the torch Datasets of every stage: robust image reading (truncated JPEGs, FIFOs, CMYK), the
-pseudo masks' files, and `ImageSet`, which turns the samples of a list (utils/data/lists.py) into transformed
-tensors.
+"""Images and the torch Datasets of every stage: robust image reading (truncated JPEGs, FIFOs, CMYK, images too
+large to decode), the pseudo masks' files, and `ImageSet`, which turns the samples of a list (utils/data/lists.py) into
+transformed tensors.
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
+import warnings
 from typing import Callable, Optional
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.data.lists import SampleTable
@@ -21,7 +24,35 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".
 
 
 class BadImage(Exception):
-    """An image file that cannot be used (missing, unreadable, truncated, empty)."""
+    """An image file that cannot be used (missing, unreadable, truncated, empty, too large)."""
+
+
+# The most pixels an image may have (--max-pixels): Pillow's bound against decompression bombs (where it stops
+# opening an image: twice its MAX_IMAGE_PIXELS, 89,478,485 since Pillow 10). A few-MB PNG
+# can claim 30000 x 30000 pixels; decoded, normalised and upsampled at full size it costs a stage gigabytes.
+MAX_PIXELS = 178_956_970
+_limit = {"pixels": MAX_PIXELS}  # this process's limit (set_max_pixels); forked loader workers inherit it
+# read_image applies its own limit from the header: Pillow's warning would only repeat it, and its error (at twice
+# its bound) is caught there
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def set_max_pixels(pixels: int) -> None:
+    """The most pixels `read_image` accepts in this process (the stage's --max-pixels)."""
+    _limit["pixels"] = int(pixels)
+
+
+def header_size(data) -> Optional[tuple]:
+    """(width, height) an image file's header (bytes or a uint8 array) claims, without decoding it; None where
+    Pillow cannot tell (the decoder decides). Pillow's DecompressionBombError (a header beyond twice its
+    MAX_IMAGE_PIXELS) is let through."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # a format or a damage Pillow does not read: OpenCV says whether it can
+        return None
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -30,8 +61,9 @@ class BadImage(Exception):
 _DECODE = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
 
-def read_image(path: str) -> np.ndarray:
-    """RGB uint8 H x W x 3 image; grayscale and CMYK files are converted. Raises BadImage."""
+def read_image(path: str, max_pixels: Optional[int] = None) -> np.ndarray:
+    """RGB uint8 H x W x 3 image; grayscale and CMYK files are converted. Raises BadImage, also for an image of
+    more than `max_pixels` pixels (default: this process's `set_max_pixels`), refused from its header."""
     try:
         # a FIFO or device named x.jpg would block open() for ever: check what it is before opening it
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -44,12 +76,33 @@ def read_image(path: str) -> np.ndarray:
     if data[:2].tobytes() == b"\xff\xd8" and jpeg_ends(data) is False:
         # a JPEG cut short decodes "successfully" with a grey bottom; its end-of-image marker is missing
         raise BadImage(f"{path}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, _DECODE)
+    check_pixels(path, data, max_pixels)
+    try:
+        image = cv2.imdecode(data, _DECODE)
+    except cv2.error as e:  # e.g. a header beyond OpenCV's own pixel bound (2^30), under a raised --max-pixels
+        raise BadImage(f"{path}: not a readable image (OpenCV: {str(e).split('error: ')[-1].strip()})") from None
     if image is None:
         raise BadImage(f"{path}: not a readable image")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise BadImage(f"{path}: zero-size image")
     return image if _DECODE != cv2.IMREAD_COLOR else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_pixels(path: str, data: bytes, max_pixels: Optional[int] = None) -> None:
+    """Raise BadImage when the header of the image file `data` (read from `path`) claims more than `max_pixels`
+    pixels (default: this process's limit)."""
+    limit = _limit["pixels"] if max_pixels is None else max_pixels
+    try:
+        size = header_size(data)
+    except Image.DecompressionBombError:
+        bound = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's: the header claims more, it does not say how much more
+        if limit <= bound:
+            raise BadImage(f"{path}: too large (over {bound:,} pixels in its header; the limit is --max-pixels "
+                           f"{limit})") from None
+        size = None
+    if size is not None and size[0] * size[1] > limit:
+        raise BadImage(f"{path}: too large ({size[0]} x {size[1]} = {size[0] * size[1]:,} pixels; the limit is "
+                       f"--max-pixels {limit}, raise it if the machine has the memory)")
 
 
 def jpeg_ends(data: np.ndarray) -> Optional[bool]:

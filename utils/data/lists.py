@@ -22,6 +22,7 @@ evaluates, so every image needs its ground-truth boxes.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import xml.etree.ElementTree as ET
 from array import array
@@ -181,8 +182,7 @@ def read_class_names(datapath: str) -> list:
     if not os.path.isfile(path):
         raise UserError(f"no {path} to take the classes from: pass --clsnum, or write it with "
                         f"python dataset/prepare.py folder --root {datapath}")
-    with open(path, encoding="utf-8-sig") as f:
-        lines = [line.strip() for line in f if line.strip()]
+    lines = [line.strip() for _, line in list_lines(path)]
     names = [line.split(None, 1)[1] if len(line.split(None, 1)) == 2 else "" for line in lines]
     if not names or not all(names):
         raise UserError(f"{path}: expected 'id name' lines (one per class), got {lines[:1] or 'nothing'}")
@@ -202,12 +202,28 @@ def _parse_boxes(text: str) -> list:
     return [values[i:i + 4] for i in range(0, len(values), 4)]
 
 
+def text_lines(path: str):
+    """(line number, line) of each line of a text file from elsewhere (a list, a class list, wsolevaluation's
+    metadata, an annotation table): UTF-8, a leading byte-order mark ignored (a spreadsheet's, Notepad's), lines
+    ending at `\n` (a `\r` before it is left to the caller's strip). Any other encoding is one UserError naming
+    the file, the line and the byte, never a UnicodeDecodeError, nor a BOM kept in the first name."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line: "
+                                f"{raw[e.start:e.start + 4]!r}): save the file as UTF-8") from None
+            yield n, line
+
+
 def list_lines(path: str):
-    """(line number, line) of each non-blank line of a list file, read as UTF-8 (a byte-order mark is fine)."""
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield n, line
+    """(line number, line) of each non-blank line of a list file (`text_lines`: UTF-8, a byte-order mark is fine)."""
+    for n, line in text_lines(path):
+        if line.strip():
+            yield n, line
 
 
 def read_cub_list(datapath: str, listname: str, require_boxes: bool = False) -> SampleTable:
@@ -244,8 +260,7 @@ def read_synsets(datapath: str) -> list:
     for fname in ("synsets.txt", "LOC_synset_mapping.txt"):
         p = os.path.join(datapath, fname)
         if os.path.isfile(p):
-            with open(p, encoding="utf-8-sig") as f:
-                return [line.split()[0] for line in f if line.strip()]
+            return [line.split()[0] for _, line in list_lines(p)]
     train = os.path.join(datapath, "train")
     if os.path.isdir(train):
         return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))

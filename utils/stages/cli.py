@@ -15,6 +15,7 @@ from network.classifier import EFFICIENTNETS
 from network.mffnet import FUSIONS
 from network.backbones import BACKBONES
 from utils.engine.checkpoint import find_snapshot
+from utils.data.images import MAX_PIXELS, set_max_pixels
 from utils.data.datasets import DATASETS, DataSet
 from utils.engine.loop import TrainConfig
 from utils.errors import UserError
@@ -41,6 +42,7 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
     g.add_argument("--on-bad-image", dest="on_bad_image", choices=("stop", "skip"), default="stop",
                    help="an unreadable/truncated image or missing mask: stop naming the file, or skip it, "
                         "log it and count it")
+    add_max_pixels_arg(g)
     g.add_argument("--size", type=int, default=256, help="images are resized to size x size")
     g.add_argument("--crop", type=int, default=224, help="random (train) or centre (test) crop")
     m = p.add_argument_group("model")
@@ -146,6 +148,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        on_bad_image=args.on_bad_image, num_workers=args.num_workers, flags=dict(vars(args)))
 
 
+def add_max_pixels_arg(g) -> None:
+    g.add_argument("--max-pixels", dest="max_pixels", type=int, default=MAX_PIXELS,
+                   help="an image whose header claims more pixels is a bad image (--on-bad-image), refused before "
+                        "it is decoded: a small PNG can claim 30000 x 30000 and cost gigabytes")
+
+
 def add_cls_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classifier")
     g.add_argument("--arch", default="efficientnet-b7",
@@ -205,6 +213,8 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Opti
     problem = flag_problem(vars(args))
     if problem:
         parser.error(problem)
+    if getattr(args, "max_pixels", None) is not None:  # read_image's limit, inherited by the loader workers
+        set_max_pixels(args.max_pixels)
     if dataset is not None:
         dataset = DATASETS[args.dataset]
         if classes and dataset.count_classes:
@@ -234,7 +244,8 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Opti
 
 # the smallest value each numeric flag may take
 _AT_LEAST = {"epoch": 1, "batch_size": 1, "clsnum": 1, "size": 1, "crop": 0, "num_workers": 0, "post_workers": 0,
-             "vis": 0, "print_freq": 1, "save_every": 0, "snapshot_every": 0, "max_steps": 0, "snapshot_from": 1}
+             "vis": 0, "print_freq": 1, "save_every": 0, "snapshot_every": 0, "max_steps": 0, "snapshot_from": 1,
+             "max_pixels": 1}
 
 
 def flag_problem(flags: dict) -> Optional[str]:
