@@ -87,6 +87,39 @@ def test_hand_computed_box_in_original_pixels(tmp_path):
     assert np.array_equal(written > 0, mask.astype(bool))
 
 
+def test_one_full_size_map_at_a_time_and_the_same_boxes(tmp_path, monkeypatch):
+    """A batch's probability maps are made one image at a time at the original size and boxed at once (a
+    48-MP photo's map is ~190 MB; a batch of 32 of them was held together), and the boxes are those of each
+    image's own map computed alone."""
+    import weakref
+    import utils.localize as localize
+    rng = np.random.default_rng(0)
+    paths, names = [], []
+    for k in range(5):
+        path = str(tmp_path / f"{k}.png")
+        cv2.imwrite(path, rng.integers(0, 255, (30 + 7 * k, 50 - 3 * k, 3), dtype=np.uint8))
+        paths.append(path)
+        names.append(f"{k}.png")
+    alive, most = [], [0]
+    made = probability_map
+
+    def counted(logits, height, width):
+        prob = made(logits, height, width)
+        alive.append(weakref.ref(prob))
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        return prob
+    monkeypatch.setattr(localize, "probability_map", counted)
+    records = localize_images(Dist(), BrightIsForeground(), paths, names,
+                              **_settings(tmp_path, size=32, threshold=0.5, masks=False, batch_size=5))
+    assert len(alive) == 5 and most[0] == 1
+    for rec in records:                            # each image alone, through the same steps
+        image = torch.from_numpy(cv2.cvtColor(cv2.imread(rec["path"]), cv2.COLOR_BGR2RGB))
+        data = localize.ImageFiles([rec["path"]], 32)
+        logits = BrightIsForeground()(data[0]["image"][None])
+        prob = made(logits[0, 0], image.shape[0], image.shape[1])
+        assert rec["boxes"] == mask_boxes((prob > 0.5).to(torch.uint8).numpy(), prob.numpy())
+
+
 def test_all_boxes_one_per_region_largest_first():
     mask = np.zeros((20, 30), np.uint8)
     mask[2:5, 3:6] = 1                    # 3 x 3

@@ -276,11 +276,14 @@ def localize_images(d: distributed.Dist, model: nn.Module, paths: list, names: l
     records = []
 
     def hand_on(host: list, indices: list, sizes: list) -> None:
-        # host: the batch's masks and probability maps (original size, so one pair per image), then, with a
-        # classifier, its class indices and scores
-        cls_index, cls_score = (host[-2].tolist(), host[-1].tolist()) if classifier is not None else (None, None)
+        # host: the batch's seg logits (B x 1 x size/8 x size/8), then, with a classifier, its class indices and
+        # scores. Each image's map is upsampled to its original size here, one at a time, and boxed at once: a
+        # 48-MP photo's float map is ~190 MB, and a batch of them would be held together on the device and here.
+        cls_index, cls_score = (host[1].tolist(), host[2].tolist()) if classifier is not None else (None, None)
         for j, (index, (h, w)) in enumerate(zip(indices, sizes)):
-            mask, prob = host[2 * j].numpy(), host[2 * j + 1].numpy()
+            prob = probability_map(host[0][j, 0], h, w)
+            mask = (prob > threshold).to(torch.uint8).numpy()
+            prob = prob.numpy()
             boxes = mask_boxes(mask, prob, all_boxes)
             rec = {"index": index, "path": paths[index], "width": w, "height": h, "boxes": boxes, "panel": None}
             if cls_index is not None:
@@ -308,10 +311,7 @@ def localize_images(d: distributed.Dist, model: nn.Module, paths: list, names: l
                 logits = model(to_device(batch["image"], d, channels_last))           # B x 1 x size/8 x size/8
                 cls_logits = (classifier(to_device(batch["cls_image"], d, channels_last))
                               if classifier is not None else None)                  # B x K
-            tensors = []
-            for j, (h, w) in enumerate(batch["size"].tolist()):
-                prob = probability_map(logits[j, 0], h, w)
-                tensors += [(prob > threshold).to(torch.uint8), prob]
+            tensors = [logits]
             if cls_logits is not None:
                 top = F.softmax(cls_logits.float(), 1).max(1)
                 tensors += [top.indices, top.values]
