@@ -43,7 +43,7 @@ def test_wsol_eval_refuses_ids_that_leave_the_score_map_folder(tmp_path, where):
                        ("localization.txt", f"{iid},0,0,100,100")):
         with open(folder / name, "a") as f:
             f.write(line + "\n")
-    clear_error(wsol_eval(maps, meta), f"{folder / 'image_ids.txt'}:4: image id {iid!r} leaves the score-map folder")
+    clear_error(wsol_eval(maps, meta), f"{folder / 'image_ids.txt'}:4: image id {iid!r} leaves its folder")
 
 
 def test_wsol_eval_refuses_cub_masks_saved_as_0_and_1(tmp_path):

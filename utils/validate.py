@@ -26,6 +26,7 @@ import numpy as np
 from utils.data import mask_name
 from utils.errors import UserError
 from utils.lists import normal_name, subset
+from utils.outputs import name_too_long
 
 if TYPE_CHECKING:
     import torch
@@ -83,6 +84,9 @@ def check_names(samples: "SampleTable", list_path: str, num_classes: Optional[in
     if masks:
         owners = {}
         for name in names:
+            if name_too_long(mask_name(name)):  # found before the forward, not at the mask's write
+                raise UserError(f"{where(name)}: the pseudo mask of {name}, {os.path.basename(mask_name(name))}, "
+                                f"would be longer than a file name may be (255 bytes): rename the image")
             other = owners.setdefault(mask_name(name), name)
             if other != name:
                 raise UserError(f"{where(name)}: {name} and {other} ({where(other)}) would share the pseudo "
