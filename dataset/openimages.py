@@ -16,7 +16,7 @@ import os
 from utils.data.datasets import OPENIMAGES
 from utils.errors import UserError
 from utils.engine.outputs import write_text
-from utils.wsol_eval import _image_ids, _rows
+from utils.wsol_eval import _image_ids, _relative, _rows
 
 SPLITS = ("train", "val", "test")
 META_FILES = ("image_ids.txt", "class_labels.txt", "localization.txt")
@@ -61,6 +61,7 @@ def read_split(root: str, metadata: str, split: str) -> dict:
             raise UserError(f"{ids_path}:{line_of[iid]}: image not found: {os.path.join(root, iid)}{hint}")
     labels, label_line = {}, {}
     for no, (iid, label) in _rows(labels_path, 2):
+        iid = _relative(labels_path, no, iid)
         try:
             labels[iid] = int(label)
         except ValueError:
@@ -76,6 +77,7 @@ def read_split(root: str, metadata: str, split: str) -> dict:
     loc = os.path.join(folder, "localization.txt")
     known, first_line = set(ids), {}
     for no, (iid, mask, ignore) in _rows(loc, 3):
+        iid = _relative(loc, no, iid)
         if iid not in known:
             raise UserError(f"{loc}:{no}: image id {iid} is not in {ids_path}")
         if not mask:
@@ -87,10 +89,8 @@ def read_split(root: str, metadata: str, split: str) -> dict:
         if ignore and not first:
             raise UserError(f"{loc}:{no}: a second ignore mask for {iid} (line {first_line[iid]} names its first; "
                             f"only an image's first line names one, wsolevaluation's reader refuses others)")
+        mask, ignore = _relative(loc, no, mask, "mask path"), ignore and _relative(loc, no, ignore, "ignore-mask path")
         for rel in (mask, ignore):
-            if rel and (os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/")):
-                raise UserError(f"{loc}:{no}: mask path {rel!r} leaves the OpenImages folder (an absolute path or "
-                                f"'..'): paths are relative to it, as {split}/<class>/<id>_ignore.png")
             if rel and not os.path.isfile(os.path.join(root, rel)):
                 raise UserError(f"{loc}:{no}: mask not found: {os.path.join(root, rel)}")
         meta["lines"].append((iid, mask, ignore))

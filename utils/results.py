@@ -156,31 +156,23 @@ def _read_pickled_item(f, path: str, allow_pickle: bool) -> object:
 
 
 def match_top1top5(table: dict, names: list, path: str) -> dict:
-    """{list name: (top1, top5)} for every list name, from a table keyed as in the list, or by bare file
-    names when the list has `synset/file` names (ImageNet val in class folders; the authors' file uses
-    `ILSVRC2012_val_XXXXXXXX.JPEG`). A name found neither way is an error naming some of them, and so is a
-    file name that the table lists under two folders with different values."""
+    """{list name: (top1, top5)} for every list name, from a table keyed as in the list, or, for a table entry
+    that is a bare file name (the authors' ImageNet file: `ILSVRC2012_val_XXXXXXXX.JPEG`), by the list name's
+    file name (ImageNet val in class folders: `n01440764/ILSVRC2012_val_XXXXXXXX.JPEG`). An entry under a
+    folder answers only for that name: `cat/IMG_3.jpg` never for `dog/IMG_3.jpg`, another image. A name found
+    neither way is an error naming some of them."""
+    bare = {key: value for key, value in table.items() if "/" not in key}
     out, missing = {}, []
-    by_file = None
     for name in names:
-        if name in table:
-            out[name] = table[name]
-            continue
-        if by_file is None:
-            by_file = {}
-            for key, value in table.items():
-                by_file.setdefault(os.path.basename(key), {})[key] = value
-        hits = by_file.get(os.path.basename(name), {})
-        if len(set(hits.values())) > 1:
-            raise UserError(f"{path} lists {os.path.basename(name)} twice with different values "
-                            f"({', '.join(f'{k}: {v}' for k, v in hits.items())}): which is right for {name}?")
-        if hits:
-            out[name] = next(iter(hits.values()))
-        else:
+        value = table.get(name, bare.get(os.path.basename(name)))
+        if value is None:
             missing.append(name)
+        else:
+            out[name] = value
     if missing:
         raise UserError(f"{path} has no entry for {len(missing)} of the {len(names)} evaluated images, e.g. "
-                        f"{', '.join(missing[:3])} (was it written for another list or data set?)")
+                        f"{', '.join(missing[:3])} (was it written for another list or data set? an entry "
+                        f"under another folder is another image)")
     return out
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from utils.data.datasets import DATASETS as TABLE, by_wsol_name
 from utils.errors import UserError, run_main
-from utils.data.lists import list_lines
+from utils.data.lists import list_lines, normal_name
 from utils.results import npy_header
 from utils.engine.outputs import write_atomic, write_text
 
@@ -357,14 +357,23 @@ def _rows(path: str, n_fields: int, required: bool = True) -> list[tuple[int, li
     return rows
 
 
+def _relative(path: str, no: int, rel: str, what: str = "image id") -> str:
+    """An image id or mask path on line `no` of the metadata file `path`, in its normal form (utils/data/lists.py's
+    `normal_name`: `./a/b.jpg` is `a/b.jpg`, so a repeat is seen); one that leaves the score-map or mask folder
+    (absolute, or with '..': files elsewhere would be read) is an error naming the line."""
+    try:
+        return normal_name(rel)
+    except ValueError as e:
+        raise UserError(f"{path}:{no}: {what} {e}: ids and mask paths are relative to the score-map and mask "
+                        f"folders, as <class>/<file>.jpg") from None
+
+
 def _image_ids(path: str) -> list[str]:
-    """The ids of image_ids.txt: each once (a repeat would be scored twice), none leaving the score-map and
-    mask folders (absolute, or with '..': files elsewhere would be read)."""
+    """The ids of image_ids.txt (normal form): each once (a repeat would be scored twice), none leaving the
+    score-map and mask folders."""
     first: dict = {}
     for no, (iid,) in _rows(path, 1):
-        if os.path.isabs(iid) or ".." in iid.replace("\\", "/").split("/"):
-            raise UserError(f"{path}:{no}: image id {iid!r} leaves the score-map folder (an absolute path or "
-                            f"'..'): ids are relative, as <class>/<file>.jpg")
+        iid = _relative(path, no, iid)
         if first.setdefault(iid, no) != no:
             raise UserError(f"{path}:{no}: image id {iid} is listed twice (lines {first[iid]} and {no}): "
                             f"each image is scored once; remove the repeat")
@@ -392,13 +401,15 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
     meta: dict = {"folder": folder, "image_ids": ids, "class_labels": {}}
     for no, (iid, label) in _rows(path("class_labels.txt"), 2, required=False):  # not needed to score
         try:
-            meta["class_labels"][iid] = int(label)
+            meta["class_labels"][_relative(path("class_labels.txt"), no, iid)] = int(label)
         except ValueError:
             raise UserError(f"{path('class_labels.txt')}:{no}: label {label!r} is not an integer") from None
     loc = path("localization.txt")
     if not dataset.boxes:  # OpenImages: `id,mask_path,ignore_path` lines
         meta["mask_paths"], meta["ignore_paths"] = {}, {}
-        for _, (iid, mask, ignore) in _rows(loc, 3):
+        for no, (iid, mask, ignore) in _rows(loc, 3):
+            iid, mask = _relative(loc, no, iid), _relative(loc, no, mask, "mask path")
+            ignore = ignore and _relative(loc, no, ignore, "ignore-mask path")  # an image's later lines name none
             meta["mask_paths"].setdefault(iid, []).append(mask)
             if ignore or iid not in meta["ignore_paths"]:
                 meta["ignore_paths"][iid] = ignore
@@ -412,8 +423,9 @@ def read_metadata(metadata_root: str, dataset_name: str, split: str) -> dict:
                 raise UserError(f"{path('image_sizes.txt')}:{no}: width/height must be integers") from None
             if min(size) <= 0:
                 raise UserError(f"{path('image_sizes.txt')}:{no}: width/height must be positive")
-            meta["image_sizes"][iid] = size
+            meta["image_sizes"][_relative(path("image_sizes.txt"), no, iid)] = size
         for no, (iid, *coords) in _rows(loc, 5):
+            iid = _relative(loc, no, iid)
             try:
                 x0, y0, x1, y1 = map(float, coords)
             except ValueError:

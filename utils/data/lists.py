@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import posixpath
 import xml.etree.ElementTree as ET
 from array import array
 from dataclasses import dataclass, field
@@ -142,6 +143,29 @@ def subset(samples, indices) -> "SampleTable | list":
     return [samples[i] for i in indices]
 
 
+# ------------------------------------------------------------------------------------------ names
+def normal_name(name: str) -> str:
+    """A relative name (a list's relpath, a wsolevaluation image id or mask path) in its one written form:
+    `./001.X/a.jpg` and `001.X//a.jpg` are `001.X/a.jpg`, so a repeat or a clash is seen whichever way the
+    name is written, and an artefact keyed by it is one file. Raises ValueError for a name that leaves its
+    folder (absolute, or with a `..` component; a backslash counts as a separator, as on Windows) or names
+    no file (empty, `.`)."""
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(f"{name!r} leaves its folder (an absolute path or '..')")
+    normal = posixpath.normpath(name)
+    if normal == "." or name.endswith("/"):
+        raise ValueError(f"{name!r} names no file")
+    return normal
+
+
+def _list_name(path: str, n: int, name: str) -> str:
+    """`normal_name` of the name on line `n` of the list `path`; an error names the line."""
+    try:
+        return normal_name(name)
+    except ValueError as e:
+        raise UserError(f"{path}:{n}: {e}: list paths relative to the data set's image folder") from None
+
+
 # ------------------------------------------------------------------------------------------ lists
 def list_path(datapath: str, listname: str) -> str:
     """The list file `listname` (relative to `datapath`, or absolute), which must exist."""
@@ -240,10 +264,10 @@ def read_cub_list(datapath: str, listname: str, require_boxes: bool = False) -> 
                 raise ValueError(f"{len(fields)} comma-separated fields")
             name, label = fields[0], int(fields[1])
             boxes = _parse_boxes(fields[2] if len(fields) == 3 else "")
-            samples.add(name, root, label, boxes)
         except ValueError:
             raise UserError(f"{path}:{n}: expected 'relpath,label,xmin ymin xmax ymax' (more boxes: 4 more "
                             f"numbers each; none: 'relpath,label'), got {line.strip()!r}") from None
+        samples.add(_list_name(path, n, name), root, label, boxes)
     samples = samples.table()
     if not len(samples):
         raise UserError(f"{path} is empty")
@@ -304,6 +328,7 @@ def read_imagenet_list(datapath: str, listname: str, with_boxes: bool = True) ->
             label = int(label)
         except ValueError:
             raise UserError(f"{path}:{n}: expected 'relpath label', got {line.strip()!r}") from None
+        name = _list_name(path, n, name)
         if synsets is not None and not 0 <= label < len(synsets):
             raise UserError(f"{path}:{n}: label {label} of {name} is outside 0..{len(synsets) - 1} (the "
                             f"{len(synsets)} synsets of {datapath}): fix the list")
@@ -339,9 +364,10 @@ def read_openimages_list(datapath: str, listname: str, with_boxes: bool = False)
         try:
             if len(fields) != 2:
                 raise ValueError
-            samples.add(fields[0], datapath, int(fields[1]), [])
+            label = int(fields[1])
         except ValueError:
             raise UserError(f"{path}:{n}: expected 'relpath,label', got {line.strip()!r}") from None
+        samples.add(_list_name(path, n, fields[0]), datapath, label, [])
     samples = samples.table()
     if not len(samples):
         raise UserError(f"{path} is empty")

@@ -2,11 +2,13 @@
 folder that cannot be written, stops the run at once with one line naming the file, the line and what
 to do; nothing is found wrong hours later, and no figure is computed over the wrong set of images.
 
-What is always an error (the list or the flags must be fixed): a label outside the model's classes, a
-name that leaves its folder (absolute, or with `..`), two names that would share one pseudo-mask file, an
-output folder that cannot be written. What is an error by default and, with `--on-bad-image skip`, a
-counted and named skip: a name listed twice (each image is then used once) and a ground-truth box that
-cannot be scored (NaN, inverted, empty, or entirely outside its image: the image leaves the evaluation).
+What is always an error (the list or the flags must be fixed): a label outside the model's classes, two
+names that would share one pseudo-mask file, an output folder that cannot be written (a name that leaves
+its folder, absolute or with `..`, is refused by the list's reader, which gives every name one normal form:
+`./a/b.jpg` and `a//b.jpg` are `a/b.jpg`, so a repeat is seen however it is written). What is an error by
+default and, with `--on-bad-image skip`, a counted and named skip: a name listed twice (each image is then
+used once) and a ground-truth box that cannot be scored (NaN, inverted, empty, or entirely outside its
+image: the image leaves the evaluation).
 What is only said: images with an EXIF orientation tag (decoded rotated, as the authors' `cv2.imread`
 does, while their boxes stay in the stored frame).
 """
@@ -23,7 +25,8 @@ import numpy as np
 
 from utils.data.images import mask_name
 from utils.errors import UserError
-from utils.data.lists import subset
+from utils.data.lists import normal_name, subset
+from utils.engine.outputs import name_too_long
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +44,10 @@ def _line_finder(list_path: str) -> Callable[[str], str]:
                 for n, line in enumerate(f, 1):
                     text = line.strip()
                     key = text.split(",")[0] if "," in text else (text.split() or [""])[0]
+                    try:
+                        key = normal_name(key)  # as the reader wrote it: `./a.jpg` is the line of `a.jpg`
+                    except ValueError:
+                        pass
                     lines.setdefault(key, []).append(n)
         found = lines.get(name, [])
         return f"{list_path}:{found[nth - 1]}" if len(found) >= nth else list_path
@@ -57,11 +64,7 @@ def check_names(samples: "SampleTable", list_path: str, num_classes: Optional[in
     """Names and labels of a list (see the module doc). Returns the samples to use: the list itself, or,
     with `skip`, without the repeats of a name listed twice."""
     where = _line_finder(list_path)
-    names = samples.names()
-    for name in names:
-        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-            raise UserError(f"{where(name)}: {name!r} leaves its folder (an absolute path or '..'): list paths "
-                            f"relative to the data set's image folder")
+    names = samples.names()  # in their normal form (utils/data/lists.py refuses names that leave their folder)
     if num_classes is not None:
         outside = np.flatnonzero((samples.labels < 0) | (samples.labels >= num_classes))
         if len(outside):
@@ -81,6 +84,9 @@ def check_names(samples: "SampleTable", list_path: str, num_classes: Optional[in
     if masks:
         owners = {}
         for name in names:
+            if name_too_long(mask_name(name)):  # found before the forward, not at the mask's write
+                raise UserError(f"{where(name)}: the pseudo mask of {name}, {os.path.basename(mask_name(name))}, "
+                                f"would be longer than a file name may be (255 bytes): rename the image")
             other = owners.setdefault(mask_name(name), name)
             if other != name:
                 raise UserError(f"{where(name)}: {name} and {other} ({where(other)}) would share the pseudo "

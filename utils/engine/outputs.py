@@ -8,11 +8,13 @@ may be a link (a scratch disk mounted under `out/`); only what lies inside it is
 Every file is written whole or not at all: into a temporary beside it, then renamed over the path
 (`write_atomic`). A crash, a SIGKILL or a full disk never leaves a torn output; a full disk stops the run
 with one line (`write_error`) and the file's earlier version, if any, is kept. The temporaries a killed
-process left are named `<file>.<pid>.tmp`; `remove_temporaries` clears those of processes no longer alive.
+process left are named `<file>.<pid>.tmp` (shortened where that is too long a name);
+`remove_temporaries` clears those of processes no longer alive.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 from typing import BinaryIO, Callable, Iterable
@@ -21,6 +23,7 @@ from utils.errors import UserError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _TEMPORARY = re.compile(r"\.(\d+)\.tmp$")
+_NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, APFS (os.pathconf needs the folder to exist)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -82,7 +85,7 @@ def write_atomic(path: str, fill: Callable[[BinaryIO], None]) -> None:
     one), which then replaces `path`. On any failure the temporary is removed and `path` is left as it was;
     an OSError (a full disk) becomes `write_error`'s one line."""
     folder = os.path.dirname(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = temporary_path(path)
     try:
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -95,6 +98,22 @@ def write_atomic(path: str, fill: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def name_too_long(path: str) -> bool:
+    """Is the file name of `path` longer than a file name may be (255 bytes on ext4, XFS, btrfs, APFS)?"""
+    return len(os.fsencode(os.path.basename(path))) > _NAME_MAX
+
+
+def temporary_path(path: str) -> str:
+    """`<path>.<pid>.tmp`, or, where that name would be longer than a file name may be (255 bytes on ext4, XFS,
+    APFS: a legal 255-byte image name's mask or score map), `<folder>/.<hash of the name>.<pid>.tmp`, which is
+    short and still this process's own (`remove_temporaries` finds both)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    if not name_too_long(tmp):
+        return tmp
+    digest = hashlib.sha1(os.fsencode(os.path.basename(path))).hexdigest()[:16]
+    return os.path.join(os.path.dirname(path), f".{digest}.{os.getpid()}.tmp")
 
 
 def write_text(path: str, text: str) -> None:

@@ -32,7 +32,7 @@ from utils.engine.loop import (HostPipe, Pending, amp_dtype, autocast, channels_
                           to_device)
 from utils.errors import UserError
 from utils.engine.log import maybe_tqdm, write_json
-from utils.engine.outputs import Folder
+from utils.engine.outputs import Folder, name_too_long
 from utils.data.transforms import resize_transform
 from utils.stages.vis import EvalPictures
 from utils.engine.workers import post_pool
@@ -115,6 +115,7 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, s
     if root:  # each image id's folder (CUB: 200 classes), before any map is written through a link
         Folder(args.savepath, "--savepath").check_folders(
             os.path.join("scoremaps", os.path.dirname(dataset.wsol_image_id(s.name))) for s in samples)
+        _check_scoremap_names([dataset.wsol_image_id(name) for name in samples.names()])
     channels_last = channels_last_for(args.channels_last, d.device)
     dtype = amp_dtype(args.amp, d.device)
     data = ImageSet(samples, resize_transform(RESIZE_LENGTH))
@@ -183,18 +184,40 @@ def evaluate(args, d: distributed.Dist, model: torch.nn.Module, samples: list, s
         _write_pictures(pictures, metrics["maxboxacc_best_threshold"], args.savepath)
     print(f"wrote {os.path.join(args.savepath, 'metrics.json')}"
           + (f" and {len(samples) - metrics['bad_images']} score maps to {root}" if root else ""))
-    if root and masks_only:
-        print(f"PxAP from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
-              f"{os.path.join(args.datapath, 'wsol_metadata')} --mask_root {args.datapath} "
-              f"--dataset_name {dataset.wsol_name} --split {split} --cam_curve_interval {args.cam_curve_interval} "
-              f"(or wsolevaluation's metadata/ as published)")
-    elif root:
-        print(f"MaxBoxAccV2 from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
-              f"{os.path.join(args.datapath, 'wsol_metadata')} --dataset_name {dataset.wsol_name} "
-              f"--split {dataset.wsol_split} "
-              f"--cam_curve_interval {args.cam_curve_interval} --multi_contour_eval true "
-              f"(or wsolevaluation's metadata/ as published)")
+    if root:
+        _print_wsol_eval_command(root, args.datapath, dataset.wsol_name, split or dataset.wsol_split,
+                                 args.cam_curve_interval, masks_only)
     return metrics
+
+
+def _check_scoremap_names(image_ids: list) -> None:
+    """Every score map's name, `<image_id>.npy` (wsolevaluation's), is a name the file system takes: checked
+    before the forward, not at the first write of a long name (a legal 255-byte image name)."""
+    long = [iid for iid in image_ids if name_too_long(iid + ".npy")]
+    if long:
+        raise UserError(f"the score map of {long[0]} ({len(long)} such images), {os.path.basename(long[0])}.npy, "
+                        f"would be longer than a file name may be (255 bytes): rename the image, or pass "
+                        f"--no-save_scoremaps")
+
+
+def _print_wsol_eval_command(root: str, datapath: str, wsol_name: str, split: str, interval: float,
+                             masks_only: bool) -> None:
+    """The `python -m utils.wsol_eval` command that scores the saved maps again, where the metadata it reads
+    exists (`dataset/prepare.py cub|imagenet|openimages` writes it; `prepare.py folder` does not: a class-folder
+    data set has no wsolevaluation metadata), else what it would need."""
+    metadata = os.path.join(datapath, "wsol_metadata")
+    if not os.path.isdir(os.path.join(metadata, wsol_name, split)):
+        print(f"note: python -m utils.wsol_eval scores these maps from wsolevaluation's metadata (image_ids.txt, "
+              f"image_sizes.txt, localization.txt), which {datapath} does not have ({metadata}/{wsol_name}/{split}/ "
+              f"is missing; dataset/prepare.py folder writes none): the figures above are already its figures")
+    elif masks_only:
+        print(f"PxAP from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root {metadata} "
+              f"--mask_root {datapath} --dataset_name {wsol_name} --split {split} --cam_curve_interval {interval} "
+              f"(or wsolevaluation's metadata/ as published)")
+    else:
+        print(f"MaxBoxAccV2 from these maps: python -m utils.wsol_eval --scoremap_root {root} --metadata_root "
+              f"{metadata} --dataset_name {wsol_name} --split {split} --cam_curve_interval {interval} "
+              f"--multi_contour_eval true (or wsolevaluation's metadata/ as published)")
 
 
 def _write_pictures(pictures: EvalPictures, threshold: float, savepath: str) -> None:

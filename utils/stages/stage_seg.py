@@ -27,7 +27,7 @@ from utils.data.datasets import DATASETS, DataSet
 from utils.engine.loop import (HostPipe, Throughput, amp_dtype, autocast, channels_last_for, fit, handle_bad,
                           inference_batches, place_model, to_device)
 from utils.errors import UserError
-from utils.data.lists import subset
+from utils.data.lists import count_classes, subset
 from utils.engine.log import maybe_tqdm, write_json
 from utils.method.losses import seg_loss
 from utils.engine.outputs import Folder
@@ -92,7 +92,8 @@ def evaluate(args, d) -> dict:
     architecture = cli.architecture(args.fusion, args.levels, args.mca)
     if dataset.boxes:
         samples, bad_boxes = eval_samples(dataset, args.datapath, args.list, skip=args.on_bad_image == "skip",
-                                          main=d.main, workers=max(1, args.num_workers))
+                                          main=d.main, workers=max(1, args.num_workers),
+                                          num_classes=_class_count(dataset, args.datapath, args.clsnum))
     else:  # OpenImages: wsolevaluation's protocol on the --split (val: where choices are made; test: reported)
         _refuse_box_flags(args.protocol, args.vis, args.threshold, args.top1top5)
         args.list = args.list or f"{args.split}.txt"  # recorded in metrics.json
@@ -176,6 +177,15 @@ def evaluate(args, d) -> dict:
                                f"p > {args.threshold:g}")
         print(f"wrote {len(paths)} pictures to {os.path.join(args.savepath, 'vis')}")
     return dict(metrics, images_per_s=rate.images_per_s, seconds=rate.seconds)  # speed: not in metrics.json
+
+
+def _class_count(dataset: DataSet, datapath: str, clsnum: Optional[int]) -> Optional[int]:
+    """The number of classes the evaluation's labels must lie below: --clsnum, else, for a data set that counts
+    its classes (CUB layout), the lines of its classes.txt; None where neither is known (the ImageNet reader
+    checks its labels against the synsets). A label outside would be a class of its own in the class means."""
+    if clsnum is not None or not dataset.count_classes:
+        return clsnum
+    return count_classes(datapath) if os.path.isfile(os.path.join(datapath, "classes.txt")) else None
 
 
 def _refuse_box_flags(protocol: str, vis: int, threshold: Optional[float], top1top5: Optional[str]) -> None:
