@@ -79,8 +79,9 @@ def test_a_new_backbone_builds_cam_and_seg_mffnets(tiny, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(BACKBONES) + [TINY])
 def test_every_backbone_keeps_the_promises_of_its_entry(tiny, name):
-    """features() gives the levels' channels at strides 4..32, each the output of the module its entry names;
-    the stem names modules with parameters; with a class count it is a classifier with `fc`."""
+    """Its call gives the levels' channels at its entry's strides (4..32 where the architecture has them; up
+    to 2 pixels fewer where unpadded convs trim a border, as InceptionV3's), each the output of the module its
+    entry names; the stem names modules with parameters; with a class count it is a classifier with `fc`."""
     entry = get_backbone(name)
     torch.manual_seed(0)
     model = entry.build(None).eval()
@@ -88,10 +89,11 @@ def test_every_backbone_keeps_the_promises_of_its_entry(tiny, name):
     for level, _ in entry.levels:
         model.get_submodule(level).register_forward_hook(lambda m, i, o, level=level: seen.setdefault(level, o))
     with torch.no_grad():
-        feats = model.features(torch.randn(1, 3, 64, 96))
-    assert len(feats) == 4
-    for f, (level, channels), stride in zip(feats, entry.levels, (4, 8, 16, 32)):
-        assert f.shape == (1, channels, 64 // stride, 96 // stride), (name, level)
+        feats = model(torch.randn(1, 3, 64, 96))
+    assert len(feats) == 4 and entry.strides[:3] == (4, 8, 16) and entry.strides[3] in (16, 32)
+    for f, (level, channels), stride in zip(feats, entry.levels, entry.strides):
+        assert f.shape[:2] == (1, channels), (name, level)
+        assert 0 <= 64 // stride - f.shape[2] <= 2 and 0 <= 96 // stride - f.shape[3] <= 2, (name, level, f.shape)
         assert torch.equal(seen[level], f), (name, level)
     assert entry.stem and all(list(model.get_submodule(s).parameters()) for s in entry.stem)
     assert getattr(model, "fc", None) is None
