@@ -11,8 +11,9 @@ file lacks, or removes layers the file has, names their prefixes in the class at
 from scratch, at the head's learning rate in the cam stage) and `dropped` (left out of the file when loading).
 The entry (`Backbone`) of a backbone says how to build it, the names and channels of its four levels (the
 MFF-Net's head is built from them) and their strides, the modules the ImageNet cam recipe freezes (its "stem"),
-and where its ImageNet weights come from. Each module of network/backbones/ registers its backbones when imported; code that looks
-one up imports `network.backbones`, which imports them all, so a new backbone is one new file there.
+and where its ImageNet weights come from. Each module of network/backbones/ registers its backbones when
+imported; code that looks one up imports `network.backbones`, which imports them all, so a new backbone is one
+new file there.
 """
 from __future__ import annotations
 
