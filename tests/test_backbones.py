@@ -201,3 +201,133 @@ def test_a_new_file_in_network_backbones_is_a_choice_of_the_stage_scripts(tmp_pa
     assert choices == sorted([*BACKBONES, "tiny-file"])
     assert "tiny-file" not in run_script("cub200-cam/train.py", "--help").stdout     # the copy's file only
     assert sys.modules.get("network.backbones.tiny_file") is None
+
+
+# ------------------------------------------------------------------------ VGG16 and InceptionV3 (wsolevaluation)
+WSOL_BACKBONES = ("vgg16", "inception_v3")
+TORCHVISION_KEYS = os.path.join(ROOT, "..", "shared", "weights", "torchvision_keys.json")
+
+
+def _published(name: str, counters: bool = True) -> dict:
+    """A state dict with exactly the keys and shapes of torchvision's ImageNet file of `name` (random values):
+    the layouts in torchvision_keys.json, read from torchvision's own definitions; `counters=False` leaves out
+    the BatchNorm counters, as files written before PyTorch 0.4.1 do."""
+    with open(os.environ.get("SPOL_TORCHVISION_KEYS", TORCHVISION_KEYS), encoding="utf-8") as f:
+        layout = json.load(f)[name]
+    g = torch.Generator().manual_seed(0)
+    return {k: (torch.tensor(0) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g))
+            for k, shape in layout.items() if counters or not k.endswith("num_batches_tracked")}
+
+
+def _keys_file_or_skip():
+    if not os.path.isfile(os.environ.get("SPOL_TORCHVISION_KEYS", TORCHVISION_KEYS)):
+        pytest.skip("torchvision_keys.json (the published key sets) is not beside this checkout")
+
+
+def test_the_wsol_entries_are_wsolevaluations_and_torchvisions():
+    vgg, inc = BACKBONES["vgg16"], BACKBONES["inception_v3"]
+    assert vgg.weights_url == "https://download.pytorch.org/models/vgg16-397923af.pth"
+    assert inc.weights_url == "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+    assert vgg.channels == (256, 512, 512, 1024) and inc.channels == (192, 288, 768, 1024)
+    assert vgg.strides == inc.strides == (4, 8, 16, 16)            # wsolevaluation: no stride 32
+    assert vgg.stem == ("features.0",) and inc.stem == ("Conv2d_1a_3x3",)
+    from network.weights import RESOURCE, weights_url
+    assert weights_url(os.path.join(RESOURCE, "inception_v3_google-0cc3c7bd.pth")) == inc.weights_url
+
+
+@pytest.mark.parametrize("name,size,sizes", [
+    ("vgg16", 224, (56, 28, 14, 14)), ("inception_v3", 224, (54, 28, 14, 14)), ("inception_v3", 299, (73, 37, 18, 18)),
+    ("vgg16", 32, (8, 4, 2, 2)), ("inception_v3", 32, (6, 4, 2, 2))])
+def test_feature_map_sizes(name, size, sizes):
+    """wsolevaluation's maps: 14 x 14 at the deep levels at 224 px (their CAM size), 28 x 28 where SPOL fuses;
+    32 px is the smallest input the stage tests below use."""
+    model = get_backbone(name).build(None).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, size, size))
+    assert tuple(f.shape[2] for f in feats) == sizes and tuple(f.shape[3] for f in feats) == sizes
+    assert tuple(f.shape[1] for f in feats) == get_backbone(name).channels
+
+
+@pytest.mark.parametrize("name", WSOL_BACKBONES)
+@pytest.mark.parametrize("counters", [True, False])
+def test_torchvisions_imagenet_file_loads_strictly(name, counters, tmp_path):
+    """A file with torchvision's exact keys and shapes: every kept layer's tensors arrive, the layers the WSOL
+    form removed are dropped by name, its new layers keep their fresh initialisation; as the localisation
+    backbone, inside an MFF-Net, and as a classifier (a new `fc`)."""
+    _keys_file_or_skip()
+    from network import load_backbone_weights
+    state = _published(name, counters)
+    torch.save(state, tmp_path / "tv.pth")
+    model = get_backbone(name).build(None)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    load_backbone_weights(model, str(tmp_path / "tv.pth"))
+    new, dropped = type(model).new_layers, type(model).dropped
+    for k, v in model.state_dict().items():
+        if k.startswith(new):
+            assert torch.equal(v, fresh[k]), k
+        elif k in state:
+            assert torch.equal(v, state[k]), k
+        else:
+            assert k.endswith("num_batches_tracked") and not counters and v == 0, k
+    assert all(k.startswith(dropped) for k in state if k not in model.state_dict())
+    mff = build_mffnet(3, name, pretrained=str(tmp_path / "tv.pth"))
+    assert torch.equal(mff.bkbone.state_dict()[next(iter(state))], next(iter(state.values())))
+    from network.classifier import load_imagenet_weights
+    cls = get_backbone(name).build(5)
+    load_imagenet_weights(cls, name, str(tmp_path / "tv.pth"))
+    assert cls.fc.out_features == 5
+
+
+@pytest.mark.parametrize("name", WSOL_BACKBONES)
+def test_a_wrong_shape_or_key_is_one_clear_line(name, tmp_path):
+    _keys_file_or_skip()
+    from network import load_backbone_weights
+    from utils.errors import UserError
+    model = get_backbone(name).build(None)
+    first = next(iter(_published(name)))
+    for damage in ("shape", "missing"):
+        state = _published(name)
+        if damage == "shape":
+            state[first] = state[first][:1]
+        else:
+            del state[first]
+        torch.save(state, tmp_path / "bad.pth")
+        with pytest.raises(UserError) as e:
+            load_backbone_weights(model, str(tmp_path / "bad.pth"))
+        line = str(e.value)
+        assert "\n" not in line and "bad.pth" in line and first in line, line
+        if damage == "shape":
+            assert "in the file" in line
+    # a ResNet file is not a VGG16 / InceptionV3 file
+    torch.save(BACKBONES["resnet18"].build(None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(UserError, match="does not fit"):
+        load_backbone_weights(model, str(tmp_path / "r18.pth"))
+
+
+@pytest.mark.parametrize("name,new", [("vgg16", {"conv6.weight", "conv6.bias"}),
+                                      ("inception_v3", {"SPG_A3_1b.0.weight", "SPG_A3_1b.0.bias",
+                                                        "SPG_A3_2b.0.weight", "SPG_A3_2b.0.bias"})])
+def test_the_stem_freezes_and_the_classifier_trains_new_layers_at_the_heads_rate(name, new):
+    """The ImageNet recipe's stem: the first conv (and InceptionV3's BatchNorm); the cls stage's head group: `fc`
+    with the layers the WSOL form adds (wsolevaluation trains them at its classifier's rate)."""
+    model = build_mffnet(3, name)
+    get_backbone(name).freeze_stem(model.bkbone)
+    frozen = {n for n, p in model.bkbone.named_parameters() if not p.requires_grad}
+    assert frozen == ({"features.0.weight", "features.0.bias"} if name == "vgg16" else
+                      {"Conv2d_1a_3x3.conv.weight", "Conv2d_1a_3x3.bn.weight", "Conv2d_1a_3x3.bn.bias"})
+    from network.classifier import param_groups
+    classifier = get_backbone(name).build(4)
+    (head, head_lr), (base, _) = param_groups(classifier, name, 0.1, 0.01)
+    names = {id(p): n for n, p in classifier.named_parameters()}
+    assert {names[id(p)] for p in head} == new | {"fc.weight", "fc.bias"} and head_lr == 0.1
+    assert len(head) + len(base) == len(names)
+
+
+def test_a_backbone_call_is_what_the_mffnet_fuses():
+    """The MFF-Net takes a backbone's four levels from its call (forward hooks see them)."""
+    model = build_mffnet(3, "vgg16").eval()
+    seen = []
+    model.bkbone.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 4, 4)
+    assert len(seen) == 1 and len(seen[0]) == 4
