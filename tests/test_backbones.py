@@ -331,3 +331,67 @@ def test_a_backbone_call_is_what_the_mffnet_fuses():
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 4, 4)
     assert len(seen) == 1 and len(seen[0]) == 4
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """Tiny synthetic sets of every layout: CUB, ILSVRC2012, OpenImages (as downloaded), a class folder."""
+    from dataset.synthetic import make_cub, make_folder, make_imagenet, make_openimages
+    top = tmp_path_factory.mktemp("sets")
+    cub = str(top / "CUB_200_2011")
+    make_cub(cub, num_classes=2, train_per_class=2, val_per_class=1, seed=3, min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "cub", "--root", cub)
+    inet = str(top / "ILSVRC2012")
+    make_imagenet(inet, synsets=("n01440764", "n01443537"), train_per_class=2, val_per_class=1, seed=3,
+                  min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "imagenet", "--root", inet)
+    oi = make_openimages(str(top / "oi"), num_classes=2, train_per_class=2, val_per_class=1, test_per_class=1,
+                         seed=3, min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "openimages", "--root", oi["images"], "--metadata", oi["metadata"])
+    own = make_folder(str(top / "own"), num_classes=2, per_class=3, new_images=1, seed=3, min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "folder", "--root", own["data"], "--val-fraction", "0.34")
+    return {"cub": cub, "imagenet": inet, "openimages": oi["images"], "own": own["data"], "new": own["new"]}
+
+
+@pytest.mark.parametrize("name", WSOL_BACKBONES)
+def test_every_stage_runs_with_the_wsol_backbones(name, datasets, tmp_path):
+    """`--backbone vgg16` / `inception_v3` through every stage script's main (cam train/test, seg
+    train/test/localize; CUB, ImageNet, OpenImages, one's own folder; the cls stage's --arch) at 32 px,
+    each a step or an epoch. The cam stage trains the new layers at --lr (with --backbone_lr 1e-9 they move,
+    the pretrained layers do not)."""
+    small = ["--backbone", name, "--device", "cpu", "--num_workers", 0, "--size", 40, "--crop", 32]
+    once = ["--pretrained", "none", "--epoch", 1, "--snapshot_from", 1, "--batch_size", 4]
+    cam, seg = tmp_path / "cam", tmp_path / "seg"
+    run_inprocess("cub200-cam/train.py", "--datapath", datasets["cub"], *small, *once, "--clsnum", 2,
+                  "--backbone_lr", 1e-9, "--savepath", cam)
+    torch.manual_seed(0)   # the stage's --seed: the same initial network
+    start = build_mffnet(2, name).bkbone.state_dict()
+    trained = {k[len("bkbone."):]: v for k, v in torch.load(cam / "model-1.pth", weights_only=True).items()
+               if k.startswith("bkbone.")}
+    new = type(get_backbone(name).build(None)).new_layers
+    weights = [k for k in start if k.endswith("weight") and start[k].dim() == 4]
+    assert all(not torch.equal(trained[k], start[k]) for k in weights if k.startswith(new))
+    assert all(torch.allclose(trained[k], start[k], atol=1e-6) for k in weights if not k.startswith(new))
+    run_inprocess("cub200-cam/test.py", "--datapath", datasets["cub"], *small, "--clsnum", 2, "--snapshot",
+                  cam / "model-1.pth", "--maskpath", cam / "masks", "--post_workers", 0)
+    run_inprocess("cub200-seg/train.py", "--datapath", datasets["cub"], *small, *once, "--maskpath", cam / "masks",
+                  "--savepath", seg)
+    run_inprocess("cub200-seg/test.py", "--datapath", datasets["cub"], *small, "--snapshot", seg / "model-1.pth",
+                  "--savepath", seg, "--threshold", 0.5)
+    assert json.load(open(seg / "metrics.json"))["count"] == 2
+    run_inprocess("cub200-seg/localize.py", "--snapshot", seg / "model-1.pth", "--backbone", name, "--device", "cpu",
+                  "--num_workers", 0, "--size", 40, "--savepath", tmp_path / "loc", datasets["new"])
+    assert (tmp_path / "loc" / "localize" / "boxes.csv").is_file()
+    steps = ["--max_steps", 1, "--savepath"]
+    run_inprocess("imagenet-cam/train.py", "--datapath", datasets["imagenet"], *small, *once, "--clsnum", 2, *steps,
+                  tmp_path / "inet-cam")
+    run_inprocess("imagenet-seg/test.py", "--datapath", datasets["imagenet"], *small, "--snapshot",
+                  seg / "model-1.pth", "--savepath", tmp_path / "inet-seg")
+    run_inprocess("openimages-cam/train.py", "--datapath", datasets["openimages"], *small, *once, "--clsnum", 2,
+                  *steps, tmp_path / "oi-cam")
+    run_inprocess("openimages-seg/test.py", "--datapath", datasets["openimages"], *small, "--snapshot",
+                  seg / "model-1.pth", "--savepath", tmp_path / "oi-seg", "--post_workers", 0)
+    run_inprocess("cub200-cam/train.py", "--datapath", datasets["own"], *small, *once, *steps, tmp_path / "own-cam")
+    run_inprocess("cub200-cls/train.py", "--datapath", datasets["cub"], "--arch", name, "--device", "cpu",
+                  "--num_workers", 0, "--size", 40, "--crop", 32, "--pretrained", "none", "--epoch", 1,
+                  "--batch_size", 4, *steps, tmp_path / "cls")
