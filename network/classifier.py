@@ -56,12 +56,14 @@ def build_classifier(arch: str, num_classes: int) -> nn.Module:
 
 def param_groups(model: nn.Module, arch: str, head_lr: float, base_lr: float) -> list:
     """[(params, lr), ...]: the authors' two groups for EfficientNet (EFFICIENTNET_HEAD at `head_lr`);
-    for the other architectures the whole classifier layer at `head_lr`; everything else at `base_lr`."""
+    for the other architectures the whole classifier layer at `head_lr` (with the layers a backbone's WSOL form
+    adds, as wsolevaluation trains them: VGG16's conv6, ...); everything else at `base_lr`."""
     if arch in EFFICIENTNETS:
         head = [p for n, p in model.named_parameters() if n in EFFICIENTNET_HEAD]
     else:
         layer = model.get_classifier() if hasattr(model, "get_classifier") else model.fc
-        head = list(layer.parameters())
+        new = tuple(getattr(model, "new_layers", ()))
+        head = list(layer.parameters()) + [p for n, p in model.named_parameters() if new and n.startswith(new)]
     ids = {id(p) for p in head}
     return [(head, head_lr), ([p for p in model.parameters() if id(p) not in ids], base_lr)]
 

@@ -131,7 +131,7 @@ class MFFNet(nn.Module):
         return getattr(self, name.format(i))
 
     def forward(self, x: torch.Tensor):
-        features = dict(zip((2, 3, 4, 5), self.bkbone.features(x)))
+        features = dict(zip((2, 3, 4, 5), self.bkbone(x)))  # a backbone's call: its 4 levels
         outs = [features[i] for i in self.stages]                            # deepest first
         if self.mca:  # one 128-d channel descriptor per level, their product gates every level
             a = [F.relu(self._layer("bn{}1", i)(self._layer("fc{}1", i)(F.adaptive_avg_pool2d(out, 1))))

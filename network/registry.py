@@ -1,14 +1,19 @@
 """The backbone registry: what a backbone of the MFF-Net provides, and the table of every backbone by name.
 
-A backbone is an `nn.Module` whose `features(x)` returns the four feature maps the MFF-Net fuses: the outputs
-of its stages at strides 4, 8, 16 and 32 of the B x 3 x H x W input (the paper's out2..out5, B x C_i x H/s x
-W/s; SPOL fuses out3..out5, docs/method.md §2). Built with `num_classes`, the same module is a classifier
-instead (`forward` returns B x num_classes logits) whose classifier layer is named `fc`, as in torchvision:
-the cls stages use it so (`--arch resnet50`) and its ImageNet file loads with that layer. The entry
-(`Backbone`) of a backbone says how to build it, the names and channels of its four levels (the MFF-Net's
-head is built from them), the modules the ImageNet cam recipe freezes (its "stem"), and where its ImageNet
-weights come from. Each module of network/backbones/ registers its backbones when imported; code that looks
-one up imports `network.backbones`, which imports them all, so a new backbone is one new file there.
+A backbone is an `nn.Module` that, built without `num_classes`, returns from its call the four feature maps
+the MFF-Net fuses: the outputs of its stages at strides 4, 8, 16 and 32 of the B x 3 x H x W input (the paper's
+out2..out5, B x C_i x H/s x W/s; SPOL fuses out3..out5, docs/method.md §2), or the closest strides its
+architecture has (wsolevaluation's VGG16 and InceptionV3 end at stride 16: docs/backbones.md). Built with
+`num_classes`, the same module is a classifier instead (it returns B x num_classes logits) whose classifier
+layer is named `fc`: the cls stages use it so (`--arch resnet50`) and its ImageNet file loads with that layer.
+Its parameters have the names of its ImageNet file (torchvision's); a backbone whose WSOL form adds layers the
+file lacks, or removes layers the file has, names their prefixes in the class attributes `new_layers` (trained
+from scratch, at the head's learning rate in the cam stage) and `dropped` (left out of the file when loading).
+The entry (`Backbone`) of a backbone says how to build it, the names and channels of its four levels (the
+MFF-Net's head is built from them) and their strides, the modules the ImageNet cam recipe freezes (its "stem"),
+and where its ImageNet weights come from. Each module of network/backbones/ registers its backbones when
+imported; code that looks one up imports `network.backbones`, which imports them all, so a new backbone is one
+new file there.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import torch.nn as nn
 @dataclass(frozen=True)
 class Backbone:
     """One backbone: `build(num_classes)` makes a fresh one (None: the feature extractor of the MFF-Net);
-    `levels` are the (module name, channels) of its stages at strides 4, 8, 16, 32; `stem` names the modules
+    `levels` are the (module name, channels) of its stages at `strides` (4, 8, 16, 32 where the architecture
+    has them; a level's map is H/stride x W/stride up to the border an unpadded conv trims); `stem` names the modules
     the ImageNet cam recipe keeps as pretrained; `weights_url` is its ImageNet weights file (torch.hub's naming,
     `<name>-<SHA-256 prefix>.pth`, which the download is checked against), None when it has none."""
     name: str
@@ -29,6 +35,7 @@ class Backbone:
     levels: tuple
     stem: tuple
     weights_url: Optional[str] = None
+    strides: tuple = (4, 8, 16, 32)
 
     @property
     def channels(self) -> tuple:
@@ -58,6 +65,9 @@ def register(entry: Backbone) -> Backbone:
     if len(entry.levels) != 4 or not all(isinstance(c, int) and c > 0 for c in entry.channels):
         raise ValueError(f"backbone {entry.name!r}: levels must be 4 (module name, channels) pairs, the stages at "
                          f"strides 4, 8, 16, 32; got {entry.levels!r}")
+    if len(entry.strides) != 4 or list(entry.strides) != sorted(entry.strides):
+        raise ValueError(f"backbone {entry.name!r}: strides must be the 4 levels' strides, shallow to deep; got "
+                         f"{entry.strides!r}")
     BACKBONES[entry.name] = entry
     return entry
 

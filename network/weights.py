@@ -112,8 +112,9 @@ def load_backbone_weights(model: nn.Module, path: str, keep_fc: bool = False) ->
     """Load an ImageNet state-dict file of a backbone (a torchvision ResNet file for the ResNets) into `model`.
 
     Only `fc.*` may be left out (the localisation backbone has no fc; a classifier with a new
-    number of classes gets a fresh one); any other missing or unexpected key is an error, so a
-    file of the wrong depth never loads half-way.
+    number of classes gets a fresh one), and the layers the backbone's WSOL form changes (its `new_layers`,
+    trained from scratch, and its `dropped`, in the file only: network/registry.py); any other missing or
+    unexpected key is an error, so a file of the wrong depth never loads half-way.
     """
     if not ensure(path):  # resource/<a backbone's file>: downloaded from its site when absent and online
         raise UserError(
@@ -124,13 +125,16 @@ def load_backbone_weights(model: nn.Module, path: str, keep_fc: bool = False) ->
     fc = getattr(model, "fc", None)
     if not keep_fc or fc is None or state.get("fc.weight", torch.empty(0)).shape != fc.weight.shape:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    dropped, new = tuple(getattr(model, "dropped", ())), tuple(getattr(model, "new_layers", ()))
+    state = {k: v for k, v in state.items() if not k.startswith(dropped)}
     state = fill_batchnorm_counters(model, state)  # torchvision's pre-0.4.1 files have none
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith("fc.")]
+    missing = [k for k in own if k not in state and not k.startswith(("fc.",) + new)]
     unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    wrong = [f"{k} ({'x'.join(map(str, state[k].shape))} in the file, {'x'.join(map(str, own[k].shape))} here)"
+             for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         raise UserError(f"{path} does not fit the {type(model).__name__} backbone: missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]} "
-                        f"(is it a torchvision ResNet of the chosen --backbone depth?)")
+                        f"(is it torchvision's ImageNet file of the chosen --backbone?)")
     model.load_state_dict(state, strict=False)

@@ -94,7 +94,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> tuple:
-        """The backbone interface (network/registry.py): the outputs of layer1..layer4."""
+        """The outputs of layer1..layer4 (what the call returns without `fc`: network/registry.py)."""
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         x = F.max_pool2d(x, 3, 2, 1)
         out2 = self.layer1(x)      # B x C2 x H/4 x W/4

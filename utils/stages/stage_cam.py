@@ -58,8 +58,12 @@ def train(args, d) -> str:
         get_backbone(args.backbone).freeze_stem(model.bkbone)
 
     def groups(m):
-        backbone = [p for p in m.bkbone.parameters() if p.requires_grad]
-        return [(m.head_parameters(), args.lr), (backbone, args.backbone_lr)]
+        # the layers a backbone's WSOL form adds (VGG16's conv6, ...) start from scratch like the head, and
+        # train at its rate, as wsolevaluation trains them at its classifier's
+        new = tuple(getattr(m.bkbone, "new_layers", ()))
+        scratch = [p for n, p in m.bkbone.named_parameters() if new and n.startswith(new)]
+        backbone = [p for n, p in m.bkbone.named_parameters() if p.requires_grad and not (new and n.startswith(new))]
+        return [(m.head_parameters() + scratch, args.lr), (backbone, args.backbone_lr)]
 
     data = ImageSet(samples, train_transform(args.size, args.crop), seed=args.seed)
     last = fit(cli.train_config(args), d, model, data, dual_head_loss if dual else single_head_loss, groups,
