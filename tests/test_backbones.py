@@ -206,23 +206,19 @@ def test_a_new_file_in_network_backbones_is_a_choice_of_the_stage_scripts(tmp_pa
 
 # ------------------------------------------------------------------------ VGG16 and InceptionV3 (wsolevaluation)
 WSOL_BACKBONES = ("vgg16", "inception_v3")
-TORCHVISION_KEYS = os.path.join(ROOT, "..", "shared", "weights", "torchvision_keys.json")
+# the keys and shapes of torchvision's published vgg16 / inception_v3 files (read from torchvision's definitions)
+TORCHVISION_KEYS = os.path.join(ROOT, "tests", "data", "torchvision_keys.json")
 
 
 def _published(name: str, counters: bool = True) -> dict:
     """A state dict with exactly the keys and shapes of torchvision's ImageNet file of `name` (random values):
     the layouts in torchvision_keys.json, read from torchvision's own definitions; `counters=False` leaves out
     the BatchNorm counters, as files written before PyTorch 0.4.1 do."""
-    with open(os.environ.get("SPOL_TORCHVISION_KEYS", TORCHVISION_KEYS), encoding="utf-8") as f:
+    with open(TORCHVISION_KEYS, encoding="utf-8") as f:
         layout = json.load(f)[name]
     g = torch.Generator().manual_seed(0)
     return {k: (torch.tensor(0) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g))
             for k, shape in layout.items() if counters or not k.endswith("num_batches_tracked")}
-
-
-def _keys_file_or_skip():
-    if not os.path.isfile(os.environ.get("SPOL_TORCHVISION_KEYS", TORCHVISION_KEYS)):
-        pytest.skip("torchvision_keys.json (the published key sets) is not beside this checkout")
 
 
 def test_the_wsol_entries_are_wsolevaluations_and_torchvisions():
@@ -255,7 +251,6 @@ def test_torchvisions_imagenet_file_loads_strictly(name, counters, tmp_path):
     """A file with torchvision's exact keys and shapes: every kept layer's tensors arrive, the layers the WSOL
     form removed are dropped by name, its new layers keep their fresh initialisation; as the localisation
     backbone, inside an MFF-Net, and as a classifier (a new `fc`)."""
-    _keys_file_or_skip()
     from network import load_backbone_weights
     state = _published(name, counters)
     torch.save(state, tmp_path / "tv.pth")
@@ -281,7 +276,6 @@ def test_torchvisions_imagenet_file_loads_strictly(name, counters, tmp_path):
 
 @pytest.mark.parametrize("name", WSOL_BACKBONES)
 def test_a_wrong_shape_or_key_is_one_clear_line(name, tmp_path):
-    _keys_file_or_skip()
     from network import load_backbone_weights
     from utils.errors import UserError
     model = get_backbone(name).build(None)
