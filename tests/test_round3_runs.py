@@ -1,0 +1,59 @@
+"""Runs that must not go wrong without a word (issue round three): a training run into another stage's output
+folder, the synthetic data sets and the bench over a real data set, stray launcher variables, and a cut-off
+record of `python -m utils.ablation --resume`. Resuming with changed flags is in test_engine.py."""
+import json
+
+import pytest
+import torch
+
+from conftest import run_inprocess, run_script
+from dataset.synthetic import make_cub
+from utils import validate
+from utils.errors import UserError
+
+RUN = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "48", "--crop", "40"]
+TRAIN = ["--pretrained", "none", "--batch_size", "4", "--epoch", "1"]
+
+
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("round3") / "CUB_200_2011"
+    make_cub(str(root), num_classes=3, train_per_class=3, val_per_class=1, seed=8, min_size=48, max_size=64)
+    run_script("dataset/prepare.py", "cub", "--root", root)
+    return root
+
+
+def clear_error(p, *fragments):
+    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr[-3000:]
+    for f in fragments:
+        assert f in p.stderr, (f, p.stderr[-2000:])
+
+
+# ------------------------------------------------------------------------ another stage's output folder
+def test_a_training_run_refuses_a_folder_holding_another_stages_run(cub, tmp_path):
+    run = tmp_path / "run"
+    run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", run, *RUN, *TRAIN)
+    kept = {f: (run / f).read_bytes() for f in ("model-1.pth", "checkpoint.pth", "args.json", "log.jsonl")}
+    (tmp_path / "masks").mkdir()
+    for stage in ("cub200-seg", "cub200-cls"):
+        extra = ["--maskpath", tmp_path / "masks"] if stage.endswith("seg") else ["--arch", "resnet18", "--clsnum", 3]
+        p = run_inprocess(f"{stage}/train.py", "--datapath", cub, "--savepath", run, *extra, *RUN, *TRAIN,
+                          check=False)
+        clear_error(p, f"--savepath {run} holds a run of cub200-cam (its args.json), not of {stage}", "--force")
+    assert {f: (run / f).read_bytes() for f in kept} == kept
+    # the same stage again (a rerun) writes as before; --force lets another stage write over it
+    run_inprocess("cub200-cam/train.py", "--datapath", cub, "--clsnum", 3, "--savepath", run, *RUN, *TRAIN)
+    validate.check_stage_folder(str(run), "cub200-seg", force=True)
+
+
+def test_the_stage_of_an_older_run_comes_from_its_command_or_its_checkpoint(tmp_path):
+    (tmp_path / "args.json").write_text(json.dumps({"command": "imagenet-cam/train.py --savepath x", "lr": 0.1}))
+    with pytest.raises(UserError, match=r"holds a run of imagenet-cam \(its args.json\)"):
+        validate.check_stage_folder(str(tmp_path), "imagenet-seg", force=False)
+    (tmp_path / "args.json").write_text(json.dumps({"command": "train.py", "lr": 0.1}))  # started in its folder
+    validate.check_stage_folder(str(tmp_path), "imagenet-seg", force=False)
+    (tmp_path / "args.json").write_text('{"stage": "cub2')  # cut off: the checkpoint says
+    torch.save({"model": {}, "args": {"stage": "cub200-cls"}}, tmp_path / "checkpoint.pth")
+    with pytest.raises(UserError, match=r"holds a run of cub200-cls \(its checkpoint.pth\)"):
+        validate.check_stage_folder(str(tmp_path), "cub200-seg", force=False)
