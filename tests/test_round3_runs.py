@@ -57,3 +57,39 @@ def test_the_stage_of_an_older_run_comes_from_its_command_or_its_checkpoint(tmp_
     torch.save({"model": {}, "args": {"stage": "cub200-cls"}}, tmp_path / "checkpoint.pth")
     with pytest.raises(UserError, match=r"holds a run of cub200-cls \(its checkpoint.pth\)"):
         validate.check_stage_folder(str(tmp_path), "cub200-seg", force=False)
+
+
+# ------------------------------------------------------------------------ synthetic data over a real data set
+TINY = ["--min_size", "48", "--max_size", "52"]
+
+
+@pytest.mark.parametrize("layout, real, extra", [
+    ("cub", "images.txt", ["--classes", "1", "--train_per_class", "1", "--val_per_class", "1"]),
+    ("imagenet", "LOC_synset_mapping.txt", ["--synsets", "n01440764", "--train_per_class", "1",
+                                            "--val_per_class", "1"]),
+    ("openimages", "metadata", ["--classes", "1", "--train_per_class", "1", "--val_per_class", "1",
+                                "--test_per_class", "1"]),
+    ("folder", "boxes.csv", ["--classes", "2", "--per_class", "1", "--new_images", "0"])])
+def test_synthetic_refuses_a_root_holding_another_data_set_unless_forced(tmp_path, layout, real, extra):
+    root = tmp_path / "data"
+    (root / real).parent.mkdir(parents=True, exist_ok=True)
+    if real == "metadata":
+        (root / real).mkdir()
+    else:
+        (root / real).write_text("the user's own annotations\n")
+    p = run_script("dataset/synthetic.py", layout, "--root", root, *extra, *TINY, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"error: {root} already holds {real}, not written by dataset/synthetic.py" in p.stderr
+    assert real == "metadata" or (root / real).read_text() == "the user's own annotations\n"
+    run_script("dataset/synthetic.py", layout, "--root", root, *extra, *TINY, "--force")
+    run_script("dataset/synthetic.py", layout, "--root", root, *extra, *TINY)  # its own set: written again
+
+
+def test_bench_workdir_holding_a_real_data_set_is_refused(tmp_path):
+    real = tmp_path / "CUB_200_2011"
+    real.mkdir()
+    (real / "images.txt").write_text("1 001.A/a.jpg\n")
+    p = run_script("-m", "utils.bench", "--workdir", tmp_path, "--device", "cpu", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"{real} already holds images.txt, not written by dataset/synthetic.py" in p.stderr
+    assert sorted(f.name for f in real.iterdir()) == ["images.txt"]
