@@ -1,6 +1,8 @@
 """Runs that must not go wrong without a word (issue round three): a training run into another stage's output
 folder, the synthetic data sets and the bench over a real data set, stray launcher variables, and a cut-off
 record of `python -m utils.ablation --resume`. Resuming with changed flags is in test_engine.py."""
+import contextlib
+import io
 import json
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 from conftest import run_inprocess, run_script
 from dataset.synthetic import make_cub
 from utils import validate
+from utils.ablation import main as ablation
 from utils.errors import UserError
 
 RUN = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "48", "--crop", "40"]
@@ -93,3 +96,42 @@ def test_bench_workdir_holding_a_real_data_set_is_refused(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert f"{real} already holds images.txt, not written by dataset/synthetic.py" in p.stderr
     assert sorted(f.name for f in real.iterdir()) == ["images.txt"]
+
+
+# ------------------------------------------------------------------------ a cut-off record of the ablation grid
+def _finished_spol(out):
+    """The outputs of every step of the setting spol, as an earlier run leaves them (contents made up)."""
+    cam, seg = out / "cam" / "spol", out / "spol"
+    for path in (cam / "model-1.pth", seg / "seg" / "model-1.pth", seg / "masks.done"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("done\n")
+    (cam / "cam_loc.json").write_text(json.dumps({"gt_known_loc": 50.0, "best_gt_known_loc": 60.0,
+                                                  "best_threshold": 0.2}))
+    for step, value in (("eval", {"gt_known_loc": 70.0, "empty": 0, "count": 3}),
+                        ("wsol", {"maxboxacc_v2": {"mean": 40.0}})):
+        (seg / step).mkdir()
+        (seg / step / "metrics.json").write_text(json.dumps(value))
+
+
+def test_ablation_resume_reruns_a_cut_off_result_and_names_other_cut_off_records(cub, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--datapath", str(cub), "--out", str(out), "--grid", "spol", "--resume", "--cam_epochs", "1",
+            "--seg_epochs", "1", "--device", "cpu"]
+    _finished_spol(out)
+    (out / "spol" / "result.json").write_text('{"name": "spol", "cam_gt_kno')
+    (out / "spol" / "steps.json").write_text('{"masks": 1')
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        rows = ablation(argv)["rows"]
+    said = printed.getvalue()
+    assert f"{out / 'spol' / 'result.json'} is not a whole JSON record" in said and "spol is run again" in said
+    assert f"{out / 'spol' / 'steps.json'} is not a whole JSON record" in said
+    assert [r["final_gt_known"] for r in rows] == [70.0]
+    assert json.load(open(out / "spol" / "result.json"))["final_gt_known"] == 70.0
+
+    (out / "spol" / "result.json").unlink()
+    (out / "cam" / "spol" / "cam_loc.json").write_text("{")
+    with pytest.raises(UserError, match=r"cam_loc.json is not a whole JSON record .*remove it, and --resume runs"):
+        ablation(argv)
+    (out / "ablation.json").write_text('{"config": {"datapath"')
+    with pytest.raises(UserError, match=r"ablation.json is not a whole JSON record"):
+        ablation(argv)
