@@ -2,15 +2,22 @@
 folder, the synthetic data sets and the bench over a real data set, stray launcher variables, and a cut-off
 record of `python -m utils.ablation --resume`. Resuming with changed flags is in test_engine.py."""
 import contextlib
+import datetime
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from conftest import run_inprocess, run_script
+from conftest import ROOT, run_inprocess, run_script
 from dataset.synthetic import make_cub
-from utils import validate
+from utils import distributed, validate
 from utils.ablation import main as ablation
 from utils.errors import UserError
 
@@ -135,3 +142,67 @@ def test_ablation_resume_reruns_a_cut_off_result_and_names_other_cut_off_records
     (out / "ablation.json").write_text('{"config": {"datapath"')
     with pytest.raises(UserError, match=r"ablation.json is not a whole JSON record"):
         ablation(argv)
+
+
+# ------------------------------------------------------------------------ launcher variables without torchrun
+@pytest.mark.parametrize("env, said", [({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set in the environment but RANK, "
+                                        "MASTER_ADDR, MASTER_PORT not: launch with torchrun"),
+                                       ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' in the environment is not a whole "
+                                        "number >= 0"),
+                                       ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1",
+                                         "MASTER_PORT": "1"}, "RANK=2 is not below WORLD_SIZE=2")])
+def test_a_stray_or_incomplete_launcher_environment_is_one_line(monkeypatch, env, said):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=said):
+        distributed.setup("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alone(port: int) -> dict:
+    """The environment of process 0 of 2 whose partner never comes."""
+    return {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def test_the_wait_for_missing_processes_is_bounded(monkeypatch):
+    for name, value in _alone(_free_port()).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT", datetime.timedelta(seconds=2))
+    t = time.time()
+    with pytest.raises(UserError, match=r"the other processes of WORLD_SIZE=2 did not join within 2 s at 127.0.0.1"):
+        distributed.setup("cpu")
+    assert time.time() - t < 30
+
+
+def _listening(port: int) -> bool:
+    """Some socket listens on `port` (IPv4 or IPv6: the store listens on either)."""
+    lines = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            with open(table) as f:
+                lines += f.readlines()[1:]
+    return any(line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A" for line in lines)
+
+
+def test_sigterm_ends_the_wait_for_missing_processes():
+    port = _free_port()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from utils import distributed; "
+            "from utils.errors import run_main; run_main(lambda: distributed.setup('cpu'))")
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT], env=dict(os.environ, **_alone(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not _listening(port) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None and _listening(port), "process 0 should be waiting for its partner"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
