@@ -55,7 +55,11 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from utils.errors import UserError  # noqa: E402
+
 JPEG_QUALITY = 90
+MARKER = ".synthetic"  # in every root this module writes: a rerun may write over its files, never over others
 
 # Real CUB-200-2011 class folder names (without the "NNN." prefix), in the official order, so the
 # synthetic set looks like a prefix of the real one. Beyond this table, names are made up.
@@ -450,6 +454,20 @@ def _check_sizes(min_size: int, max_size: int) -> None:
 # CUB-200-2011
 # --------------------------------------------------------------------------------------------------
 
+def claim_root(root: str, writes: Sequence[str], force: bool) -> None:
+    """Take `root` for a synthetic data set whose top-level entries are `writes`: refuse a root where any of them
+    exists and that this module did not write (no MARKER: a real data set, whose annotation files would be
+    overwritten), unless `force`; then mark it as ours."""
+    found = [w for w in writes if os.path.lexists(os.path.join(root, w))]
+    if found and not force and not os.path.isfile(os.path.join(root, MARKER)):
+        raise UserError(f"{root} already holds {', '.join(found)}, not written by dataset/synthetic.py: a synthetic "
+                        f"data set there would overwrite its files. Choose another folder (dataset/synthetic.py "
+                        f"--force writes over it)")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, MARKER), "w", encoding="utf-8") as f:
+        f.write("written by dataset/synthetic.py\n")
+
+
 def cub_class_folders(num_classes: int) -> list[str]:
     """`001.Black_footed_Albatross`, ... (made-up names past the table of real ones)."""
     names = [CUB_CLASS_NAMES[i] if i < len(CUB_CLASS_NAMES) else f"Synthetic_Bird_{i + 1:03d}"
@@ -458,9 +476,10 @@ def cub_class_folders(num_classes: int) -> list[str]:
 
 
 def make_cub(root: str, num_classes: int = 4, train_per_class: int = 60, val_per_class: int = 20,
-             seed: int = 0, min_size: int = 160, max_size: int = 260, segmentations: bool = True) -> str:
-    """Write a synthetic `CUB_200_2011` folder at `root` (created; existing files are overwritten,
-    others left alone) and return `root`.
+             seed: int = 0, min_size: int = 160, max_size: int = 260, segmentations: bool = True,
+             force: bool = False) -> str:
+    """Write a synthetic `CUB_200_2011` folder at `root` (created; the files of an earlier synthetic set are
+    overwritten, others left alone; a real data set there is refused unless `force`) and return `root`.
 
     Per class, `train_per_class` images get `1` in train_test_split.txt and `val_per_class` get `0`,
     interleaved at random like the real split. Ids run 1..N in class-folder then file-name order.
@@ -471,6 +490,8 @@ def make_cub(root: str, num_classes: int = 4, train_per_class: int = 60, val_per
         raise ValueError("CUB-200-2011 has at most 200 classes")
     _check_sizes(min_size, max_size)
     folders = cub_class_folders(num_classes)
+    claim_root(root, ("images", "segmentations", "images.txt", "image_class_labels.txt", "train_test_split.txt",
+                      "bounding_boxes.txt", "classes.txt"), force)
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     images, labels, split, bboxes = [], [], [], []
     img_id = 0
@@ -538,9 +559,9 @@ def _voc_xml(filename: str, w: int, h: int, objects: Sequence[tuple[str, tuple[i
 
 def make_imagenet(root: str, synsets: Sequence[str] = DEFAULT_SYNSETS, train_per_class: int = 40,
                   val_per_class: int = 10, seed: int = 0, val_layout: str = "flat",
-                  min_size: int = 160, max_size: int = 260) -> str:
-    """Write a synthetic ILSVRC2012 tree at `root` (train/, val/, box/, LOC_synset_mapping.txt) and
-    return `root`.
+                  min_size: int = 160, max_size: int = 260, force: bool = False) -> str:
+    """Write a synthetic ILSVRC2012 tree at `root` (train/, val/, box/, LOC_synset_mapping.txt; a real data set
+    there is refused unless `force`) and return `root`.
 
     Validation images are numbered 1..len(synsets)*val_per_class with the classes shuffled, as in the
     real val set. Val image i (0-based) holds two objects of its class if i % 4 == 1, and one extra
@@ -558,6 +579,7 @@ def make_imagenet(root: str, synsets: Sequence[str] = DEFAULT_SYNSETS, train_per
     if train_per_class < 0 or val_per_class < 0:
         raise ValueError("image counts must be >= 0")
     _check_sizes(min_size, max_size)
+    claim_root(root, ("train", "val", "box", "LOC_synset_mapping.txt"), force)
     for d in ("train", "val", "box"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     # Appearance follows the synset's position in the sorted list (the usual class-index order).
@@ -606,7 +628,7 @@ def make_imagenet(root: str, synsets: Sequence[str] = DEFAULT_SYNSETS, train_per
 # --------------------------------------------------------------------------------------------------
 
 def make_folder(root: str, num_classes: int = 3, per_class: int = 40, new_images: int = 8, seed: int = 0,
-                min_size: int = 160, max_size: int = 260) -> dict:
+                min_size: int = 160, max_size: int = 260, force: bool = False) -> dict:
     """A user's own data as it often arrives, for `dataset/prepare.py folder` and `localize.py`:
 
     * `root/data/<Class_Name>/<file>`: every other image a PNG, the rest JPEG; every third one in a
@@ -614,11 +636,12 @@ def make_folder(root: str, num_classes: int = 3, per_class: int = 40, new_images
     * `root/boxes.csv`: `relpath,xmin,ymin,xmax,ymax` per object, relpaths from `root/data`, pixel edges
       (xmax = rightmost object pixel + 1), with a header row, as a spreadsheet export would have;
     * `root/new/<file>.jpg`: `new_images` unlabelled scenes (objects of any class) to localise.
-    Returns {"data", "boxes", "new"} paths.
+    Returns {"data", "boxes", "new"} paths. Other data there is refused unless `force`.
     """
     if num_classes < 1 or per_class < 1 or new_images < 0:
         raise ValueError("need num_classes >= 1, per_class >= 1 and new_images >= 0")
     _check_sizes(min_size, max_size)
+    claim_root(root, ("data", "boxes.csv", "new"), force)
     names = [f.split(".", 1)[1] for f in cub_class_folders(num_classes)]
     data, new = os.path.join(root, "data"), os.path.join(root, "new")
     rows = ["relpath,xmin,ymin,xmax,ymax"]
@@ -659,7 +682,8 @@ def _openimages_id(rng: np.random.Generator) -> str:
 
 
 def make_openimages(root: str, num_classes: int = 4, train_per_class: int = 40, val_per_class: int = 5,
-                    test_per_class: int = 10, seed: int = 0, min_size: int = 160, max_size: int = 260) -> dict:
+                    test_per_class: int = 10, seed: int = 0, min_size: int = 160, max_size: int = 260,
+                    force: bool = False) -> dict:
     """Write `<root>/dataset/OpenImages/{train,val,test}/<class>/<id>.jpg` and `<root>/metadata/OpenImages/<split>/`
     as wsolevaluation publishes them; returns {"images": ..., "metadata": ...} (the two OpenImages folders).
 
@@ -676,6 +700,7 @@ def make_openimages(root: str, num_classes: int = 4, train_per_class: int = 40, 
     if min(train_per_class, val_per_class, test_per_class) < 1:
         raise ValueError("image counts must be >= 1")
     _check_sizes(min_size, max_size)
+    claim_root(root, ("dataset", "metadata"), force)  # other data there is refused unless `force`
     images, meta = os.path.join(root, "dataset", "OpenImages"), os.path.join(root, "metadata", "OpenImages")
     classes = sorted(OPENIMAGES_CLASSES[:num_classes])
     for tag, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class),
@@ -755,36 +780,40 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sp.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same files)")
         sp.add_argument("--min_size", type=int, default=160, help="smallest image side, px")
         sp.add_argument("--max_size", type=int, default=260, help="largest image side, px")
+        sp.add_argument("--force", action="store_true",
+                        help="write into a --root that holds a data set this script did not write (its files with "
+                             "the synthetic set's names are overwritten)")
     a = p.parse_args(argv)
     t0 = time.time()
     try:
         if a.dataset == "cub":
             root = make_cub(a.root, a.classes, a.train_per_class, a.val_per_class, a.seed, a.min_size,
-                            a.max_size, segmentations=not a.no_segmentations)
+                            a.max_size, segmentations=not a.no_segmentations, force=a.force)
             print(f"wrote CUB-200-2011 layout to {os.path.abspath(root)}: {a.classes} classes, "
                   f"{a.classes * a.train_per_class} train + {a.classes * a.val_per_class} test images"
                   f"{', with segmentations' if not a.no_segmentations else ''} "
                   f"({time.time() - t0:.1f} s)")
         elif a.dataset == "openimages":
             paths = make_openimages(a.root, a.classes, a.train_per_class, a.val_per_class, a.test_per_class, a.seed,
-                                    a.min_size, a.max_size)
+                                    a.min_size, a.max_size, force=a.force)
             print(f"wrote OpenImages30k layout: images and masks in {paths['images']}, metadata in "
                   f"{paths['metadata']}: {a.classes} classes, {a.classes * a.train_per_class} train / "
                   f"{a.classes * a.val_per_class} val / {a.classes * a.test_per_class} test images, "
                   f"{_count_files(paths['images'], '.png')} masks ({time.time() - t0:.1f} s)")
         elif a.dataset == "folder":
-            paths = make_folder(a.root, a.classes, a.per_class, a.new_images, a.seed, a.min_size, a.max_size)
+            paths = make_folder(a.root, a.classes, a.per_class, a.new_images, a.seed, a.min_size, a.max_size,
+                                force=a.force)
             print(f"wrote {a.classes} class folders of {a.per_class} images to {paths['data']}, their boxes to "
                   f"{paths['boxes']} and {a.new_images} new images to {paths['new']} ({time.time() - t0:.1f} s)")
         else:
             root = make_imagenet(a.root, a.synsets, a.train_per_class, a.val_per_class, a.seed, a.val_layout,
-                                 a.min_size, a.max_size)
+                                 a.min_size, a.max_size, force=a.force)
             print(f"wrote ILSVRC2012 layout to {os.path.abspath(root)}: {len(a.synsets)} synsets, "
                   f"{_count_files(os.path.join(root, 'train'), '.JPEG')} train images, "
                   f"{len(a.synsets) * a.val_per_class} val images ({a.val_layout}), "
                   f"{_count_files(os.path.join(root, 'box'), '.xml')} box XMLs, LOC_synset_mapping.txt "
                   f"({time.time() - t0:.1f} s)")
-    except ValueError as e:  # bad arguments: one line, not a traceback
+    except (ValueError, UserError) as e:  # bad arguments, another data set at --root: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

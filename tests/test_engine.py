@@ -173,3 +173,36 @@ def test_nothing_non_finite_is_saved_and_a_stop_says_what_is_kept(tmp_path):
     with pytest.raises(UserError, match="non-finite"):
         saves.state(0, 3, 3)
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["step"] == 2
+
+
+def test_resume_refuses_optimiser_values_its_state_would_override(tmp_path):
+    _fit(_parse(tmp_path, "--max_steps", 3))  # stopped at epoch 1, batch 3, lr 0.1, weight decay 1e-4
+    with pytest.raises(UserError, match=r"trained with --lr 0.1, --weight_decay 0.0001; this run has --lr 0.5, "
+                                        r"--weight_decay 0.1\. Its optimiser state would go on"):
+        _fit(_parse(tmp_path, "--resume", "--lr", 0.5, "--weight_decay", 0.1))
+    for flag, value in (("--momentum", 0.5), ("--no-nesterov", None)):
+        with pytest.raises(UserError, match=f"{flag.replace('no-', '')} "):
+            _fit(_parse(tmp_path, "--resume", *[x for x in (flag, value) if x is not None]))
+    assert json.load(open(tmp_path / "args.json"))["lr"] == 0.1  # nothing recorded that was not used
+    assert _fit(_parse(tmp_path, "--resume", "--amp", "off")) == str(tmp_path / "model-2.pth")  # the same: goes on
+
+
+def test_resume_mid_epoch_refuses_another_batch_size_or_seed_and_takes_them_at_an_epoch_end(tmp_path):
+    _fit(_parse(tmp_path, "--max_steps", 3))  # 18 images in batches of 4: stopped mid-epoch, after image 12
+    for flags in (("--batch_size", 2), ("--seed", 3)):
+        with pytest.raises(UserError, match=rf"stopped mid-epoch \(epoch 1, batch 3\) with {flags[0]} "
+                                            rf"\d; this run has {flags[0]} {flags[1]}"):
+            _fit(_parse(tmp_path, "--resume", *flags))
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert (state["list"]["batch_size"], state["list"]["seed"]) == (4, 0)
+    _fit(_parse(tmp_path, "--resume", "--max_steps", 5))  # the epoch's end: batch 0 of epoch 2
+    assert _fit(_parse(tmp_path, "--resume", "--batch_size", 2, "--seed", 3)) == str(tmp_path / "model-2.pth")
+
+
+def test_a_checkpoint_from_before_the_batch_size_was_recorded_still_resumes(tmp_path):
+    _fit(_parse(tmp_path, "--max_steps", 3))
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    for k in ("batch_size", "seed"):
+        del state["list"][k]
+    torch.save(state, tmp_path / "checkpoint.pth")
+    assert _fit(_parse(tmp_path, "--resume")) == str(tmp_path / "model-2.pth")

@@ -159,8 +159,10 @@ class Runner:
         times of steps finished by an earlier run included."""
         os.makedirs(folder, exist_ok=True)
         record, cpu_record = os.path.join(folder, "steps.json"), os.path.join(folder, "steps_cpu.json")
-        times = json.load(open(record)) if os.path.isfile(record) else {}
-        cpu_times = json.load(open(cpu_record)) if os.path.isfile(cpu_record) else {}
+        def earlier(path: str) -> dict:  # the times of the steps an earlier run finished
+            return (read_json(path, "the times of its steps count as 0") or {}) if os.path.isfile(path) else {}
+
+        times, cpu_times = earlier(record), earlier(cpu_record)
         for step, args, output in steps:
             if os.path.isfile(output):  # written only once the step has finished
                 times.setdefault(step, 0.0)  # (0: finished, but its time was not recorded)
@@ -197,10 +199,28 @@ def _children_cpu() -> float:
 
 
 # ------------------------------------------------------------------------------------------ results
+def read_json(path: str, instead: Optional[str] = None) -> Optional[dict]:
+    """A JSON record of the grid (ablation.json, result.json, steps.json, a step's metrics): a dict. A file cut
+    off or not an object is one error line naming it, or, where `instead` says what is done without it, said
+    (naming it) and None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    except ValueError as e:  # cut off (a copy, a disk full elsewhere), edited by hand, not UTF-8
+        if instead is None:
+            raise UserError(f"{path} is not a whole JSON record ({e}): remove it, and --resume runs the step that "
+                            f"writes it again") from None
+        print(f"{path} is not a whole JSON record ({e}): {instead}", flush=True)
+        return None
+    return data
+
+
 def collect(a: argparse.Namespace, s: Setting, cam_times: tuple, seg_times: tuple) -> dict:
-    cam = json.load(open(os.path.join(a.out, "cam", s.network, "cam_loc.json")))
-    final = json.load(open(os.path.join(a.out, s.name, "eval", "metrics.json")))
-    wsol = json.load(open(os.path.join(a.out, s.name, "wsol", "metrics.json")))
+    cam = read_json(os.path.join(a.out, "cam", s.network, "cam_loc.json"))
+    final = read_json(os.path.join(a.out, s.name, "eval", "metrics.json"))
+    wsol = read_json(os.path.join(a.out, s.name, "wsol", "metrics.json"))
     return {**asdict(s), "name": s.name, "network": s.network,
             "cam_gt_known": cam["gt_known_loc"], "cam_best_gt_known": cam["best_gt_known_loc"],
             "cam_best_threshold": cam["best_threshold"], "final_gt_known": final["gt_known_loc"],
@@ -324,7 +344,10 @@ def open_grid(a: argparse.Namespace, config: dict) -> dict:
     if not a.resume:
         raise UserError(f"{a.out} already holds an ablation grid: pass --resume to continue it (finished settings "
                         f"are kept), or choose another --out")
-    state = json.load(open(path))
+    state = read_json(path)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("settings"), dict):
+        raise UserError(f"{path} is not an ablation grid's record (no config and settings): remove it, or choose "
+                        f"another --out")
     changed = [f"--{k} {state['config'].get(k)} -> {config[k]}" for k in RECIPE if state["config"].get(k) != config[k]]
     if changed:
         raise UserError(f"--resume: {a.out} was run with another recipe ({'; '.join(changed)}); its rows would not "
@@ -408,10 +431,11 @@ def main(argv=None) -> dict:
     fixed = baselines(a.datapath, a.size, a.crop)
     save()
     for k, s in enumerate(settings, 1):
-        done = os.path.isfile(os.path.join(a.out, s.name, "result.json"))
+        result = os.path.join(a.out, s.name, "result.json")
+        done = os.path.isfile(result) and read_json(result, f"{s.name} is run again (its finished steps are kept)")
         print(f"[{k}/{len(settings)}] {s.name}" + (": finished earlier, kept" if done else ""), flush=True)
         if done:
-            state["settings"][s.name] = json.load(open(os.path.join(a.out, s.name, "result.json")))
+            state["settings"][s.name] = done
             continue
         cam_times = runner.run(os.path.join(a.out, "cam", s.network), runner.cam_steps(s), s.name)
         seg_times = runner.run(os.path.join(a.out, s.name), runner.seg_steps(s), s.name)

@@ -14,6 +14,7 @@ does, while their boxes stay in the stored frame).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
+from utils.engine.checkpoint import torch_load
 from utils.data.images import mask_name
 from utils.errors import UserError
 from utils.data.lists import normal_name, subset
@@ -171,6 +173,45 @@ def check_writable(folder: str, flag: str, lock: bool = False) -> None:
     if lock:
         import utils.engine.lock as locks
         locks.hold(folder, flag)
+
+
+def check_stage_folder(folder: str, stage: str, force: bool, flag: str = "--savepath") -> None:
+    """A training run of `stage` (a stage folder's name, e.g. cub200-seg) writes its snapshots, checkpoint.pth and
+    logs into `folder`: refuse a folder holding another stage's run (as its args.json, else its checkpoint.pth,
+    says), unless `force`. A run of the same stage, a rerun or a --resume, goes on as before."""
+    other, source = _run_stage(folder)
+    if other is not None and other != stage and not force:
+        raise UserError(f"{flag} {folder} holds a run of {other} (its {source}), not of {stage}: this run would "
+                        f"replace its model-*.pth, checkpoint.pth and logs. Pass another {flag}, or --force to "
+                        f"write over it")
+
+
+def _run_stage(folder: str) -> tuple:
+    """(the stage whose training run wrote `folder`, the file that says so), or (None, None) when no file tells:
+    no run, or files too damaged to say. args.json without a "stage" (older runs) names its script's folder
+    in its command line, when it was started from outside that folder."""
+    try:
+        with open(os.path.join(folder, "args.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        if isinstance(config, dict):
+            stage = config.get("stage")
+            script = str(config.get("command", "")).split(" ")[0]
+            if stage is None and os.path.basename(script) in ("train.py", "test.py"):
+                stage = os.path.basename(os.path.dirname(script)) or None
+            if isinstance(stage, str):
+                return stage, "args.json"
+    except (OSError, ValueError):
+        pass
+    checkpoint = os.path.join(folder, "checkpoint.pth")
+    if os.path.isfile(checkpoint):
+        try:
+            state = torch_load(checkpoint)
+        except UserError:  # a damaged state: --resume names it; a new run may write over it
+            return None, None
+        stage = (state.get("args") or {}).get("stage") if isinstance(state, dict) else None
+        if isinstance(stage, str):
+            return stage, "checkpoint.pth"
+    return None, None
 
 
 def list_file(datapath: str, listname: str) -> str:

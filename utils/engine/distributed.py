@@ -2,14 +2,19 @@
 
 `setup(device_arg)` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), picks the device,
 initialises the process group (NCCL on CUDA, gloo on the CPU) and returns a `Dist` record. Without
-torchrun it is a plain single process and every collective below is a no-op.
+torchrun it is a plain single process and every collective below is a no-op. A stray or incomplete launcher
+environment (WORLD_SIZE without RANK, a WORLD_SIZE that is no number) is one error line, and the wait for
+the other processes is bounded (`RENDEZVOUS_TIMEOUT`) and ends at SIGTERM.
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import os
+import signal
+import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -55,11 +60,60 @@ def pick_device(arg: str, local_rank: int = 0, world: int = 1) -> torch.device:
         raise UserError(f"--device {arg!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
+# how long a process waits for the others to join: torchrun starts a job's processes within seconds of each other
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=5)
+
+
+def _launcher() -> tuple:
+    """(world, rank, local_rank) from torchrun's variables, checked: without WORLD_SIZE, one process."""
+    env = os.environ
+
+    def number(name: str, default: Optional[str] = None) -> int:
+        text = env.get(name, default)
+        if text is None or not text.strip().isdigit():
+            raise UserError(f"{name}={text!r} in the environment is not a whole number >= 0: launch with torchrun, "
+                            f"which sets WORLD_SIZE, RANK and LOCAL_RANK, or unset WORLD_SIZE to run one process")
+        return int(text)
+
+    world = number("WORLD_SIZE", "1")
+    if world <= 1:
+        return 1, 0, 0
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in env]
+    if missing:
+        raise UserError(f"WORLD_SIZE={world} is set in the environment but {', '.join(missing)} not: launch with "
+                        f"torchrun (it sets them all), or unset WORLD_SIZE to run one process")
+    rank, local_rank = number("RANK"), number("LOCAL_RANK", "0")
+    number("MASTER_PORT")
+    if rank >= world:
+        raise UserError(f"RANK={rank} is not below WORLD_SIZE={world}: launch with torchrun, or unset WORLD_SIZE")
+    return world, rank, local_rank
+
+
+def _join(backend: str) -> None:
+    """Initialise the default process group, waiting at most RENDEZVOUS_TIMEOUT for the other processes. The
+    wait is in C++, where the SIGTERM handler of `errors.run_main` would not run: the signal's default action
+    (the process ends) holds meanwhile; nothing has been written yet."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main_thread else None
+    try:
+        store, rank, world = next(dist.rendezvous("env://", timeout=RENDEZVOUS_TIMEOUT))
+        store.set_timeout(RENDEZVOUS_TIMEOUT)  # every process's connection to the group too
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank, world_size=world)
+    except RuntimeError as e:  # torch's DistStoreError / DistNetworkError: no other process came
+        raise UserError(f"the other processes of WORLD_SIZE={os.environ['WORLD_SIZE']} did not join within "
+                        f"{RENDEZVOUS_TIMEOUT.total_seconds():.0f} s at {os.environ['MASTER_ADDR']}:"
+                        f"{os.environ['MASTER_PORT']} ({str(e).splitlines()[0]}): launch every process (torchrun "
+                        f"--nproc_per_node N), or unset WORLD_SIZE to run one process") from None
+    finally:
+        if main_thread and previous is not None:  # None: a handler not set from Python, SIG_DFL stays
+            signal.signal(signal.SIGTERM, previous)
+    store.set_timeout(dist.default_pg_timeout)  # later waits on the store: as torch sets them
+
+
 def setup(device_arg: str) -> Dist:
     """The process's `Dist`. On CUDA the device is also made the current one, in one process too: streams,
     events and new tensors without a device then belong to it, not to cuda:0 (`engine.HostCopy`)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = (int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else (0, 0)
+    world, rank, local_rank = _launcher()
     device = pick_device(device_arg, local_rank, world)
     if device.type == "cuda":
         if device.index is not None and device.index >= torch.cuda.device_count():
@@ -68,7 +122,7 @@ def setup(device_arg: str) -> Dist:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _join("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local_rank, device)
 
 

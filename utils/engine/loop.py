@@ -388,7 +388,8 @@ def fit(cfg: TrainConfig, d: Dist, model: nn.Module, dataset, loss_fn: Callable,
     # the state goes into the placed parameters (the same objects as raw's): load_state_dict casts it to each
     # parameter's device and dtype, so the optimiser's, loaded before the model moved, would stay on the CPU
     optimizer = sgd(groups(raw), cfg.momentum, cfg.weight_decay, cfg.nesterov)
-    listed = list_fingerprint(cfg.list_name, getattr(dataset, "samples", None) or [])
+    listed = dict(list_fingerprint(cfg.list_name, getattr(dataset, "samples", None) or []),
+                  batch_size=cfg.batch_size, seed=cfg.seed)  # what a position (epoch, batch) counts in
     start_epoch, start_batch, step = 0, 0, 0
     if state is not None:
         start_epoch, start_batch, step = resume(state, cfg.resume, raw, optimizer, scaler, cfg.flags, listed, d.main)

@@ -4,7 +4,14 @@ refusing one written for another model or another list. `engine.fit` uses both.
 
 checkpoint.pth is a dict: "model" and "optimizer" (state dicts), "scaler" (fp16's GradScaler, or None),
 "epoch" and "batch" (the position: batches done in that 0-based epoch), "step" (global), "args" (every flag
-of the run) and "list" (`list_fingerprint`). A snapshot holds the model's state dict alone.
+of the run) and "list" (`list_fingerprint`, with the batch size and seed that the position counts in). A snapshot
+holds the model's state dict alone.
+
+What a resumed run takes from its flags and what from the checkpoint: the model's shape flags must match; the
+optimiser's values (--lr, --backbone_lr, --weight_decay, --momentum, --nesterov) live in the optimiser's state,
+which would override new ones, so they must match too (never a value recorded that was not used); mid-epoch, the
+list, --batch_size and --seed must match (the position counts batches of that list's order under that seed).
+Everything else (--epoch, --amp, --sync_bn, workers, saving and logging) is taken from the flags as given.
 """
 from __future__ import annotations
 
@@ -102,7 +109,13 @@ def resume(state: dict, path: str, model: nn.Module, optimizer: torch.optim.Opti
     `listed` (`list_fingerprint`); returns its position (epoch, batch, step). The model must be placed already:
     Optimizer.load_state_dict casts the state to each parameter's device and dtype."""
     _resume_model(model, state, path, flags)
-    optimizer.load_state_dict(state["optimizer"])
+    given = [{k: g.get(k) for k in _OPTIMISER_VALUES} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:  # other parameter groups (e.g. another --freeze_stem): torch's words, one line
+        raise UserError(f"--resume: the optimiser state in {path} does not fit this run's parameters ({e}): "
+                        f"resume with the flags it was written with, or start anew without --resume") from None
+    _check_same_optimiser(given, optimizer, state, flags, path)
     _lay_out_like_parameters(optimizer)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -148,6 +161,40 @@ def _check_same_list(state: dict, listed: dict, path: str) -> None:
                         f"{saved['list']} as it was then ({saved['images']} images); {listed['list']} now has {how}: "
                         f"that position would be other images. Resume with the list it was trained on, or start "
                         f"anew without --resume")
+    # mid-epoch, the position counts batches of this size in this seed's order (records from before these
+    # were kept cannot tell); at an epoch's end any batch size and seed go on from the next epoch's start
+    differ = [k for k in ("batch_size", "seed") if saved and k in saved and saved[k] != listed[k]]
+    if differ and state["batch"] > 0:
+        there = ", ".join(f"--{k} {saved[k]}" for k in differ)
+        here = ", ".join(f"--{k} {listed[k]}" for k in differ)
+        raise UserError(f"--resume: {path} stopped mid-epoch (epoch {state['epoch'] + 1}, batch {state['batch']}) "
+                        f"with {there}; this run has {here}: the rest of that epoch would train some images twice "
+                        f"and others not at all. Resume with {there}")
+
+
+# what Optimizer.load_state_dict restores into each parameter group (the scheduled "lr" is set anew each epoch
+# from "initial_lr"), and the flags they come from
+_OPTIMISER_VALUES = ("initial_lr", "momentum", "weight_decay", "nesterov")
+_OPTIMISER_FLAGS = ("lr", "backbone_lr", "weight_decay", "momentum", "nesterov")
+
+
+def _check_same_optimiser(given: list, optimizer: torch.optim.Optimizer, state: dict, flags: dict, path: str) -> None:
+    """The optimiser's values of this run (`given`, per group, before the load) must be those the checkpoint
+    restored: the loaded ones would be used while the new flags are recorded."""
+    loaded = [{k: g.get(k) for k in _OPTIMISER_VALUES} for g in optimizer.param_groups]
+    if loaded == given:
+        return
+    saved = state.get("args") or {}
+    differ = [k for k in _OPTIMISER_FLAGS if k in saved and k in flags and saved[k] != flags[k]]
+    if differ:
+        there = ", ".join(f"--{k} {saved[k]}" for k in differ)
+        here = ", ".join(f"--{k} {flags[k]}" for k in differ)
+    else:  # values that no flag of the record explains: name them per parameter group
+        there, here = (", ".join(f"group {i}: {g}" for i, g in enumerate(groups)) for groups in (loaded, given))
+    raise UserError(f"--resume: {path} was trained with {there}; this run has {here}. Its optimiser state would "
+                    f"go on with the checkpoint's values while the new ones are recorded: resume with the values it "
+                    f"was trained with, or start anew without --resume (--snapshot <its model-N.pth> starts from "
+                    f"its weights)")
 
 
 def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:

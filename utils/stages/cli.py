@@ -84,6 +84,9 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
         t.add_argument("--snapshot_from", type=int, default=1, help="first epoch whose model-<epoch>.pth is kept")
         t.add_argument("--print_freq", type=int, default=20, help="log every N steps")
         t.add_argument("--max_steps", type=int, default=0, help="stop after N steps in total (0: no limit)")
+        t.add_argument("--force", action="store_true",
+                       help="write into a --savepath that holds another stage's training run (its snapshots, "
+                            "checkpoint.pth and logs are replaced)")
     else:
         p.add_argument_group("inference").add_argument("--batch_size", type=int, default=64,
                                                        help="images per forward pass (per process)")
@@ -222,6 +225,7 @@ def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Opti
     for name, value in recorded.items():
         setattr(args, name, value)
     here = os.path.dirname(os.path.abspath(script))
+    args.stage = os.path.basename(here)  # recorded: a run of another stage will not write over this one's folder
     for name in PATH_ARGS:
         value = getattr(args, name, None)
         if value and value not in ("none", "auto") and value == parser.get_default(name) and not os.path.isabs(value):

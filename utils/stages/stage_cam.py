@@ -49,6 +49,7 @@ def train(args, d) -> str:
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
+    validate.check_stage_folder(args.savepath, args.stage, args.force)
     dual = dataset.dual_head
     model = build_mffnet(args.clsnum, args.backbone, args.pretrained, dual=dual,
                          **cli.architecture(args.fusion, args.levels, args.mca))

@@ -47,6 +47,7 @@ def train(args, d) -> str:
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), masks=True,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
+    validate.check_stage_folder(args.savepath, args.stage, args.force)
     model = build_mffnet(1, args.backbone, args.pretrained, seg=True,
                          **cli.architecture(args.fusion, args.levels, args.mca))
     if args.snapshot:
