@@ -169,7 +169,7 @@ def test_recorded_settings_are_as_before(tmp_path, monkeypatch):
     args = _stage_args(monkeypatch, stage_cam, "train", "cub200-cam/train.py", "--datapath", cub)
     assert recorded(args) == {"dataset": "cub", "count_classes": True, "freeze_stem": False}
     assert args["clsnum"] == 3  # the lines of classes.txt
-    assert list(args)[-3:] == ["dataset", "count_classes", "freeze_stem"]  # after the flags, in this order
+    assert list(args)[-4:] == ["dataset", "count_classes", "freeze_stem", "stage"]  # after the flags, in order
     args = _stage_args(monkeypatch, stage_cls, "train", "cub200-cls/train.py", "--datapath", cub, "--clsnum", 7)
     assert recorded(args) == {"dataset": "cub", "count_classes": True} and args["clsnum"] == 7
     args = _stage_args(monkeypatch, stage_seg, "train", "cub200-seg/train.py", "--datapath", cub)

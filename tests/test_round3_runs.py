@@ -192,7 +192,7 @@ def _listening(port: int) -> bool:
 
 def test_sigterm_ends_the_wait_for_missing_processes():
     port = _free_port()
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from utils import distributed; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from utils.engine import distributed; "
             "from utils.errors import run_main; run_main(lambda: distributed.setup('cpu'))")
     proc = subprocess.Popen([sys.executable, "-c", code, ROOT], env=dict(os.environ, **_alone(port)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
