@@ -109,6 +109,16 @@ def gather_objects(d: Dist, obj: object) -> list:
     return out
 
 
+def broadcast_object(d: Dist, obj: object) -> object:
+    """Rank 0's `obj` (picklable) on every rank; the other ranks' `obj` is ignored (`obj` itself without torchrun).
+    Every rank waits here until rank 0 arrives."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)  # NCCL: through the current device, which `setup` set
+    return box[0]
+
+
 def shard(n: int, d: Dist) -> list:
     """Indices 0..n-1 of this rank for inference: every index on exactly one rank, no padding."""
     return list(range(d.rank, n, d.world))
