@@ -66,3 +66,14 @@ def test_masks_of_a_late_scanning_rank_are_each_written_once(cub, tmp_path):
     written = [f for _, _, files in os.walk(masks) for f in files]
     assert len(written) == n and all(f.endswith(".png") for f in written), (len(written), n)
     assert f"wrote {n} pseudo masks" in p.stdout, p.stdout[-2000:]
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(cub, tmp_path):
+    out = tmp_path / "out"
+    p = run_script(*TORCHRUN, "tests/nan_loss_train.py", "cub200-cam/train.py", "--datapath", cub / "CUB_200_2011",
+                   "--clsnum", 3, "--pretrained", "none", "--batch_size", 4, "--epoch", 1, "--print_freq", 100,
+                   "--savepath", out, *RUN, check=False, timeout=300)
+    # each rank says it once (the two processes' lines may interleave on the one stderr)
+    assert p.returncode != 0 and p.stderr.count("error: non-finite loss or weights before step 6") == 2, \
+        (p.returncode, p.stderr[-3000:])
+    assert not os.path.exists(out / "checkpoint.pth") and not os.path.exists(out / "model-1.pth")

@@ -100,6 +100,16 @@ def mean(d: Dist, x: torch.Tensor) -> torch.Tensor:
     return x / d.world
 
 
+def all_true(d: Dist, flag: torch.Tensor) -> bool:
+    """Whether the boolean scalar `flag` (on the device) is true on every rank; every rank must call it at the same
+    point, and all then decide alike (a rank that stopped alone would leave the others waiting in a collective)."""
+    if not d.enabled:
+        return bool(flag)
+    x = flag.to(torch.int32)  # a MIN of integers: what gloo and NCCL both reduce
+    dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return bool(x)
+
+
 def gather_objects(d: Dist, obj: object) -> list:
     """Every rank's `obj`, in rank order, on every rank (a one-item list without torchrun)."""
     if not d.enabled:

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from utils.checkpoint import save_atomic, torch_load
 from utils.lists import SampleTable
+from utils import distributed
 from utils.distributed import Dist
 from utils.errors import Stopped, UserError
 from utils.log import LossLog
@@ -75,8 +76,11 @@ class Checkpoints:
         return Stopped(e.signum, f"at step {step}: {kept}")
 
     def _check_finite(self, step: int) -> None:
-        if not bool(self.finite) or not all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values()
-                                            if t.is_floating_point()):
+        ok = self.finite.clone()
+        for t in self.model.state_dict().values():
+            if t.is_floating_point():
+                ok &= torch.isfinite(t).all()
+        if not distributed.all_true(self.d, ok):  # the losses differ by rank: every rank stops, or none
             raise UserError(f"non-finite loss or weights before step {step}: stopped; the last good state is "
                             f"{self.path} (lower --lr, or --amp off)")
 
