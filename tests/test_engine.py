@@ -172,3 +172,41 @@ def test_nothing_non_finite_is_saved_and_a_stop_says_what_is_kept(tmp_path):
     with pytest.raises(UserError, match="non-finite"):
         saves.state(0, 3, 3)
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["step"] == 2
+
+
+def _scaled_step(model, optimizer, scaler):
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(model(torch.randn(4, 3, 4, 4)).square().mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def test_sgd_is_fused_on_cuda_and_takes_the_scalers_flag_on_the_device(monkeypatch):
+    """On CUDA (stubbed: torch's fused SGD runs on the CPU too) the step is fused, and fp16's GradScaler then
+    steps without reading its found-inf flag on the host; the CPU keeps torch's default step."""
+    model = _model()
+    assert [g["fused"] for g in engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True).param_groups] == [None]
+    optimizer = engine.sgd([(list(model.parameters()), 0.1)], 0.9, 1e-4, True, torch.device("cuda"))
+    assert [g["fused"] for g in optimizer.param_groups] == [True]
+
+    def no_host_read(self):
+        raise AssertionError("a host read (.item()) in the scaled step")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_host_read)
+    before = [p.detach().clone() for p in model.parameters()]
+    _scaled_step(model, optimizer, torch.amp.GradScaler("cpu"))
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # it did step
+
+
+def test_a_resumed_state_keeps_this_runs_sgd_kernels(tmp_path):
+    """A state saved by an unfused SGD (a CPU run) resumes under CUDA's fused one (stubbed device): the groups
+    stay fused, so the scaler's fused step works (an unfused group is handed the scaler's flag and fails)."""
+    from utils.train_state import resume
+    model = _model()
+    saved = engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True)
+    _scaled_step(model, saved, torch.amp.GradScaler("cpu", enabled=False))
+    state = {"model": model.state_dict(), "optimizer": saved.state_dict(), "epoch": 0, "batch": 1, "step": 1}
+    optimizer = engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True, torch.device("cuda"))
+    resume(state, "checkpoint.pth", model, optimizer, None, {}, {"sha1": None}, main=False)
+    assert [g["fused"] for g in optimizer.param_groups] == [True]
+    _scaled_step(model, optimizer, torch.amp.GradScaler("cpu"))

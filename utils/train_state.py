@@ -106,7 +106,11 @@ def resume(state: dict, path: str, model: nn.Module, optimizer: torch.optim.Opti
     `listed` (`list_fingerprint`); returns its position (epoch, batch, step). The model must be placed already:
     Optimizer.load_state_dict casts the state to each parameter's device and dtype."""
     _resume_model(model, state, path, flags)
+    kernels = [(g["fused"], g["foreach"]) for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for g, (fused, foreach) in zip(optimizer.param_groups, kernels):
+        # this run's kernels, not the saving run's (a CPU run's unfused groups under CUDA's fused SGD fail to step)
+        g["fused"], g["foreach"] = fused, foreach
     _lay_out_like_parameters(optimizer)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
