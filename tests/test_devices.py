@@ -67,12 +67,26 @@ def test_host_copy_waits_on_the_stream_of_the_results_device(monkeypatch):
     assert recorded == [("stream of", torch.device("cuda", 1))]
 
 
-@pytest.mark.parametrize("native, want", [(True, torch.bfloat16), (False, torch.float16)])
-def test_amp_auto_takes_bf16_only_where_the_gpu_has_it(monkeypatch, native, want):
-    # including_emulation=True is True on every CUDA GPU (V100 and T4 emulate bf16); False: in hardware only
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
-    assert engine.amp_dtype("auto", torch.device("cuda", 0)) == want
+@pytest.mark.parametrize("capability, want", [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),
+                                              ((7, 5), torch.float16), ((7, 0), torch.float16)])
+def test_amp_auto_takes_bf16_only_where_the_gpu_has_it(monkeypatch, capability, want):
+    # V100 (7.0) and T4 (7.5) only emulate bf16; asked of the run's own GPU, cuda:1 here
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capability if torch.device(device) == torch.device("cuda", 1) else (9, 0))
+    assert engine.amp_dtype("auto", torch.device("cuda", 1)) == want
     assert engine.amp_dtype("auto", torch.device("cpu")) is None
+
+
+def test_amp_bf16_on_a_gpu_that_only_emulates_it_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(UserError, match=r"--amp bf16: the GPU cuda:0 \(compute capability 7.5, below 8.0\) has no "
+                                        r"bf16 in hardware.*--amp fp16"):
+        engine.amp_dtype("bf16", torch.device("cuda", 0))
+    assert engine.amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert engine.amp_dtype("bf16", torch.device("cuda", 0)) == torch.bfloat16
 
 
 @pytest.fixture

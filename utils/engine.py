@@ -41,12 +41,17 @@ from utils.workers import init_loader_worker, loader_threads
 def amp_dtype(arg: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of `--amp arg` on `device` (None: float32). auto: bf16 on a CUDA GPU that has it in
     hardware (compute capability 8.0 on), fp16 (with `train_step`'s GradScaler) on older GPUs, which only
-    emulate bf16, and float32 on the CPU. off on CUDA also turns TF32 off, so float32 is float32 there as on
-    the CPU."""
+    emulate bf16, and float32 on the CPU; bf16 on such older GPUs is refused. off on CUDA also turns TF32 off, so
+    float32 is float32 there as on the CPU."""
     if arg == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.bfloat16 if _bf16_in_hardware(device) else torch.float16
+    if arg == "bf16" and device.type == "cuda" and not _bf16_in_hardware(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise UserError(f"--amp bf16: the GPU {device} (compute capability {major}.{minor}, below 8.0) has no bf16 "
+                        f"in hardware; torch would emulate it and run its convolutions in a fallback kernel many "
+                        f"times slower. Use --amp fp16 (what auto picks on this GPU) or --amp off")
     if arg == "off":
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -55,6 +60,12 @@ def amp_dtype(arg: str, device: torch.device) -> Optional[torch.dtype]:
     if arg == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on the CPU)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[arg]
+
+
+def _bf16_in_hardware(device: torch.device) -> bool:
+    """Whether the CUDA `device` computes in bf16 itself: NVIDIA GPUs from compute capability 8.0 (Ampere) on, and
+    ROCm's. Asked of `device`, not of the current GPU as torch.cuda.is_bf16_supported does."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
