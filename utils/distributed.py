@@ -35,6 +35,12 @@ class Dist:
         return self.world > 1
 
 
+def local_world() -> int:
+    """The processes of this job on this node (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun): they share its
+    CPU cores and its shared memory."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def pick_device(arg: str, local_rank: int = 0, world: int = 1) -> torch.device:
     """The device of `--device arg` for the process of `local_rank` (torchrun's LOCAL_RANK) in a job of `world`
     processes: `cuda` is cuda:LOCAL_RANK; an explicit cuda:N under torchrun would put every process on one GPU."""
