@@ -210,3 +210,15 @@ def test_a_resumed_state_keeps_this_runs_sgd_kernels(tmp_path):
     resume(state, "checkpoint.pth", model, optimizer, None, {}, {"sha1": None}, main=False)
     assert [g["fused"] for g in optimizer.param_groups] == [True]
     _scaled_step(model, optimizer, torch.amp.GradScaler("cpu"))
+
+
+def test_snapshots_hold_cpu_tensors_and_the_state_dicts_metadata(tmp_path):
+    """What a bare torch.load of a model-N.pth gives on a machine without CUDA (the GPU suite checks a snapshot of
+    a CUDA run): CPU tensors, and the per-module versions that load_state_dict reads."""
+    model = _model()
+    losses = LossLog(RunLog(str(tmp_path), {}, enabled=False), 1, "")
+    saves = Checkpoints(str(tmp_path), Dist(), model, engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True),
+                        None, {"args": {}, "list": None}, losses, lambda: None, saved_at=None)
+    state = torch.load(saves.snapshot(1, 1), weights_only=True)
+    assert state._metadata == model.state_dict()._metadata and state._metadata["1"]["version"] == 2  # BatchNorm's
+    assert all(t.device.type == "cpu" for t in state.values())

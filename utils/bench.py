@@ -508,8 +508,12 @@ def measure_inputs(a, root: str, stages: Stages) -> tuple:
     d = Dist(device=a.device)
     images, labels, sizes = [], [], []
     for b in stage_batches(samples, len(samples), a.num_workers, a):
-        # a copy: the batch's slot takes a later batch once the next one is asked for
-        images.append(engine.to_device(b["image"].clone(), d, a.cl, hwc=True))
+        # a copy: the batch's slot takes a later batch once the next one is asked for. On CUDA the device tensor is
+        # that copy, made from the pinned slot without a pageable clone, and waited for before the slot goes back
+        cuda = a.device.type == "cuda"
+        images.append(engine.to_device(b["image"] if cuda else b["image"].clone(), d, a.cl, hwc=True))
+        if cuda:
+            torch.cuda.current_stream(a.device).synchronize()
         labels.append(b["label"].to(a.device))
         sizes += [(w, h) for h, w in b["size"].tolist()]
     seconds = []

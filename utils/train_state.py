@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import numpy as np
@@ -54,7 +55,7 @@ class Checkpoints:
         self.list_skipped()
         self._check_finite(step)
         if self.d.main:
-            save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            save_atomic({"model": cpu_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict() if self.scaler else None, "epoch": epoch, "batch": batch,
                          "step": step, **self.record}, self.path)
         self.saved_at = step
@@ -65,7 +66,7 @@ class Checkpoints:
         self.losses.flush()
         self._check_finite(step)
         if self.d.main:
-            save_atomic(self.model.state_dict(), path)
+            save_atomic(cpu_state_dict(self.model), path)
         return path
 
     def stopped(self, e: Stopped, step: int) -> Stopped:
@@ -83,6 +84,16 @@ class Checkpoints:
         if not distributed.all_true(self.d, ok):  # the losses differ by rank: every rank stops, or none
             raise UserError(f"non-finite loss or weights before step {step}: stopped; the last good state is "
                             f"{self.path} (lower --lr, or --amp off)")
+
+
+def cpu_state_dict(model: nn.Module) -> OrderedDict:
+    """`model`'s state dict with its tensors copied to the CPU (a bare torch.load of the file then works on a
+    machine without CUDA) and its `_metadata` kept (the per-module versions load_state_dict reads)."""
+    state = model.state_dict()
+    out = OrderedDict((k, v.cpu()) for k, v in state.items())
+    if hasattr(state, "_metadata"):
+        out._metadata = state._metadata
+    return out
 
 
 def read_state(path: str, own: str) -> Optional[dict]:
