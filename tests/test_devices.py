@@ -161,3 +161,39 @@ def test_a_resumed_epoch_gives_the_rest_of_its_batches():
     assert sorted(i for b in full for _, i in b) == sorted(set(i for b in full for _, i in b))
     sampler.set_epoch(3, 5)
     assert list(sampler) == full[5:] and len(sampler) == 9
+
+
+# ------------------------------------------------------------------------------------- CUDA out of memory
+def test_out_of_memory_anywhere_is_one_line(monkeypatch, capsys):
+    from utils.errors import run_main
+
+    def main():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)")
+
+    monkeypatch.setattr("sys.argv", ["/somewhere/utils/bench.py"])
+    with pytest.raises(SystemExit) as e:
+        run_main(main)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: CUDA out of memory in utils/bench.py: lower --batch_size, compute in half precision "
+                          "(--amp auto, bf16 or fp16, not off) and keep channels-last (--channels_last")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_out_of_memory_in_a_stage_names_its_batch_and_the_state_to_resume(monkeypatch, tmp_path, training):
+    from argparse import Namespace
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.argv", ["/repo/cub200-cam/train.py" if training else "/repo/cub200-cam/test.py"])
+    (tmp_path / "checkpoint.pth").write_bytes(b"a state")
+    args = Namespace(device="cpu", batch_size=64, savepath=str(tmp_path), **({"resume": None} if training else {}))
+
+    @distributed.entry
+    def stage(args, d):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+
+    with pytest.raises(UserError) as e:
+        stage(args)
+    where = "cub200-cam/train.py" if training else "cub200-cam/test.py"
+    assert str(e.value).startswith(f"CUDA out of memory in {where} at --batch_size 64: lower --batch_size")
+    assert (f"goes on from {tmp_path / 'checkpoint.pth'} with --resume" in str(e.value)) == training

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from utils import lock
-from utils.errors import UserError
+from utils.errors import UserError, out_of_memory, script_name
 
 
 @dataclass
@@ -85,12 +85,18 @@ def cleanup() -> None:
 
 def entry(fn: Callable) -> Callable:
     """Turn `fn(args, d)` into a stage entry point `fn(args)`: the device and process group are set up
-    from `args.device` before, and the process group is torn down after, also on an error."""
+    from `args.device` before, and the process group is torn down after, also on an error. A CUDA out-of-memory
+    error becomes one line (`errors.out_of_memory`)."""
     @functools.wraps(fn)
     def run(args):
         d = setup(args.device)
         try:
             return fn(args, d)
+        except torch.OutOfMemoryError:
+            # one line naming the batch, and the state a training run can go on from (rank 0 saved it)
+            state = os.path.join(args.savepath, "checkpoint.pth") if "resume" in vars(args) else None
+            raise UserError(out_of_memory(script_name(), getattr(args, "batch_size", None),
+                                          state if state and os.path.isfile(state) else None)) from None
         finally:
             lock.release_all()
             cleanup()

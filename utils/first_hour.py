@@ -9,9 +9,9 @@ and inference (the forward under inference mode), at the script's batch size: im
 --warmup ones, the peak GPU memory (`torch.cuda.max_memory_allocated`), and the largest batch that fits this GPU:
 from the script's batch, doubled while one step fits (up to --growth times it: then "at least"), halved while it
 does not. The inputs are random tensors of the stage's size made on the GPU: the loader is left out
-(`python -m utils.bench` measures it). Precision and memory format are the stages' (`--amp auto`: bf16 from compute capability 8.0 on,
-else fp16 with the loss scaler; channels-last); --compile compiles every model. One process: SyncBatchNorm
-never synchronises here (docs/speed.md says how to measure it under torchrun).
+(`python -m utils.bench` measures it). Precision and memory format are the stages' (`--amp auto`: bf16 from
+compute capability 8.0 on, else fp16 with the loss scaler; channels-last); --compile compiles every model. One
+process: SyncBatchNorm never synchronises here (docs/speed.md says how to measure it under torchrun).
 
 Without CUDA it says so and exits 0. SPOL_GPU_SUITE_DEVICE=cpu (as for the GPU suite) is a dry run on the CPU at
 tiny sizes (ResNet-18, EfficientNet-B0, 32 px, batch 2, one step, the search up to 2x): the same code.
