@@ -83,7 +83,7 @@ from utils.method import losses  # noqa: E402
 from utils.data import read_image  # noqa: E402
 from utils.datasets import CUB  # noqa: E402
 from utils.distributed import Dist, setup  # noqa: E402
-from utils.engine import amp_dtype, autocast, channels_last_for, train_step  # noqa: E402
+from utils.engine import amp_dtype, autocast, channels_last_for, sgd, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.method.pseudo_mask import normalise_cam  # noqa: E402
 from utils.pseudo_mask import make_pseudo_mask, regions, write_masks  # noqa: E402
@@ -394,7 +394,7 @@ def bare_forward(model: torch.nn.Module, batches: list, a, keep: Optional[Callab
 def training(model: torch.nn.Module, loss_fn: Callable, batch: dict, a) -> float:
     """Images/s of train_step (forward, backward, SGD step) on one device-resident batch."""
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    optimizer = sgd([(list(model.parameters()), 1e-4)], 0.9, 1e-4, True, a.device)  # the stages' step: fused on CUDA
     scaler = torch.amp.GradScaler("cuda") if a.dtype == torch.float16 else None
     for _ in range(max(1, a.warmup)):
         train_step(model, loss_fn, batch, optimizer, scaler, a.device, a.dtype)
