@@ -238,3 +238,11 @@ def test_loader_workers_run_one_opencv_thread():
     cv2.resize(np.zeros((512, 512), np.float32), (100, 100))   # this process's OpenCV pool has run
     batches = list(inference_batches(_Threads(), [0, 1], 1, 1, Dist()))
     assert [b["threads"].item() for b in batches] == [1, 1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_first_hour_without_a_gpu_says_so_and_exits_0():
+    env = {k: v for k, v in os.environ.items() if k != "SPOL_GPU_SUITE_DEVICE"}
+    p = subprocess.run([sys.executable, "-m", "utils.first_hour"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0 and p.stdout.startswith("first hour: no CUDA GPU here"), (p.stdout, p.stderr)

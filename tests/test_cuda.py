@@ -6,8 +6,13 @@ runs them. It checks that
 * --channels_last / --no-channels_last and --compile give the boxes of the plain run;
 * a run stopped mid-epoch and resumed on CUDA (`--resume`) ends close to the uninterrupted run;
 * --amp off on CUDA (float32, TF32 off) writes the CPU's pseudo masks (to one grey level) and boxes;
-* with two GPUs, `--device cuda:1` evaluates as cuda:0 does, and torchrun (NCCL) trains and evaluates as one
-  process; an explicit `--device cuda:N` under torchrun is refused with one `error:` line.
+* with two GPUs, `--device cuda:1` evaluates as cuda:0 does, and torchrun (NCCL) trains, resumes and evaluates as
+  one process, and fills a partly written mask folder; an explicit `--device cuda:N` under torchrun is refused
+  with one `error:` line;
+* fp16 training really steps (its scaler's state), through the fused SGD, also compiled and resumed; a snapshot
+  loads in a process without a GPU; 8 loader workers fill the mask stage's ring from full-size images; the seg
+  stage's --protocol wsol and --vis, and localize.py, run on the GPU; --amp bf16 is refused on a GPU that only
+  emulates it; `python -m utils.first_hour` runs (on the cam stage's models).
 
 Every test is marked `cuda` and skips without a CUDA GPU (the two-GPU ones with fewer than two GPUs), so the
 plain `python -m pytest tests -q` only collects this file. A GPU owner runs, from the repository root with
@@ -46,7 +51,10 @@ pytestmark = [pytest.mark.cuda,
 needs_cuda = pytest.mark.skipif(DRY_RUN, reason="needs a CUDA GPU (not the CPU dry run)")
 two_gpus = pytest.mark.skipif(DRY_RUN or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 
-AMP = ["bf16", pytest.param("fp16", marks=needs_cuda), "off"]
+# bf16 where the GPU has it in hardware (8.0 on): below, --amp bf16 is refused (engine.amp_dtype)
+no_bf16 = pytest.mark.skipif(not DRY_RUN and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8,
+                             reason="the GPU only emulates bf16 (compute capability below 8.0)")
+AMP = [pytest.param("bf16", marks=no_bf16), pytest.param("fp16", marks=needs_cuda), "off"]
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2]
 TRAIN = ["--pretrained", "none", "--batch_size", 4, "--print_freq", 1, "--seed", 7]
 TEST = ["--batch_size", 4]  # several batches: CUDA's inference loops hand each batch on while the next runs
@@ -388,3 +396,110 @@ def test_one_gpu_for_every_torchrun_process_is_refused(cub, device, tmp_path):
     assert errors and all(f"--device {device}" in line and "torchrun" in line for line in errors), p.stderr[-3000:]
     assert os.path.join(ROOT, "utils") not in p.stderr  # no traceback through the project's code
     assert not (tmp_path / "log.jsonl").exists()
+
+
+# ----------------------------------------------------------------------- 10. the first hour's gaps
+def scaler_stepped(savepath) -> int:
+    """The steps since fp16's GradScaler last skipped one (found an inf or NaN gradient), from checkpoint.pth."""
+    return torch.load(savepath / "checkpoint.pth", map_location="cpu", weights_only=True)["scaler"]["_growth_tracker"]
+
+
+@needs_cuda
+def test_fp16_training_steps_with_the_fused_sgd(cam):
+    """Finite losses are not enough: a scaler that skipped every step would log them too. The last 3 of the 6 steps
+    at least stepped, through the fused SGD (which takes the scaler's flag on the device)."""
+    state = torch.load(cam("fp16") / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert state["scaler"]["_growth_tracker"] >= 3, state["scaler"]
+    assert all(g["fused"] for g in state["optimizer"]["param_groups"])
+
+
+def test_a_snapshot_loads_without_cuda(cam):
+    """A bare torch.load of model-N.pth in a process that sees no GPU: CPU tensors, the state dict's metadata."""
+    code = ("import sys, torch; s = torch.load(sys.argv[1], weights_only=True); "
+            "assert all(t.device.type == 'cpu' for t in s.values()) and s._metadata; print(len(s))")
+    p = run_script("-c", code, cam("off") / "model-2.pth", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert int(p.stdout) > 100
+
+
+@needs_cuda
+def test_fp16_compiled_training_and_its_resume(cub, tmp_path):
+    """--compile with fp16's scaler: 2 steps, stopped, resumed to the end with the scaler's state."""
+    args = [*cam_train(cub), "--amp", "fp16", "--compile", "--save_every", 1, "--savepath", tmp_path]
+    run_script(*args, "--max_steps", 2)
+    assert scaler_stepped(tmp_path) >= 1
+    p = run_script(*args, "--resume")
+    assert "resumed from" in p.stdout and "step 2" in p.stdout
+    assert_trained(tmp_path, "model-2.pth", steps=6)
+    assert scaler_stepped(tmp_path) >= 3
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """Images of CUB's sizes (~500 x 375): 3 classes x 6."""
+    root = str(tmp_path_factory.mktemp("cuda-big") / "CUB_200_2011")
+    make_cub(root, num_classes=3, train_per_class=6, val_per_class=1, seed=9, min_size=300, max_size=500)
+    run_script("dataset/prepare.py", "cub", "--root", root)
+    return root
+
+
+def test_masks_at_the_papers_size_through_eight_loader_workers(big, cam, tmp_path):
+    """The ring of shared batches, pinned on CUDA, filled by 8 workers from full-size images at 256 x 256."""
+    run_script("cub200-cam/test.py", "--datapath", big, "--clsnum", 3, "--snapshot", cam("off") / "model-2.pth",
+               "--maskpath", tmp_path, "--batch_size", 4, "--post_workers", 2, "--backbone", "resnet18",
+               "--device", DEVICE, "--num_workers", 8)
+    assert_masks_of("cub", big, tmp_path)
+
+
+def test_wsol_protocol_pictures_and_localize(cub, seg, cls, tmp_path):
+    """The seg stage's --protocol wsol and --vis, and localize.py with masks and pictures, on the device."""
+    p = run_script("cub200-seg/test.py", "--datapath", cub, "--snapshot", seg("off") / "model-2.pth", "--protocol",
+                   "wsol", "--top1top5", "none", "--savepath", tmp_path / "wsol", *TEST, *small())
+    assert json.load(open(tmp_path / "wsol" / "metrics.json"))["count"] == 9, p.stdout[-2000:]
+    evaluate(cub, seg("off") / "model-2.pth", cls / "top1top5.npy", tmp_path / "vis", "--vis", 4)
+    assert len(os.listdir(tmp_path / "vis" / "vis")) == 5  # four pictures and their grid
+    run_script("cub200-seg/localize.py", "--snapshot", seg("off") / "model-2.pth", os.path.join(cub, "images"),
+               "--savepath", tmp_path / "loc", "--masks", "--vis", "--backbone", "resnet18", "--device", DEVICE,
+               "--num_workers", 1, "--size", SIZE)
+    rows = open(tmp_path / "loc" / "localize" / "boxes.csv").read().splitlines()
+    assert len(rows) == 1 + 21  # 3 classes x 7 images
+
+
+@pytest.mark.skipif(DRY_RUN or not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] >= 8,
+                    reason="needs a GPU that only emulates bf16 (compute capability below 8.0)")
+def test_bf16_where_the_gpu_only_emulates_it_is_refused(cub, tmp_path):
+    p = run_script(*cam_train(cub), "--amp", "bf16", "--savepath", tmp_path, check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: --amp bf16: the GPU cuda:0"), p.stderr[-2000:]
+
+
+@two_gpus
+def test_torchrun_masks_into_a_partly_filled_folder(cub, cam, tmp_path):
+    """2 ranks, half the masks already there: each missing one written once (rank 0 lists them for both)."""
+    import shutil
+    files = mask_files(cam("off") / "masks")
+    for f in files[::2]:
+        os.makedirs(tmp_path / f.parent, exist_ok=True)
+        shutil.copy(cam("off") / "masks" / f, tmp_path / f)
+    p = make_masks(cub, cam("off") / "model-2.pth", tmp_path, "--amp", "off", launcher=TORCHRUN)
+    assert f"wrote {len(files) - len(files[::2])} pseudo masks" in p.stdout, p.stdout[-2000:]
+    assert_masks_agree(cam("off") / "masks", tmp_path)
+
+
+@two_gpus
+def test_torchrun_resume_equals_one_process(cub, cam, tmp_path):
+    """Stopped after 2 steps and resumed under torchrun (NCCL): the uninterrupted one-process run's weights."""
+    args = [*TORCHRUN, *cam_train(cub), "--amp", "off", "--save_every", 1, "--savepath", tmp_path]
+    run_script(*args, "--max_steps", 2)
+    run_script(*args, "--resume")
+    assert_trained(tmp_path, "model-2.pth", steps=6)
+    assert_weights_close(weights(cam("off") / "model-2.pth"), weights(tmp_path / "model-2.pth"), tol=1e-3)
+
+
+def test_first_hour(tmp_path):
+    """`python -m utils.first_hour` on the cam stage's models (the CPU dry run at tiny sizes): a row per script,
+    its speed, and on CUDA its peak memory and the largest batch that fits."""
+    run_script("-m", "utils.first_hour", "--only", "cub200-cam", "--steps", 2, "--warmup", 1, "--growth", 2,
+               "--json", tmp_path / "first_hour.json")
+    rows = json.load(open(tmp_path / "first_hour.json"))["stages"]
+    assert [r["script"] for r in rows] == ["cub200-cam/train.py", "cub200-cam/test.py"]
+    assert all(r["images_per_s"] > 0 and r["largest_batch"] >= r["batch"] for r in rows)
+    assert DRY_RUN or all(r["peak_gib"] > 0 for r in rows)

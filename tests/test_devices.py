@@ -67,12 +67,26 @@ def test_host_copy_waits_on_the_stream_of_the_results_device(monkeypatch):
     assert recorded == [("stream of", torch.device("cuda", 1))]
 
 
-@pytest.mark.parametrize("native, want", [(True, torch.bfloat16), (False, torch.float16)])
-def test_amp_auto_takes_bf16_only_where_the_gpu_has_it(monkeypatch, native, want):
-    # including_emulation=True is True on every CUDA GPU (V100 and T4 emulate bf16); False: in hardware only
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
-    assert engine.amp_dtype("auto", torch.device("cuda", 0)) == want
+@pytest.mark.parametrize("capability, want", [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),
+                                              ((7, 5), torch.float16), ((7, 0), torch.float16)])
+def test_amp_auto_takes_bf16_only_where_the_gpu_has_it(monkeypatch, capability, want):
+    # V100 (7.0) and T4 (7.5) only emulate bf16; asked of the run's own GPU, cuda:1 here
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capability if torch.device(device) == torch.device("cuda", 1) else (9, 0))
+    assert engine.amp_dtype("auto", torch.device("cuda", 1)) == want
     assert engine.amp_dtype("auto", torch.device("cpu")) is None
+
+
+def test_amp_bf16_on_a_gpu_that_only_emulates_it_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(UserError, match=r"--amp bf16: the GPU cuda:0 \(compute capability 7.5, below 8.0\) has no "
+                                        r"bf16 in hardware.*--amp fp16"):
+        engine.amp_dtype("bf16", torch.device("cuda", 0))
+    assert engine.amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert engine.amp_dtype("bf16", torch.device("cuda", 0)) == torch.bfloat16
 
 
 @pytest.fixture
@@ -147,3 +161,39 @@ def test_a_resumed_epoch_gives_the_rest_of_its_batches():
     assert sorted(i for b in full for _, i in b) == sorted(set(i for b in full for _, i in b))
     sampler.set_epoch(3, 5)
     assert list(sampler) == full[5:] and len(sampler) == 9
+
+
+# ------------------------------------------------------------------------------------- CUDA out of memory
+def test_out_of_memory_anywhere_is_one_line(monkeypatch, capsys):
+    from utils.errors import run_main
+
+    def main():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)")
+
+    monkeypatch.setattr("sys.argv", ["/somewhere/utils/bench.py"])
+    with pytest.raises(SystemExit) as e:
+        run_main(main)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: CUDA out of memory in utils/bench.py: lower --batch_size, compute in half precision "
+                          "(--amp auto, bf16 or fp16, not off) and keep channels-last (--channels_last")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_out_of_memory_in_a_stage_names_its_batch_and_the_state_to_resume(monkeypatch, tmp_path, training):
+    from argparse import Namespace
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.argv", ["/repo/cub200-cam/train.py" if training else "/repo/cub200-cam/test.py"])
+    (tmp_path / "checkpoint.pth").write_bytes(b"a state")
+    args = Namespace(device="cpu", batch_size=64, savepath=str(tmp_path), **({"resume": None} if training else {}))
+
+    @distributed.entry
+    def stage(args, d):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+
+    with pytest.raises(UserError) as e:
+        stage(args)
+    where = "cub200-cam/train.py" if training else "cub200-cam/test.py"
+    assert str(e.value).startswith(f"CUDA out of memory in {where} at --batch_size 64: lower --batch_size")
+    assert (f"goes on from {tmp_path / 'checkpoint.pth'} with --resume" in str(e.value)) == training

@@ -206,3 +206,53 @@ def test_a_checkpoint_from_before_the_batch_size_was_recorded_still_resumes(tmp_
         del state["list"][k]
     torch.save(state, tmp_path / "checkpoint.pth")
     assert _fit(_parse(tmp_path, "--resume")) == str(tmp_path / "model-2.pth")
+
+
+def _scaled_step(model, optimizer, scaler):
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(model(torch.randn(4, 3, 4, 4)).square().mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def test_sgd_is_fused_on_cuda_and_takes_the_scalers_flag_on_the_device(monkeypatch):
+    """On CUDA (stubbed: torch's fused SGD runs on the CPU too) the step is fused, and fp16's GradScaler then
+    steps without reading its found-inf flag on the host; the CPU keeps torch's default step."""
+    model = _model()
+    assert [g["fused"] for g in engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True).param_groups] == [None]
+    optimizer = engine.sgd([(list(model.parameters()), 0.1)], 0.9, 1e-4, True, torch.device("cuda"))
+    assert [g["fused"] for g in optimizer.param_groups] == [True]
+
+    def no_host_read(self):
+        raise AssertionError("a host read (.item()) in the scaled step")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_host_read)
+    before = [p.detach().clone() for p in model.parameters()]
+    _scaled_step(model, optimizer, torch.amp.GradScaler("cpu"))
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # it did step
+
+
+def test_a_resumed_state_keeps_this_runs_sgd_kernels(tmp_path):
+    """A state saved by an unfused SGD (a CPU run) resumes under CUDA's fused one (stubbed device): the groups
+    stay fused, so the scaler's fused step works (an unfused group is handed the scaler's flag and fails)."""
+    from utils.engine.train_state import resume
+    model = _model()
+    saved = engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True)
+    _scaled_step(model, saved, torch.amp.GradScaler("cpu", enabled=False))
+    state = {"model": model.state_dict(), "optimizer": saved.state_dict(), "epoch": 0, "batch": 1, "step": 1}
+    optimizer = engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True, torch.device("cuda"))
+    resume(state, "checkpoint.pth", model, optimizer, None, {}, {"sha1": None}, main=False)
+    assert [g["fused"] for g in optimizer.param_groups] == [True]
+    _scaled_step(model, optimizer, torch.amp.GradScaler("cpu"))
+
+
+def test_snapshots_hold_cpu_tensors_and_the_state_dicts_metadata(tmp_path):
+    """What a bare torch.load of a model-N.pth gives on a machine without CUDA (the GPU suite checks a snapshot of
+    a CUDA run): CPU tensors, and the per-module versions that load_state_dict reads."""
+    model = _model()
+    losses = LossLog(RunLog(str(tmp_path), {}, enabled=False), 1, "")
+    saves = Checkpoints(str(tmp_path), Dist(), model, engine.sgd([(list(model.parameters()), 0.1)], 0.9, 0.0, True),
+                        None, {"args": {}, "list": None}, losses, lambda: None, saved_at=None)
+    state = torch.load(saves.snapshot(1, 1), weights_only=True)
+    assert state._metadata == model.state_dict()._metadata and state._metadata["1"]["version"] == 2  # BatchNorm's
+    assert all(t.device.type == "cpu" for t in state.values())

@@ -143,6 +143,13 @@ def test_seg_evaluation_does_not_wait(setup, recorder, tmp_path, protocol):
     assert os.path.isfile(tmp_path / "metrics.json")
 
 
+def test_seg_evaluation_with_pictures_does_not_wait(setup, recorder, tmp_path):
+    # --vis draws each picture's probability map from a host copy too, not from the device tensor a batch later
+    _run(recorder, "cub200-seg/test.py", "--datapath", setup["root"], "--snapshot", setup["work"] / "seg.pth",
+         "--savepath", tmp_path, *SMALL, "--batch_size", "2", "--top1top5", "none", "--vis", "4")
+    assert len(os.listdir(tmp_path / "vis")) == 5  # four pictures and their grid
+
+
 def test_classification_does_not_wait(setup, recorder, tmp_path):
     _run(recorder, "cub200-cls/test.py", "--datapath", setup["root"], "--snapshot", setup["work"] / "cls.pth",
          "--savepath", tmp_path, *SMALL, "--arch", "resnet18", "--clsnum", "3", "--batch_size", "2")

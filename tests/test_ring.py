@@ -157,3 +157,25 @@ def test_too_little_shared_memory_is_one_clear_error(samples, monkeypatch):
                                         r"--batch_size or --num_workers"):
         ring.ring_batches(samples, list(range(16)) * 4, 64, mask_transform(256).into, (256, 256, 3), 2, Dist())
     assert ring.shared_memory_free() is None or ring.shared_memory_free() > 0   # this machine's, read for real
+
+
+def test_the_shared_memory_check_counts_every_rank_on_the_node(samples, monkeypatch):
+    """torchrun's ranks on one node each check the same free space before any allocates: the need is all of
+    their rings (LOCAL_WORLD_SIZE of them), here 2 x 480 MB against 600 MB free."""
+    from utils.errors import UserError
+    monkeypatch.setattr(ring, "shared_memory_free", lambda: 600 * 2 ** 20)
+    ring.check_shared_memory(10, 64, (256, 256, 3))  # one process: its 480 MB fit
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"need 960 MB of shared memory \(2 processes on this node, 10 batches of 64 "
+                                        r"each\), /dev/shm has 600 MB"):
+        ring.ring_batches(samples, list(range(16)) * 4, 64, mask_transform(256).into, (256, 256, 3), 2, Dist())
+
+
+def test_worker_defaults_are_the_nodes_cores_shared_by_its_ranks(monkeypatch):
+    from utils.stages import cli
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)
+    for local, loader, post in [("1", 8, 48), ("8", 8, 6), ("16", 6, 3)]:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        p = cli.make_parser("test", train=False)
+        cli.add_mask_args(p)
+        assert (p.get_default("num_workers"), p.get_default("post_workers")) == (loader, post), local

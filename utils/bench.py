@@ -86,7 +86,7 @@ from utils.method import losses  # noqa: E402
 from utils.data.images import read_image  # noqa: E402
 from utils.data.datasets import CUB  # noqa: E402
 from utils.engine.distributed import Dist, setup  # noqa: E402
-from utils.engine.loop import amp_dtype, autocast, channels_last_for, train_step  # noqa: E402
+from utils.engine.loop import amp_dtype, autocast, channels_last_for, sgd, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.method.pseudo_mask import normalise_cam  # noqa: E402
 from utils.engine.masks import make_pseudo_mask, regions, write_masks  # noqa: E402
@@ -397,7 +397,7 @@ def bare_forward(model: torch.nn.Module, batches: list, a, keep: Optional[Callab
 def training(model: torch.nn.Module, loss_fn: Callable, batch: dict, a) -> float:
     """Images/s of train_step (forward, backward, SGD step) on one device-resident batch."""
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    optimizer = sgd([(list(model.parameters()), 1e-4)], 0.9, 1e-4, True, a.device)  # the stages' step: fused on CUDA
     scaler = torch.amp.GradScaler("cuda") if a.dtype == torch.float16 else None
     for _ in range(max(1, a.warmup)):
         train_step(model, loss_fn, batch, optimizer, scaler, a.device, a.dtype)
@@ -511,8 +511,12 @@ def measure_inputs(a, root: str, stages: Stages) -> tuple:
     d = Dist(device=a.device)
     images, labels, sizes = [], [], []
     for b in stage_batches(samples, len(samples), a.num_workers, a):
-        # a copy: the batch's slot takes a later batch once the next one is asked for
-        images.append(engine.to_device(b["image"].clone(), d, a.cl, hwc=True))
+        # a copy: the batch's slot takes a later batch once the next one is asked for. On CUDA the device tensor is
+        # that copy, made from the pinned slot without a pageable clone, and waited for before the slot goes back
+        cuda = a.device.type == "cuda"
+        images.append(engine.to_device(b["image"] if cuda else b["image"].clone(), d, a.cl, hwc=True))
+        if cuda:
+            torch.cuda.current_stream(a.device).synchronize()
         labels.append(b["label"].to(a.device))
         sizes += [(w, h) for h, w in b["size"].tolist()]
     seconds = []

@@ -1,18 +1,19 @@
 """User-facing errors: a bad path, list, image or flag stops the run with one line that says what to do.
 
 `UserError` carries such a message; `run_main` wraps a stage's `main` so that the user sees that line
-(and exit status 2) instead of a traceback from deep inside a library. It also turns SIGTERM (what a
-cluster scheduler sends before it kills a job) into `Stopped`, raised where the run is: `finally` blocks
-run (no torn temporary file is left), the training loop says where to resume, and the exit status is
-143 (128 + SIGTERM), as a job killed by the signal would have.
+(and exit status 2) instead of a traceback from deep inside a library, a CUDA out-of-memory error included.
+It also turns SIGTERM (what a cluster scheduler sends before it kills a job) into `Stopped`, raised where the
+run is: `finally` blocks run (no torn temporary file is left), the training loop says where to resume, and the
+exit status is 143 (128 + SIGTERM), as a job killed by the signal would have.
 """
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 
 class UserError(Exception):
@@ -41,6 +42,22 @@ def _worker_killed(message: str) -> str:
     return f"a data-loading worker (pid {match.group(1).strip()}) {how}"
 
 
+def script_name() -> str:
+    """The running script as a user typed it, short: cub200-cam/train.py, utils/localize.py (`python -m`)."""
+    path = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "this run"
+    return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+
+
+def out_of_memory(where: str, batch_size: Optional[int] = None, checkpoint: Optional[str] = None) -> str:
+    """The line for a CUDA out-of-memory error in `where` (a stage script or tool) at `batch_size`: the flags that
+    lower memory, and --resume where the run has a state to go on from (`checkpoint`)."""
+    at = f" at --batch_size {batch_size}" if batch_size else ""
+    again = f"; training then goes on from {checkpoint} with --resume" if checkpoint else ""
+    return (f"CUDA out of memory in {where}{at}: lower --batch_size, compute in half precision (--amp auto, bf16 or "
+            f"fp16, not off) and keep channels-last (--channels_last, CUDA's default){again}. python -m "
+            f"utils.first_hour prints the largest batch that fits this GPU")
+
+
 def _stop(signum, frame) -> None:
     raise Stopped(signum)
 
@@ -67,6 +84,9 @@ def run_main(main: Callable[[], object]) -> None:
               f"them", file=sys.stderr, flush=True)
         sys.exit(2)
     except RuntimeError as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch's; a stage names its batch (distributed.entry)
+            print(f"error: {out_of_memory(script_name())}", file=sys.stderr, flush=True)
+            sys.exit(2)
         if not _worker_killed(str(e)):
             raise
         print(f"error: {_worker_killed(str(e))}: most often the out-of-memory killer (see `dmesg`); lower "

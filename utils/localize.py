@@ -463,7 +463,7 @@ def get_args_parser(doc: str) -> argparse.ArgumentParser:
                    help="its number of classes (not given: the length of that class list)")
     r = p.add_argument_group("runtime")
     r.add_argument("--batch_size", type=int, default=32, help="images per forward pass (per process)")
-    r.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+    r.add_argument("--num_workers", type=int, default=min(8, cli.per_process_cpus()),
                    help="data-loading worker processes per rank (0: load in the main process)")
     r.add_argument("--on-bad-image", dest="on_bad_image", choices=("stop", "skip"), default="stop",
                    help="an unreadable image: stop naming the file, or skip it (left out of boxes.csv)")

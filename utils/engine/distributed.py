@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from utils.engine import lock
-from utils.errors import UserError
+from utils.errors import UserError, out_of_memory, script_name
 
 
 @dataclass
@@ -38,6 +38,12 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world > 1
+
+
+def local_world() -> int:
+    """The processes of this job on this node (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun): they share its
+    CPU cores and its shared memory."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def pick_device(arg: str, local_rank: int = 0, world: int = 1) -> torch.device:
@@ -133,12 +139,18 @@ def cleanup() -> None:
 
 def entry(fn: Callable) -> Callable:
     """Turn `fn(args, d)` into a stage entry point `fn(args)`: the device and process group are set up
-    from `args.device` before, and the process group is torn down after, also on an error."""
+    from `args.device` before, and the process group is torn down after, also on an error. A CUDA out-of-memory
+    error becomes one line (`errors.out_of_memory`)."""
     @functools.wraps(fn)
     def run(args):
         d = setup(args.device)
         try:
             return fn(args, d)
+        except torch.OutOfMemoryError:
+            # one line naming the batch, and the state a training run can go on from (rank 0 saved it)
+            state = os.path.join(args.savepath, "checkpoint.pth") if "resume" in vars(args) else None
+            raise UserError(out_of_memory(script_name(), getattr(args, "batch_size", None),
+                                          state if state and os.path.isfile(state) else None)) from None
         finally:
             lock.release_all()
             cleanup()
@@ -154,6 +166,16 @@ def mean(d: Dist, x: torch.Tensor) -> torch.Tensor:
     return x / d.world
 
 
+def all_true(d: Dist, flag: torch.Tensor) -> bool:
+    """Whether the boolean scalar `flag` (on the device) is true on every rank; every rank must call it at the same
+    point, and all then decide alike (a rank that stopped alone would leave the others waiting in a collective)."""
+    if not d.enabled:
+        return bool(flag)
+    x = flag.to(torch.int32)  # a MIN of integers: what gloo and NCCL both reduce
+    dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return bool(x)
+
+
 def gather_objects(d: Dist, obj: object) -> list:
     """Every rank's `obj`, in rank order, on every rank (a one-item list without torchrun)."""
     if not d.enabled:
@@ -161,6 +183,16 @@ def gather_objects(d: Dist, obj: object) -> list:
     out = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(d: Dist, obj: object) -> object:
+    """Rank 0's `obj` (picklable) on every rank; the other ranks' `obj` is ignored (`obj` itself without torchrun).
+    Every rank waits here until rank 0 arrives."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)  # NCCL: through the current device, which `setup` set
+    return box[0]
 
 
 def shard(n: int, d: Dist) -> list:

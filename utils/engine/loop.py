@@ -41,12 +41,17 @@ from utils.engine.workers import init_loader_worker, loader_threads
 def amp_dtype(arg: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of `--amp arg` on `device` (None: float32). auto: bf16 on a CUDA GPU that has it in
     hardware (compute capability 8.0 on), fp16 (with `train_step`'s GradScaler) on older GPUs, which only
-    emulate bf16, and float32 on the CPU. off on CUDA also turns TF32 off, so float32 is float32 there as on
-    the CPU."""
+    emulate bf16, and float32 on the CPU; bf16 on such older GPUs is refused. off on CUDA also turns TF32 off, so
+    float32 is float32 there as on the CPU."""
     if arg == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.bfloat16 if _bf16_in_hardware(device) else torch.float16
+    if arg == "bf16" and device.type == "cuda" and not _bf16_in_hardware(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise UserError(f"--amp bf16: the GPU {device} (compute capability {major}.{minor}, below 8.0) has no bf16 "
+                        f"in hardware; torch would emulate it and run its convolutions in a fallback kernel many "
+                        f"times slower. Use --amp fp16 (what auto picks on this GPU) or --amp off")
     if arg == "off":
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -55,6 +60,12 @@ def amp_dtype(arg: str, device: torch.device) -> Optional[torch.dtype]:
     if arg == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA device (use bf16 or off on the CPU)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[arg]
+
+
+def _bf16_in_hardware(device: torch.device) -> bool:
+    """Whether the CUDA `device` computes in bf16 itself: NVIDIA GPUs from compute capability 8.0 (Ampere) on, and
+    ROCm's. Asked of `device`, not of the current GPU as torch.cuda.is_bf16_supported does."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -89,12 +100,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def sgd(groups: list, momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.SGD:
-    """SGD with the authors' settings; `groups` = [(params, lr), ...] (empty ones left out). Nesterov needs
-    momentum: without it, plain SGD."""
+def sgd(groups: list, momentum: float, weight_decay: float, nesterov: bool,
+        device: torch.device = torch.device("cpu")) -> torch.optim.SGD:
+    """SGD with the authors' settings for parameters on `device`; `groups` = [(params, lr), ...] (empty ones left
+    out). Nesterov needs momentum: without it, plain SGD. On CUDA the fused step: one kernel per group, which also
+    takes fp16's GradScaler flag on the device, where the unfused step reads it on the host (`.item()`) every step.
+    The CPU keeps torch's default step."""
     return torch.optim.SGD([{"params": p, "lr": lr, "initial_lr": lr} for p, lr in groups if p],
                            lr=groups[0][1], momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov and momentum > 0)
+                           nesterov=nesterov and momentum > 0, fused=True if device.type == "cuda" else None)
 
 
 def train_step(model: nn.Module, loss_fn: Callable, batch: dict, optimizer: torch.optim.Optimizer,
@@ -387,7 +401,7 @@ def fit(cfg: TrainConfig, d: Dist, model: nn.Module, dataset, loss_fn: Callable,
                         sync_bn=cfg.sync_bn)
     # the state goes into the placed parameters (the same objects as raw's): load_state_dict casts it to each
     # parameter's device and dtype, so the optimiser's, loaded before the model moved, would stay on the CPU
-    optimizer = sgd(groups(raw), cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    optimizer = sgd(groups(raw), cfg.momentum, cfg.weight_decay, cfg.nesterov, d.device)
     listed = dict(list_fingerprint(cfg.list_name, getattr(dataset, "samples", None) or []),
                   batch_size=cfg.batch_size, seed=cfg.seed)  # what a position (epoch, batch) counts in
     start_epoch, start_batch, step = 0, 0, 0

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 import utils.engine.loop as engine
 from utils.data.images import BadImage, read_image
-from utils.engine.distributed import Dist
+from utils.engine.distributed import Dist, local_world
 from utils.errors import UserError
 
 
@@ -152,7 +152,7 @@ def ring_batches(samples: list, indices: list, batch_size: int, fill: Callable, 
     and written by `fill(image, out)` into a `shape` float32 row of a ring of shared batches."""
     batches = engine.InOrder(indices, batch_size, numbered=True)
     slots, rows = slots_for(num_workers), max(1, min(batch_size, len(indices)))
-    check_shared_memory(slots, rows, shape)
+    check_shared_memory(slots, rows, shape, local_world())
     ring = BatchRing(slots, rows, shape)
     return RingBatches(RingImageSet(samples, fill, ring, read), batches, num_workers, d)
 
@@ -169,13 +169,16 @@ def shared_memory_free() -> Optional[int]:
     return st.f_bavail * st.f_frsize
 
 
-def check_shared_memory(slots: int, rows: int, shape: tuple) -> None:
-    """A ring of `slots` batches of `rows` float32 `shape` images larger than the shared memory free would crash
-    a worker with a bus error when it reaches the missing pages (a container's /dev/shm is 64 MB by default):
-    say so before any work."""
-    need = slots * rows * math.prod(shape) * 4
+def check_shared_memory(slots: int, rows: int, shape: tuple, processes: int = 1) -> None:
+    """A ring of `slots` batches of `rows` float32 `shape` images in each of the node's `processes` (torchrun's
+    ranks there, which all check the same free space before any allocates) larger than the shared memory free
+    would crash a worker with a bus error when it reaches the missing pages (a container's /dev/shm is 64 MB by
+    default): say so before any work."""
+    need = processes * slots * rows * math.prod(shape) * 4
     free = shared_memory_free()
     if free is not None and need > free:
+        each = f"{processes} processes on this node, {slots} batches of {rows} each" if processes > 1 else \
+            f"{slots} batches of {rows}"
         raise UserError(f"pseudo masks: the loader's batches need {need / 2 ** 20:.0f} MB of shared memory "
-                        f"({slots} batches of {rows}), {SHM} has {free / 2 ** 20:.0f} MB "
+                        f"({each}), {SHM} has {free / 2 ** 20:.0f} MB "
                         f"free: lower --batch_size or --num_workers, or give it more (docker run --shm-size 8g)")

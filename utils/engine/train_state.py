@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch.nn as nn
 
 from utils.engine.checkpoint import save_atomic, torch_load
 from utils.data.lists import SampleTable
+from utils.engine import distributed
 from utils.engine.distributed import Dist
 from utils.errors import Stopped, UserError
 from utils.engine.log import LossLog
@@ -60,7 +62,7 @@ class Checkpoints:
         self.list_skipped()
         self._check_finite(step)
         if self.d.main:
-            save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            save_atomic({"model": cpu_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict() if self.scaler else None, "epoch": epoch, "batch": batch,
                          "step": step, **self.record}, self.path)
         self.saved_at = step
@@ -71,7 +73,7 @@ class Checkpoints:
         self.losses.flush()
         self._check_finite(step)
         if self.d.main:
-            save_atomic(self.model.state_dict(), path)
+            save_atomic(cpu_state_dict(self.model), path)
         return path
 
     def stopped(self, e: Stopped, step: int) -> Stopped:
@@ -82,10 +84,23 @@ class Checkpoints:
         return Stopped(e.signum, f"at step {step}: {kept}")
 
     def _check_finite(self, step: int) -> None:
-        if not bool(self.finite) or not all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values()
-                                            if t.is_floating_point()):
+        ok = self.finite.clone()
+        for t in self.model.state_dict().values():
+            if t.is_floating_point():
+                ok &= torch.isfinite(t).all()
+        if not distributed.all_true(self.d, ok):  # the losses differ by rank: every rank stops, or none
             raise UserError(f"non-finite loss or weights before step {step}: stopped; the last good state is "
                             f"{self.path} (lower --lr, or --amp off)")
+
+
+def cpu_state_dict(model: nn.Module) -> OrderedDict:
+    """`model`'s state dict with its tensors copied to the CPU (a bare torch.load of the file then works on a
+    machine without CUDA) and its `_metadata` kept (the per-module versions load_state_dict reads)."""
+    state = model.state_dict()
+    out = OrderedDict((k, v.cpu()) for k, v in state.items())
+    if hasattr(state, "_metadata"):
+        out._metadata = state._metadata
+    return out
 
 
 def read_state(path: str, own: str) -> Optional[dict]:
@@ -110,11 +125,15 @@ def resume(state: dict, path: str, model: nn.Module, optimizer: torch.optim.Opti
     Optimizer.load_state_dict casts the state to each parameter's device and dtype."""
     _resume_model(model, state, path, flags)
     given = [{k: g.get(k) for k in _OPTIMISER_VALUES} for g in optimizer.param_groups]
+    kernels = [(g["fused"], g["foreach"]) for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as e:  # other parameter groups (e.g. another --freeze_stem): torch's words, one line
         raise UserError(f"--resume: the optimiser state in {path} does not fit this run's parameters ({e}): "
                         f"resume with the flags it was written with, or start anew without --resume") from None
+    for g, (fused, foreach) in zip(optimizer.param_groups, kernels):
+        # this run's kernels, not the saving run's (a CPU run's unfused groups under CUDA's fused SGD fail to step)
+        g["fused"], g["foreach"] = fused, foreach
     _check_same_optimiser(given, optimizer, state, flags, path)
     _lay_out_like_parameters(optimizer)
     if scaler is not None and state.get("scaler"):

@@ -17,6 +17,7 @@ from network.backbones import BACKBONES
 from utils.engine.checkpoint import find_snapshot
 from utils.data.images import MAX_PIXELS, set_max_pixels
 from utils.data.datasets import DATASETS, DataSet
+from utils.engine.distributed import local_world
 from utils.engine.loop import TrainConfig
 from utils.errors import UserError
 from utils.data.lists import count_classes
@@ -29,6 +30,12 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+def per_process_cpus() -> int:
+    """This node's CPU cores over torchrun's processes on it (at least 1): the worker defaults are per process,
+    and eight ranks each taking the whole node's count would run eight times the processes it has cores for."""
+    return max(1, (os.cpu_count() or 1) // local_world())
+
+
 def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter)
     g = p.add_argument_group("data")
@@ -37,7 +44,7 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
     g.add_argument("--clsnum", type=int, help="number of classes (CUB-layout stages, when not given: the lines of "
                                                 "<datapath>/classes.txt)")
     g.add_argument("--savepath", default="out", help="output folder (snapshots, logs, results)")
-    g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+    g.add_argument("--num_workers", type=int, default=min(8, per_process_cpus()),
                    help="data-loading worker processes per rank (0: load in the main process)")
     g.add_argument("--on-bad-image", dest="on_bad_image", choices=("stop", "skip"), default="stop",
                    help="an unreadable/truncated image or missing mask: stop naming the file, or skip it, "
@@ -106,7 +113,7 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--maskpath", default="out/masks", help="where the PNG pseudo masks are written")
     g.add_argument("--overwrite", action="store_true", help="rewrite masks that already exist (default: skip "
                                                             "them, so an interrupted run resumes)")
-    g.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+    g.add_argument("--post_workers", type=int, default=max(1, per_process_cpus() // 2),
                    help="processes turning CAMs into PNGs (0: in the main process)")
     g.add_argument("--png_writer", choices=("auto", "fpng", "opencv"), default="auto",
                    help="PNG encoder of the masks (lossless, the same pixels either way): fpng is several times "
@@ -185,7 +192,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save_scoremaps", action=argparse.BooleanOptionalAction, default=True,
                    help="--protocol wsol: write <savepath>/scoremaps/<image_id>.npy (224 x 224 float32) for "
                         "python -m utils.wsol_eval")
-    g.add_argument("--post_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+    g.add_argument("--post_workers", type=int, default=max(1, per_process_cpus() // 2),
                    help="--protocol wsol: processes scoring the score maps (0: in the main process)")
     g.add_argument("--vis", type=int, default=0,
                    help="draw the first N images of the list to <savepath>/vis/ (one PNG each and grid.png)")

@@ -6,8 +6,8 @@ PNG (the post-processing is CPU work of a few ms per image). The three overlap: 
 decode ahead, the pool (started while the model loads) takes one task per worker and batch, the
 loop blocks only when ~8 batches are queued, and on CUDA the next batch's forward is queued before
 this batch's CAMs are handed on (`python -m utils.bench` measures the result). Each PNG is written
-atomically, masks already on disk are skipped (an interrupted run resumes), and under torchrun each
-rank writes its own shard of the list, so every mask is written exactly once.
+atomically, masks already on disk are skipped (an interrupted run resumes), and under torchrun rank 0 lists
+the masks to write and each rank writes its own shard of that one list, so every mask is written exactly once.
 """
 from __future__ import annotations
 
@@ -137,7 +137,9 @@ def make_masks(args, d) -> dict:
     if args.overwrite:
         todo, broken, removed = list(range(len(samples))), 0, 0
     else:
-        todo, broken, removed = missing_masks(out, samples.names())
+        # rank 0 scans, every rank takes its list: a rank scanning for itself could count masks that rank 0 has
+        # written since, and the shards of lists that differ leave some images in no rank's shard
+        todo, broken, removed = distributed.broadcast_object(d, missing_masks(out, samples.names()) if d.main else None)
     writer = png.resolve(args.png_writer)
     if d.main:
         print(f"{len(samples)} images in {args.list}; {len(samples) - len(todo)} masks already in {out}, "

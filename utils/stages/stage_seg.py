@@ -123,8 +123,9 @@ def evaluate(args, d) -> dict:
     pictures = EvalPictures(args.vis, args.maskpath, args.size, args.crop) if args.vis else None
     records, rate = [], Throughput()
 
-    def hand_on(host: list, batch: dict, prob: torch.Tensor) -> None:
+    def hand_on(host: list, batch: dict) -> None:
         masks, finite = host[0].numpy(), host[1]                                       # B x crop x crop uint8
+        probs = host[2] if len(host) > 2 else None                                     # a batch with pictures
         validate.check_finite_maps(finite, batch["index"].tolist(), samples, args.snapshot)
         rate.handed_on(len(masks))
         for j, (mask, index, (h, w)) in enumerate(zip(masks, batch["index"].tolist(), batch["size"].tolist())):
@@ -133,7 +134,7 @@ def evaluate(args, d) -> dict:
             gt = boxes_to_eval_frame(s.boxes, w, h, args.size, args.crop)
             records.append(_record(labels, s.name, box, best_iou(box, gt), table))
             if pictures is not None and pictures.wants(index):
-                pictures.add(index, s.name, batch["image"][j], prob[j].cpu().numpy(), gt)
+                pictures.add(index, s.name, batch["image"][j], probs[j].numpy(), gt)
 
     pipe = HostPipe(d.device, hand_on)
     with torch.inference_mode():
@@ -148,7 +149,10 @@ def evaluate(args, d) -> dict:
                 logits = model(to_device(batch["image"], d, channels_last))             # B x 1 x h x w
             prob = torch.sigmoid(F.interpolate(logits.float(), size=(args.crop, args.crop), mode="bilinear",
                                                align_corners=True))[:, 0]
-            pipe.put([(prob > args.threshold).to(torch.uint8), torch.isfinite(logits).flatten(1).all(1)], batch, prob)
+            # the probabilities come to the host only for a batch with pictures, in the same copies as the masks
+            drawn = pictures is not None and any(pictures.wants(i) for i in batch["index"].tolist())
+            pipe.put([(prob > args.threshold).to(torch.uint8), torch.isfinite(logits).flatten(1).all(1)]
+                     + ([prob] if drawn else []), batch)
         pipe.drain()
     rate.stop()
     records = [r for part in distributed.gather_objects(d, records) for r in part]
