@@ -6,8 +6,8 @@
                        rings and worker pools, the fast pseudo-mask path, logs and output files
     utils/data/        the data sets' table, list readers, images, transforms, input checks, PNG
     utils/evaluation/  wsolevaluation's protocol as the stages run it
-    utils/*.py         the tools, each run as `python -m utils.<tool>`: ablation, bench, cam_loc, localize (the
-                       seg folders' localize.py), results, scale, wsol_eval; errors.py, the one error type
+    utils/*.py         the tools, each run as `python -m utils.<tool>`: ablation, bench, cam_loc, first_hour,
+                       localize (the seg folders' localize.py), results, scale, wsol_eval; errors.py, the one error type
 
 Nothing below utils/stages/ takes the argparse namespace: the stage layer turns flags into plain values.
 """
