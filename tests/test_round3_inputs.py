@@ -19,7 +19,7 @@ from bad_files import write_huge_bmp, write_huge_png
 from conftest import ROOT, run_inprocess
 from dataset.synthetic import make_cub
 from network import build_mffnet
-from utils.data.images import MAX_PIXELS, BadImage, read_image
+from utils.data.images import MAX_PIXELS, BadImage, check_pixels, read_image
 from utils.errors import UserError, run_main
 
 _spec = importlib.util.spec_from_file_location("prepare_round3", os.path.join(ROOT, "dataset", "prepare.py"))
@@ -78,6 +78,10 @@ def test_a_header_over_the_pixel_limit_is_a_bad_image(tmp_path, write):
     path = write(str(tmp_path / "mid.png"), 3000, 2000)
     with pytest.raises(BadImage, match=r"3000 x 2000 = 6,000,000 pixels; the limit is --max-pixels 5999999"):
         read_image(path, max_pixels=5_999_999)
+    over_pillow = write(str(tmp_path / "over_pillow.png"), 20000, 10000)  # beyond Pillow's own bound (2 x 89.5 MP)
+    with pytest.raises(BadImage, match=r"20000 x 10000 = 200,000,000 pixels; the limit is --max-pixels 178956970"):
+        check_pixels(over_pillow, np.fromfile(over_pillow, np.uint8))
+    check_pixels(over_pillow, np.fromfile(over_pillow, np.uint8), max_pixels=300_000_000)  # a raised limit holds
     with pytest.raises(BadImage, match=r"not a readable image \(OpenCV: .*MAX_IMAGE_PIXELS"):  # above OpenCV's own
         read_image(write(str(tmp_path / "huge.png"), 60000, 60000), max_pixels=10 ** 10)
     small = str(tmp_path / "small.png")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import warnings
 from typing import Callable, Optional
 
 import cv2
@@ -27,14 +26,14 @@ class BadImage(Exception):
     """An image file that cannot be used (missing, unreadable, truncated, empty, too large)."""
 
 
-# The most pixels an image may have (--max-pixels): Pillow's bound against decompression bombs (where it stops
-# opening an image: twice its MAX_IMAGE_PIXELS, 89,478,485 since Pillow 10). A few-MB PNG
+# The most pixels an image may have (--max-pixels), by default Pillow's bound against decompression bombs (where it
+# stops opening an image: twice its MAX_IMAGE_PIXELS, 89,478,485). A few-MB PNG
 # can claim 30000 x 30000 pixels; decoded, normalised and upsampled at full size it costs a stage gigabytes.
 MAX_PIXELS = 178_956_970
 _limit = {"pixels": MAX_PIXELS}  # this process's limit (set_max_pixels); forked loader workers inherit it
-# read_image applies its own limit from the header: Pillow's warning would only repeat it, and its error (at twice
-# its bound) is caught there
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+# read_image applies its own limit (--max-pixels) from the header, which Pillow reads for it and never decodes:
+# Pillow's own bound would refuse a header over twice its MAX_IMAGE_PIXELS whatever --max-pixels says
+Image.MAX_IMAGE_PIXELS = None
 
 
 def set_max_pixels(pixels: int) -> None:
@@ -44,13 +43,10 @@ def set_max_pixels(pixels: int) -> None:
 
 def header_size(data) -> Optional[tuple]:
     """(width, height) an image file's header (bytes or a uint8 array) claims, without decoding it; None where
-    Pillow cannot tell (the decoder decides). Pillow's DecompressionBombError (a header beyond twice its
-    MAX_IMAGE_PIXELS) is let through."""
+    Pillow cannot tell (the decoder decides)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
-    except Image.DecompressionBombError:
-        raise
     except Exception:  # a format or a damage Pillow does not read: OpenCV says whether it can
         return None
 
@@ -92,14 +88,7 @@ def check_pixels(path: str, data: bytes, max_pixels: Optional[int] = None) -> No
     """Raise BadImage when the header of the image file `data` (read from `path`) claims more than `max_pixels`
     pixels (default: this process's limit)."""
     limit = _limit["pixels"] if max_pixels is None else max_pixels
-    try:
-        size = header_size(data)
-    except Image.DecompressionBombError:
-        bound = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's: the header claims more, it does not say how much more
-        if limit <= bound:
-            raise BadImage(f"{path}: too large (over {bound:,} pixels in its header; the limit is --max-pixels "
-                           f"{limit})") from None
-        size = None
+    size = header_size(data)
     if size is not None and size[0] * size[1] > limit:
         raise BadImage(f"{path}: too large ({size[0]} x {size[1]} = {size[0] * size[1]:,} pixels; the limit is "
                        f"--max-pixels {limit}, raise it if the machine has the memory)")
