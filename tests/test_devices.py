@@ -40,9 +40,9 @@ def test_a_gpu_index_beyond_the_machine_is_an_error(two_gpus):
 
 @pytest.mark.parametrize("arg", ["cuda:0", "cuda:1"])
 def test_an_explicit_gpu_under_torchrun_is_refused(two_gpus, monkeypatch, arg):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29500")):  # what torchrun sets
+        monkeypatch.setenv(name, value)
     with pytest.raises(UserError, match="under torchrun .*--device cuda"):
         distributed.setup(arg)
     assert not two_gpus
