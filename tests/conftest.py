@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -63,3 +64,11 @@ def pytest_configure(config):
 @pytest.fixture
 def root():
     return ROOT
+
+
+@pytest.fixture
+def cub(base, tmp_path):
+    """A fresh copy of the module's `base` CUB set (`base/CUB_200_2011`), which a test may damage."""
+    dst = tmp_path / "CUB_200_2011"
+    shutil.copytree(base / "CUB_200_2011", dst)
+    return dst

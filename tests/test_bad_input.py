@@ -38,14 +38,6 @@ def base(tmp_path_factory):
     return top
 
 
-@pytest.fixture
-def cub(base, tmp_path):
-    """A fresh copy of the data set that a test may damage."""
-    dst = tmp_path / "CUB_200_2011"
-    shutil.copytree(base / "CUB_200_2011", dst)
-    return dst
-
-
 def clear_error(p, *fragments):
     """Exit 2, one `error:` line naming what is wrong, no traceback."""
     assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])

@@ -37,13 +37,6 @@ def base(tmp_path_factory):
     return top
 
 
-@pytest.fixture
-def cub(base, tmp_path):
-    dst = tmp_path / "CUB_200_2011"
-    shutil.copytree(base / "CUB_200_2011", dst)
-    return dst
-
-
 def seg_eval(cub, base, tmp_path, *extra, check=False):
     return run_inprocess("cub200-seg/test.py", "--datapath", cub, "--snapshot", base / "seg.pth", "--savepath",
                          tmp_path / "eval", "--top1top5", "none", *RUN, *extra, check=check)

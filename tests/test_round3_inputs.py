@@ -55,13 +55,6 @@ def base(tmp_path_factory):
     return top
 
 
-@pytest.fixture
-def cub(base, tmp_path):
-    dst = tmp_path / "CUB_200_2011"
-    shutil.copytree(base / "CUB_200_2011", dst)
-    return dst
-
-
 def _first_train_image(cub) -> str:
     name = (cub / "train.txt").read_text().splitlines()[0].split(",")[0]
     return str(cub / "images" / name)
