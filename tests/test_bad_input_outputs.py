@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import run_inprocess, run_script
-from test_bad_input import RUN, TRAIN, base, cam_masks, clear_error, cub, seg_eval  # noqa: F401 (fixtures)
+from test_bad_input import RUN, TRAIN, base, cam_masks, clear_error, seg_eval  # noqa: F401 (fixtures)
 from utils.engine import outputs
 from utils.data import png
 from utils.errors import UserError, run_main
