@@ -16,6 +16,12 @@ the pipelines that need it (`Pipeline`: training, the seg stage's masks, the sho
 evaluation) do. The tensors are bit for bit those of the plain albumentations
 pipeline (tests/test_transforms.py).
 
+Memory: an image over `LARGE_IMAGE` pixels is not normalised at full size (12 bytes a pixel: 1.7 GB for
+12000 x 12000) where the first step is a square resize: `normalise_resize` blends the uint8 rows that each
+output row needs, resizes those rows in float32, then normalises the small image. The same arithmetic in
+another order: the floats differ by rounding only (~1e-6), and every image under the limit keeps the authors'
+order bit for bit.
+
 Box helpers state their convention: boxes are `x0 y0 x1 y1` floats in pixels of the frame named.
 """
 from __future__ import annotations
@@ -52,6 +58,12 @@ def albumentations_normalize():
     return albumentations().Normalize(mean=MEAN, std=STD, max_pixel_value=255.0)
 
 
+# Images of more pixels than this are resized before they are normalised (`normalise_resize`): their tensors then
+# differ from the authors' order by float rounding, so the bound sits far above ordinary photographs (a 12-MP one
+# is 2^23.5 pixels; CUB's are at most 500 px a side), whose tensors stay bit for bit the original code's.
+LARGE_IMAGE = 2 ** 25
+_BAND = 2 ** 20  # pixels of the rows blended at once on the large path: ~12 MB of float32 whatever the width
+
 _ROWS = np.empty((2, 0), dtype=np.float32)  # _AFFINE's (mean, scale) repeated along a row of pixels: r, g, b, r, ...
 
 
@@ -70,6 +82,52 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return out.reshape(h, w, 3)
 
 
+def normalise_resize(image: np.ndarray, size: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """`cv2.resize(normalise(image), (size, size), dst=out, interpolation=cv2.INTER_LINEAR)`: size x size x 3 float32.
+
+    An H x W x 3 uint8 image of more than `LARGE_IMAGE` pixels is resized first, without a full-size float copy:
+    in bands of output rows, the two source rows of each (rows and weights as OpenCV's INTER_LINEAR takes them)
+    blended in float32, the band resized across by OpenCV (its rows unchanged), then the size x size result
+    normalised. The same values up to float rounding; `out`, when it fits, receives them as OpenCV's `dst` does.
+    """
+    h, w = image.shape[:2]
+    if h * w <= LARGE_IMAGE or not (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        return cv2.resize(normalise(image), (size, size), dst=out, interpolation=cv2.INTER_LINEAR)
+    fits = (out is not None and out.shape == (size, size, 3) and out.dtype == np.float32
+            and out.flags.c_contiguous)
+    result = out if fits else np.empty((size, size, 3), dtype=np.float32)
+    top, bottom, weight = _linear_taps(h, size)
+    step = max(1, _BAND // w)
+    for r in range(0, size, step):
+        rows = slice(r, min(r + step, size))
+        band = image[top[rows]].astype(np.float32)                    # k x W x 3: each output row's upper row
+        band *= (1 - weight[rows])[:, None, None]                       # float32 weights, as OpenCV's
+        lower = image[bottom[rows]].astype(np.float32)
+        lower *= weight[rows, None, None]
+        band += lower
+        cv2.resize(band, (size, band.shape[0]), dst=result[rows], interpolation=cv2.INTER_LINEAR)
+    np.subtract(result, _AFFINE[0], out=result)                         # the (v - mean) * scale of `normalise`
+    np.multiply(result, _AFFINE[1], out=result)
+    return result
+
+
+def _linear_taps(src: int, dst: int) -> tuple:
+    """INTER_LINEAR's source rows and weights for `src` rows resized to `dst`, as OpenCV computes them:
+    f = (i + 0.5) * scale - 0.5, row floor(f) with weight 1 - (f - floor(f)), the next row with the rest, both
+    clamped to the image (weight 0 beyond it). (upper rows, lower rows, float32 weights of the lower)."""
+    scale = 1.0 / (dst / src)                                           # OpenCV's 1 / inv_scale, in double
+    f = (np.arange(dst) + 0.5) * scale - 0.5
+    if not cv2.ipp.useIPP():  # OpenCV's own code rounds the coordinate to float32; IPP's (used where on) keeps it
+        f = f.astype(np.float32)
+    upper = np.floor(f)
+    weight = (f - upper).astype(np.float32)
+    upper = upper.astype(np.intp)
+    edge = (upper < 0) | (upper >= src - 1)
+    weight[edge] = 0
+    upper = np.clip(upper, 0, src - 1)
+    return upper, np.minimum(upper + 1, src - 1), weight
+
+
 class Pipeline:
     """An albumentations pipeline as `(image, mask, seed) -> (CHW float tensor, mask tensor | None)`.
 
@@ -78,12 +136,14 @@ class Pipeline:
     its weight (`utils.method.seg_target`, docs/method.md §5).
     """
 
-    def __init__(self, ops: Callable, eager: bool = True):
+    def __init__(self, ops: Callable, eager: bool = True, square: int = 0):
         """`ops(A)`: the list of albumentations transforms after `normalise`, given the module; a module-level
         function or a `functools.partial` of one, which pickles for loader workers. `A.Compose` is built here
         (forked loader workers then inherit albumentations instead of each importing it), or with
-        `eager=False` on first use (`ResizeCrop`, whose inference path never needs it)."""
-        self.ops = ops
+        `eager=False` on first use (`ResizeCrop`, whose inference path never needs it). `square`: the size of
+        the `A.Resize(square, square)` that `ops` begins with (0: none), done before the pipeline on an image
+        over `LARGE_IMAGE` pixels (`normalise_resize`; the mask NEAREST, as A.Resize: the same mask)."""
+        self.ops, self.square = ops, square
         self._compose = self._build() if eager else None
 
     def _build(self):
@@ -98,7 +158,13 @@ class Pipeline:
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
         self.compose.set_random_seed(seed)
-        image = normalise(image)
+        if self.square and image.shape[0] * image.shape[1] > LARGE_IMAGE:
+            # A.Resize then meets an image of its size, which it hands on as it is
+            image = normalise_resize(image, self.square)
+            if mask is not None:
+                mask = cv2.resize(mask, (self.square, self.square), interpolation=cv2.INTER_NEAREST)
+        else:
+            image = normalise(image)
         out = self.compose(image=image, mask=mask) if mask is not None else self.compose(image=image)
         image_t = _chw(out["image"])
         if mask is None:
@@ -116,13 +182,13 @@ class ResizeCrop(Pipeline):
     """
 
     def __init__(self, size: int, crop: int = 0, hwc: bool = False):
-        super().__init__(partial(_resize_crop, size=size, crop=crop, random=False), eager=False)
+        super().__init__(partial(_resize_crop, size=size, crop=crop, random=False), eager=False, square=size)
         self.size, self.crop, self.hwc = size, crop, hwc
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
         if mask is not None:
             return super().__call__(image, mask, seed)
-        out = cv2.resize(normalise(image), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        out = normalise_resize(image, self.size)
         if self.crop:
             top = (self.size - self.crop) // 2
             out = out[top:top + self.crop, top:top + self.crop]
@@ -133,7 +199,7 @@ class ResizeCrop(Pipeline):
         the h x w x 3 array of `mask_transform`, where the caller wants it (`utils.engine.ring`)."""
         if self.crop:
             raise ValueError("ResizeCrop.into writes uncropped images")
-        written = cv2.resize(normalise(image), (self.size, self.size), dst=out, interpolation=cv2.INTER_LINEAR)
+        written = normalise_resize(image, self.size, out)
         if written.ctypes.data != out.ctypes.data:  # OpenCV allocates anew rather than write a misfit `out`
             raise ValueError(f"ResizeCrop.into: out must be a C-contiguous {self.size} x {self.size} x 3 float32 "
                              f"array, got {out.dtype} {out.shape}")
@@ -155,7 +221,7 @@ def _resize_crop(A, size: int, crop: int, random: bool, shorter_side: bool = Fal
 
 def train_transform(size: int = 256, crop: int = 224) -> Callable:
     """cam/seg training: resize size x size, random crop, horizontal flip."""
-    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=True))
+    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=True), square=size)
 
 
 def resize_transform(size: int = 256) -> Callable:
