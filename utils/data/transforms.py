@@ -117,7 +117,7 @@ def _linear_taps(src: int, dst: int) -> tuple:
     clamped to the image (weight 0 beyond it). (upper rows, lower rows, float32 weights of the lower)."""
     scale = 1.0 / (dst / src)                                           # OpenCV's 1 / inv_scale, in double
     f = (np.arange(dst) + 0.5) * scale - 0.5
-    if not cv2.ipp.useIPP():  # OpenCV's own code rounds the coordinate to float32; IPP's (used where on) keeps it
+    if not cv2.ipp.useIPP():  # OpenCV's own resize rounds the coordinate to float32 first, its IPP one does not
         f = f.astype(np.float32)
     upper = np.floor(f)
     weight = (f - upper).astype(np.float32)
