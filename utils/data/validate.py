@@ -26,6 +26,7 @@ import numpy as np
 
 from utils.engine.checkpoint import torch_load
 from utils.data.images import mask_name
+from utils.data.pixels import pixel_limit
 from utils.errors import UserError
 from utils.data.lists import normal_name, subset
 from utils.engine.outputs import name_too_long
@@ -145,13 +146,17 @@ def read_headers(paths: list, workers: int = 8) -> list:
     """(width, height, EXIF orientation or None) of each image from its header (no decoding), or None
     where the file cannot be opened as an image (the loader reports it)."""
     from PIL import Image
+    limit = pixel_limit()
 
     def header(path: str):
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open: the loader names it
                 return None
             with Image.open(path) as im:
-                orientation = im.getexif().get(0x0112) if im.format in ("JPEG", "TIFF", "WEBP", "PNG") else None
+                # Pillow decodes a whole PNG to look for EXIF after its pixels: never one over the limit, which
+                # the loader refuses from its header (a 15000 x 15000 PNG of 0.7 MB would take 0.7 GB here)
+                exif = im.format in ("JPEG", "TIFF", "WEBP", "PNG") and im.size[0] * im.size[1] <= limit
+                orientation = im.getexif().get(0x0112) if exif else None
                 return im.size[0], im.size[1], orientation
         except Exception:  # unreadable here: the loader names it and applies --on-bad-image
             return None
