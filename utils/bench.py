@@ -291,7 +291,7 @@ def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Nam
     if a.compile:
         argv.append("--compile")
     args = p.parse_args(argv)
-    args.dataset = CUB.name  # as cli.parse records a stage script's data set
+    args.dataset, args.stage = CUB.name, f"cub200-{kind}"  # as cli.parse records a stage script's data set and stage
     return args
 
 

@@ -180,15 +180,17 @@ def check_writable(folder: str, flag: str, lock: bool = False) -> None:
         locks.hold(folder, flag)
 
 
-def check_stage_folder(folder: str, stage: str, force: bool, flag: str = "--savepath") -> None:
-    """A training run of `stage` (a stage folder's name, e.g. cub200-seg) writes its snapshots, checkpoint.pth and
-    logs into `folder`: refuse a folder holding another stage's run (as its args.json, else its checkpoint.pth,
-    says), unless `force`. A run of the same stage, a rerun or a --resume, goes on as before."""
+def check_stage_folder(folder: str, stage: str, force: bool, flag: str = "--savepath",
+                       replaced: str = "its model-*.pth, checkpoint.pth and logs", named: Optional[str] = None) -> None:
+    """A run of `stage` (a stage folder's name, e.g. cub200-seg) writes into `folder`: a training run its snapshots,
+    checkpoint.pth and logs, a test.py its results (`replaced`: what of another run it would replace). Refuse a
+    folder holding another stage's training run (as its args.json, else its checkpoint.pth, says), unless
+    `force`. A run of the same stage, a rerun, a --resume or its test.py, goes on as before. `named`: how the
+    message names the folder (default: `flag folder`)."""
     other, source = _run_stage(folder)
     if other is not None and other != stage and not force:
-        raise UserError(f"{flag} {folder} holds a run of {other} (its {source}), not of {stage}: this run would "
-                        f"replace its model-*.pth, checkpoint.pth and logs. Pass another {flag}, or --force to "
-                        f"write over it")
+        raise UserError(f"{named or f'{flag} {folder}'} holds a run of {other} (its {source}), not of {stage}: this "
+                        f"run would replace {replaced}. Pass another {flag}, or --force to write over it")
 
 
 def _run_stage(folder: str) -> tuple:
