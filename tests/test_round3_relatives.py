@@ -216,3 +216,16 @@ def test_a_cls_test_refuses_another_stages_run_folder(runs):
     clear_error(p, f"--savepath {seg} holds a run of cub200-seg (its args.json), not of cub200-cls: this run would "
                    f"replace its top1top5.npy", "--force")
     assert (seg / "top1top5.npy").read_text() == "theirs"
+
+
+def test_top1top5_names_are_read_in_the_lists_one_form(tmp_path):
+    """`./cat/a.jpg` and `cat/a.jpg` were two entries: the list's `cat/a.jpg` took one, the other unseen."""
+    from utils.results import match_top1top5, read_top1top5, write_top1top5
+
+    path = str(tmp_path / "top1top5.npy")
+    write_top1top5(path, ["./cat/a.jpg", "dog//b.jpg"], [True, False], [True, True])
+    assert match_top1top5(read_top1top5(path), ["cat/a.jpg", "dog/b.jpg"], path) == {
+        "cat/a.jpg": (True, True), "dog/b.jpg": (False, True)}
+    write_top1top5(path, ["./cat/a.jpg", "cat/a.jpg"], [True, False], [True, True])
+    with pytest.raises(UserError, match="lists 'cat/a.jpg' twice with different values"):
+        read_top1top5(path)
