@@ -23,6 +23,7 @@ RELEASED = "model-20"  # without --snapshot: out/model-20, the authors' name, el
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_cls_args(parser)
+    cli.add_force_arg(parser, "--savepath", "its top1top5.npy")
     # the recipe tests on the whole image resized to 685 x 685 (no crop)
     parser.set_defaults(datapath="../dataset/CUB_200_2011", list="val.txt", size=685, crop=0, batch_size=16)
     return stage_cls.test(cli.parse(parser, __file__, argv, DATASET, classes=True, released=RELEASED))

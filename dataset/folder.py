@@ -24,7 +24,6 @@ localize.py work; evaluation says it needs boxes.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import posixpath
@@ -37,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from utils.data.images import IMAGE_EXTENSIONS, BadImage, read_image
+from utils.data.lists import csv_rows, normal_name
 from utils.errors import UserError
 from utils.engine.outputs import write_text
 
@@ -224,8 +224,13 @@ def read_sizes(root: str, images: list, skip_unreadable: bool) -> list:
 
 # ------------------------------------------------------------------------------------------ boxes
 def _norm_relpath(text: str) -> str:
+    """A boxes.csv relpath in the lists' one form (`normal_name`; a Windows `\\` is a `/`); one that leaves --root
+    (absolute, `..`) is kept as written: no image has it, so it is named as unknown."""
     text = text.strip().replace("\\", "/")
-    return posixpath.normpath(text[2:] if text.startswith("./") else text)
+    try:
+        return normal_name(text)
+    except ValueError:
+        return text
 
 
 def read_boxes_csv(path: str, images: list, skipped: set) -> int:
@@ -235,8 +240,7 @@ def read_boxes_csv(path: str, images: list, skipped: set) -> int:
         raise UserError(f"--boxes file not found: {path}")
     by_path = {i.relpath: i for i in images}
     unknown, count, outside = [], 0, []
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
-        for n, row in enumerate(csv.reader(f), 1):
+    for n, row in csv_rows(path):  # UTF-8, a spreadsheet's byte-order mark fine
             if not row or not "".join(row).strip():
                 continue
             if len(row) != 5:

@@ -21,7 +21,6 @@ Existing outputs are never overwritten unless --force is given.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -34,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from utils.data.images import MAX_PIXELS, BadImage, read_image, set_max_pixels  # noqa: E402
 from utils.data.datasets import CUB, IMAGENET  # noqa: E402
-from utils.data.lists import cub_image_dir, list_lines, read_synsets, read_voc_boxes  # noqa: E402
+from utils.data.lists import csv_rows, cub_image_dir, list_lines, read_synsets, read_voc_boxes  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.engine.lock import hold, release_all  # noqa: E402
 from utils.engine.outputs import write_text  # noqa: E402
@@ -362,18 +361,17 @@ def _val_from_folders(val: str, synsets: list, subdirs: list) -> list:
 def _val_from_csv(csv_path: str, val: str, synsets: list) -> list:
     """Flat val/ labelled by Kaggle's LOC_val_solution.csv (the first object's synset)."""
     index, first = {s: i for i, s in enumerate(synsets)}, {}
-    with open(csv_path, newline="") as f:
-        rows = csv.reader(f)
-        if next(rows, None) != ["ImageId", "PredictionString"]:
-            raise UserError(f"{csv_path}: expected the header 'ImageId,PredictionString'")
-        for n, row in enumerate(rows, 2):
-            tokens = row[1].split() if len(row) == 2 else []
-            if not tokens:
-                raise UserError(f"{csv_path}:{n}: expected 'ImageId,synset x0 y0 x1 y1 ...', "
-                                f"got {','.join(row)!r}")
-            if tokens[0] not in index:
-                raise UserError(f"{csv_path}:{n}: synset {tokens[0]} is not among the classes")
-            first[row[0]] = index[tokens[0]]
+    rows = csv_rows(csv_path)  # UTF-8, a byte-order mark fine
+    if next(rows, (1, None))[1] != ["ImageId", "PredictionString"]:
+        raise UserError(f"{csv_path}: expected the header 'ImageId,PredictionString'")
+    for n, row in rows:
+        tokens = row[1].split() if len(row) == 2 else []
+        if not tokens:
+            raise UserError(f"{csv_path}:{n}: expected 'ImageId,synset x0 y0 x1 y1 ...', "
+                            f"got {','.join(row)!r}")
+        if tokens[0] not in index:
+            raise UserError(f"{csv_path}:{n}: synset {tokens[0]} is not among the classes")
+        first[row[0]] = index[tokens[0]]
     files = _image_files(val)
     unlabelled = [f for f in files if os.path.splitext(f)[0] not in first]
     if unlabelled:

@@ -23,6 +23,7 @@ DATASET = IMAGENET     # utils/data/datasets.py: its lists (val/)
 def main(argv=None):
     parser = cli.make_parser(__doc__, train=False)
     cli.add_cls_args(parser)
+    cli.add_force_arg(parser, "--savepath", "its top1top5.npy")
     # no training: the ImageNet weights of --arch as released (--snapshot overrides)
     parser.set_defaults(datapath="../dataset/ImageNet2012", list="val.txt", clsnum=1000, size=685, crop=0,
                         batch_size=16)

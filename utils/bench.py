@@ -85,6 +85,7 @@ import utils.engine.loop as engine  # noqa: E402
 from utils.method import losses  # noqa: E402
 from utils.data.images import read_image  # noqa: E402
 from utils.data.datasets import CUB  # noqa: E402
+from utils.data.lists import list_lines  # noqa: E402
 from utils.engine.distributed import Dist, setup  # noqa: E402
 from utils.engine.loop import amp_dtype, autocast, channels_last_for, sgd, train_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
@@ -247,7 +248,7 @@ def linked_cub(source: str, root: str, images: int) -> str:
         if not os.path.isfile(path):
             raise UserError(f"{path} is missing: --datapath must be a prepared CUB_200_2011 folder (python "
                             f"dataset/prepare.py cub --root {source})")
-        lines = [line for line in open(path).read().splitlines() if line.strip()]
+        lines = [line.rstrip("\r\n") for _, line in list_lines(path)]  # the lists' reading rule: UTF-8, a BOM fine
         if len(lines) < images:
             raise UserError(f"{path} lists {len(lines)} images, fewer than --images {images}")
         lists[split] = [lines[i * len(lines) // images] for i in range(images)]
@@ -290,7 +291,7 @@ def stage_args(kind: str, a, root: str, snapshot: str, out: str) -> argparse.Nam
     if a.compile:
         argv.append("--compile")
     args = p.parse_args(argv)
-    args.dataset = CUB.name  # as cli.parse records a stage script's data set
+    args.dataset, args.stage = CUB.name, f"cub200-{kind}"  # as cli.parse records a stage script's data set and stage
     return args
 
 

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from utils.data.lists import normal_name
 from utils.engine import outputs
 from utils.errors import UserError, run_main
 
@@ -104,8 +105,14 @@ def _flag(value: object, field: str, name: str, path: str) -> bool:
 
 
 def _add(table: dict, name: str, top1: object, top5: object, path: str) -> None:
-    """table[name] = (top1, top5), checked; a name listed again must repeat its values."""
+    """table[name] = (top1, top5), checked; a name listed again, also written another way (`./a/b.jpg`: the
+    lists' one form, `normal_name`), must repeat its values. A name that leaves its folder is kept as written:
+    no list name is such a name, so it answers for none."""
     entry = (_flag(top1, "top-1", name, path), _flag(top5, "top-5", name, path))
+    try:
+        name = normal_name(name)
+    except ValueError:
+        pass
     if table.setdefault(name, entry) != entry:
         raise UserError(f"{path} lists {name!r} twice with different values ({table[name]} and {entry}): "
                         f"which is right? Write the file again with the cls stage's test.py")

@@ -34,6 +34,7 @@ import numpy as np
 from utils.data.datasets import DATASETS as TABLE, by_wsol_name
 from utils.errors import UserError, run_main
 from utils.data.lists import list_lines, normal_name
+from utils.data.pixels import MAX_PIXELS, BadImage, decode, read_bytes, set_max_pixels
 from utils.results import npy_header
 from utils.engine.outputs import write_atomic, write_text
 
@@ -483,8 +484,12 @@ def load_scoremap(scoremap_root: str, image_id: str) -> np.ndarray:
 
 
 def _read_mask(path: str) -> np.ndarray:
-    """A grayscale mask as float32, resized to 224 x 224 with nearest neighbours (wsolevaluation's loader)."""
-    mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
+    """A grayscale mask as float32, resized to 224 x 224 with nearest neighbours (wsolevaluation's loader). A
+    header over the pixel limit (--max-pixels) is refused before it is decoded, as the stages refuse images."""
+    try:
+        mask = decode(path, read_bytes(path), cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
+    except BadImage as e:
+        raise UserError(str(e)) from None
     if mask is None:
         raise UserError(f"mask not found or unreadable: {path}")
     return cv2.resize(np.float32(mask), (RESIZE_LENGTH, RESIZE_LENGTH), interpolation=cv2.INTER_NEAREST)
@@ -584,6 +589,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70],
                    help="IoU thresholds δ in percent")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=MAX_PIXELS,
+                   help="a mask whose header claims more pixels is refused before it is decoded (a small PNG can "
+                        "claim 60000 x 60000)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes scoring maps in parallel (1: in this process); figures do not depend on it")
     return p
@@ -603,6 +611,7 @@ _JOB: dict = {}  # what `_score_image` needs; set once per process (inherited or
 def _set_job(job: dict, parent: Optional[int] = None) -> None:
     _JOB.clear()
     _JOB.update(job)
+    set_max_pixels(job["max_pixels"])  # the masks' limit, in a pool worker too
     if parent is not None:  # a pool worker: it must not outlive a killed evaluation
         import signal
 
@@ -651,7 +660,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     ids = meta["image_ids"]
     job = {"meta": meta, "boxes": boxes, "pixels": pixels, "mask_root": args.mask_root,
            "instance_masks": not dataset.boxes, "scoremap_root": args.scoremap_root,
-           "centre": centre_scoremap() if args.centre_baseline else None}
+           "centre": centre_scoremap() if args.centre_baseline else None, "max_pixels": args.max_pixels}
     workers = min(args.workers, len(ids) // 16)  # a pool does not pay for itself on a handful of maps
     if workers > 1:
         import multiprocessing as mp

@@ -4,7 +4,6 @@ transformed tensors.
 """
 from __future__ import annotations
 
-import io
 import os
 import stat
 from typing import Callable, Optional
@@ -12,43 +11,15 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.data.lists import SampleTable
+# the pixel limit and the decode live in a torch-free module (wsolevaluation's workers read masks with them)
+from utils.data.pixels import MAX_PIXELS, BadImage, check_pixels, decode, read_bytes, set_max_pixels  # noqa: F401
 
 
 # image files OpenCV decodes (GIF: its first frame): what class folders and localize.py's folders may hold
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-
-
-class BadImage(Exception):
-    """An image file that cannot be used (missing, unreadable, truncated, empty, too large)."""
-
-
-# The most pixels an image may have (--max-pixels), by default Pillow's bound against decompression bombs (where it
-# stops opening an image: twice its MAX_IMAGE_PIXELS, 89,478,485). A few-MB PNG
-# can claim 30000 x 30000 pixels; decoded, normalised and upsampled at full size it costs a stage gigabytes.
-MAX_PIXELS = 178_956_970
-_limit = {"pixels": MAX_PIXELS}  # this process's limit (set_max_pixels); forked loader workers inherit it
-# read_image applies its own limit (--max-pixels) from the header, which Pillow reads for it and never decodes:
-# Pillow's own bound would refuse a header over twice its MAX_IMAGE_PIXELS whatever --max-pixels says
-Image.MAX_IMAGE_PIXELS = None
-
-
-def set_max_pixels(pixels: int) -> None:
-    """The most pixels `read_image` accepts in this process (the stage's --max-pixels)."""
-    _limit["pixels"] = int(pixels)
-
-
-def header_size(data) -> Optional[tuple]:
-    """(width, height) an image file's header (bytes or a uint8 array) claims, without decoding it; None where
-    Pillow cannot tell (the decoder decides)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:  # a format or a damage Pillow does not read: OpenCV says whether it can
-        return None
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -64,7 +35,7 @@ def read_image(path: str, max_pixels: Optional[int] = None) -> np.ndarray:
         # a FIFO or device named x.jpg would block open() for ever: check what it is before opening it
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise BadImage(f"{path}: not a regular file")
-        data = np.fromfile(path, dtype=np.uint8)
+        data = read_bytes(path)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         raise BadImage(f"{path}: cannot open ({type(e).__name__})") from None
     if data.size == 0:
@@ -72,26 +43,12 @@ def read_image(path: str, max_pixels: Optional[int] = None) -> np.ndarray:
     if data[:2].tobytes() == b"\xff\xd8" and jpeg_ends(data) is False:
         # a JPEG cut short decodes "successfully" with a grey bottom; its end-of-image marker is missing
         raise BadImage(f"{path}: truncated JPEG (no end-of-image marker)")
-    check_pixels(path, data, max_pixels)
-    try:
-        image = cv2.imdecode(data, _DECODE)
-    except cv2.error as e:  # e.g. a header beyond OpenCV's own pixel bound (2^30), under a raised --max-pixels
-        raise BadImage(f"{path}: not a readable image (OpenCV: {str(e).split('error: ')[-1].strip()})") from None
+    image = decode(path, data, _DECODE, max_pixels)
     if image is None:
         raise BadImage(f"{path}: not a readable image")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise BadImage(f"{path}: zero-size image")
     return image if _DECODE != cv2.IMREAD_COLOR else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def check_pixels(path: str, data: bytes, max_pixels: Optional[int] = None) -> None:
-    """Raise BadImage when the header of the image file `data` (read from `path`) claims more than `max_pixels`
-    pixels (default: this process's limit)."""
-    limit = _limit["pixels"] if max_pixels is None else max_pixels
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > limit:
-        raise BadImage(f"{path}: too large ({size[0]} x {size[1]} = {size[0] * size[1]:,} pixels; the limit is "
-                       f"--max-pixels {limit}, raise it if the machine has the memory)")
 
 
 def jpeg_ends(data: np.ndarray) -> Optional[bool]:
@@ -138,7 +95,7 @@ def read_pseudo_mask(path: str) -> np.ndarray:
     """Pseudo mask as float32 H x W x 3 in [0, 1] (ch0 = CAM, ch1 = Gaussian prior). Raises BadImage."""
     if not os.path.isfile(path):
         raise BadImage(f"{path}: pseudo mask missing (run the cam stage's test.py, or check --maskpath)")
-    mask = cv2.imread(path, cv2.IMREAD_COLOR)
+    mask = decode(path, read_bytes(path), cv2.IMREAD_COLOR)  # a huge header is refused, not decoded
     if mask is None:
         raise BadImage(f"{path}: unreadable pseudo mask")
     return mask.astype(np.float32) / 255.0

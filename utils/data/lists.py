@@ -23,6 +23,7 @@ evaluates, so every image needs its ground-truth boxes.
 from __future__ import annotations
 
 import codecs
+import csv
 import os
 import posixpath
 import xml.etree.ElementTree as ET
@@ -241,6 +242,14 @@ def text_lines(path: str):
                 raise UserError(f"{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line: "
                                 f"{raw[e.start:e.start + 4]!r}): save the file as UTF-8") from None
             yield n, line
+
+
+def csv_rows(path: str):
+    """(line number, fields) of each row of a CSV file from elsewhere (`--boxes`, Kaggle's LOC_val_solution.csv),
+    read by `text_lines`' rule (UTF-8, a byte-order mark is fine); the number is the line the row ends on."""
+    rows = csv.reader(line for _, line in text_lines(path))
+    for row in rows:
+        yield rows.line_num, row
 
 
 def list_lines(path: str):

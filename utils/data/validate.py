@@ -26,6 +26,7 @@ import numpy as np
 
 from utils.engine.checkpoint import torch_load
 from utils.data.images import mask_name
+from utils.data.pixels import pixel_limit
 from utils.errors import UserError
 from utils.data.lists import normal_name, subset
 from utils.engine.outputs import name_too_long
@@ -145,13 +146,17 @@ def read_headers(paths: list, workers: int = 8) -> list:
     """(width, height, EXIF orientation or None) of each image from its header (no decoding), or None
     where the file cannot be opened as an image (the loader reports it)."""
     from PIL import Image
+    limit = pixel_limit()
 
     def header(path: str):
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open: the loader names it
                 return None
             with Image.open(path) as im:
-                orientation = im.getexif().get(0x0112) if im.format in ("JPEG", "TIFF", "WEBP", "PNG") else None
+                # Pillow decodes a whole PNG to look for EXIF after its pixels: never one over the limit, which
+                # the loader refuses from its header (a 15000 x 15000 PNG of 0.7 MB would take 0.7 GB here)
+                exif = im.format in ("JPEG", "TIFF", "WEBP", "PNG") and im.size[0] * im.size[1] <= limit
+                orientation = im.getexif().get(0x0112) if exif else None
                 return im.size[0], im.size[1], orientation
         except Exception:  # unreadable here: the loader names it and applies --on-bad-image
             return None
@@ -175,15 +180,17 @@ def check_writable(folder: str, flag: str, lock: bool = False) -> None:
         locks.hold(folder, flag)
 
 
-def check_stage_folder(folder: str, stage: str, force: bool, flag: str = "--savepath") -> None:
-    """A training run of `stage` (a stage folder's name, e.g. cub200-seg) writes its snapshots, checkpoint.pth and
-    logs into `folder`: refuse a folder holding another stage's run (as its args.json, else its checkpoint.pth,
-    says), unless `force`. A run of the same stage, a rerun or a --resume, goes on as before."""
+def check_stage_folder(folder: str, stage: str, force: bool, flag: str = "--savepath",
+                       replaced: str = "its model-*.pth, checkpoint.pth and logs", named: Optional[str] = None) -> None:
+    """A run of `stage` (a stage folder's name, e.g. cub200-seg) writes into `folder`: a training run its snapshots,
+    checkpoint.pth and logs, a test.py its results (`replaced`: what of another run it would replace). Refuse a
+    folder holding another stage's training run (as its args.json, else its checkpoint.pth, says), unless
+    `force`. A run of the same stage, a rerun, a --resume or its test.py, goes on as before. `named`: how the
+    message names the folder (default: `flag folder`)."""
     other, source = _run_stage(folder)
     if other is not None and other != stage and not force:
-        raise UserError(f"{flag} {folder} holds a run of {other} (its {source}), not of {stage}: this run would "
-                        f"replace its model-*.pth, checkpoint.pth and logs. Pass another {flag}, or --force to "
-                        f"write over it")
+        raise UserError(f"{named or f'{flag} {folder}'} holds a run of {other} (its {source}), not of {stage}: this "
+                        f"run would replace {replaced}. Pass another {flag}, or --force to write over it")
 
 
 def _run_stage(folder: str) -> tuple:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import SpawnContext, SpawnProcess
 
@@ -15,9 +16,11 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 def post_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of `workers` post-processing processes that start with "spawn" (no forkserver left behind)
     without importing this process's main script (`_LeanSpawnProcess`), one OpenCV thread each, ignore Ctrl-C
-    and die with this process (`init_pool_worker`). Its tasks must be functions of importable modules."""
+    and die with this process (`init_pool_worker`), with this process's pixel limit (--max-pixels: the ground-truth
+    masks that wsolevaluation's scoring reads there). Its tasks must be functions of importable modules."""
+    from utils.data.pixels import pixel_limit
     return ProcessPoolExecutor(workers, mp_context=_LeanSpawnContext(), initializer=init_pool_worker,
-                               initargs=(os.getpid(),))
+                               initargs=(os.getpid(), pixel_limit()))
 
 
 class _LeanSpawnProcess(SpawnProcess):
@@ -46,13 +49,14 @@ class _LeanSpawnContext(SpawnContext):
     Process = _LeanSpawnProcess
 
 
-def init_pool_worker(parent: int) -> None:
+def init_pool_worker(parent: int, max_pixels: Optional[int] = None) -> None:
     """Initializer of the post-processing pools' worker processes.
 
     One core per worker (the pool is the parallelism). Ctrl-C is the parent's to handle: it stops the pool,
     so a worker ignores SIGINT instead of printing its own KeyboardInterrupt trace. And the worker dies with
     its parent (`die_with_parent`). `parent`: the pid of the process that started the pool (pass
     `initargs=(os.getpid(),)`; the pool must use the "spawn" start method, whose workers are its children).
+    `max_pixels`: the parent's pixel limit, which a spawned worker does not inherit.
     """
     import signal
 
@@ -60,6 +64,9 @@ def init_pool_worker(parent: int) -> None:
     cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)
+    if max_pixels is not None:
+        from utils.data.pixels import set_max_pixels
+        set_max_pixels(max_pixels)
 
 
 def loader_threads() -> None:

@@ -91,13 +91,18 @@ def make_parser(doc: str, train: bool) -> argparse.ArgumentParser:
         t.add_argument("--snapshot_from", type=int, default=1, help="first epoch whose model-<epoch>.pth is kept")
         t.add_argument("--print_freq", type=int, default=20, help="log every N steps")
         t.add_argument("--max_steps", type=int, default=0, help="stop after N steps in total (0: no limit)")
-        t.add_argument("--force", action="store_true",
-                       help="write into a --savepath that holds another stage's training run (its snapshots, "
-                            "checkpoint.pth and logs are replaced)")
+        add_force_arg(t, "--savepath", "its snapshots, checkpoint.pth and logs")
     else:
         p.add_argument_group("inference").add_argument("--batch_size", type=int, default=64,
                                                        help="images per forward pass (per process)")
     return p
+
+
+def add_force_arg(p: argparse._ActionsContainer, flag: str, replaced: str) -> None:
+    """`--force`: write into the output folder `flag` names although it holds another stage's training run
+    (`validate.check_stage_folder`), whose files `replaced` would be replaced."""
+    p.add_argument("--force", action="store_true",
+                   help=f"write into a {flag} that holds another stage's training run ({replaced} are replaced)")
 
 
 def add_backbone_arg(p: argparse._ActionsContainer) -> None:
@@ -121,6 +126,7 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vis", type=int, default=0,
                    help="draw image, CAM, Gaussian prior and pseudo mask of the first N images of the list to "
                         "<maskpath>/../vis/ (one PNG each and grid.png)")
+    add_force_arg(g, "--maskpath's folder", "its vis/ pictures")
     g.add_argument("--prior", choices=sorted(PRIORS), default="gaussian",
                    help="channel 1 of the masks, a prior of the PRIORS table (utils/method/pseudo_mask.py): gaussian "
                         "is SPOL's; none leaves it 0, so the seg stage learns from the CAM alone (the paper's "
@@ -198,6 +204,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="draw the first N images of the list to <savepath>/vis/ (one PNG each and grid.png)")
     g.add_argument("--maskpath", default=None,
                    help="--vis: also show these pseudo masks (the cam stage's out/masks), where one exists")
+    add_force_arg(g, "--savepath", "its metrics.json, boxes.csv, vis/ and scoremaps/")
 
 
 def parse(parser: argparse.ArgumentParser, script: str, argv=None, dataset: Optional[DataSet] = None,

@@ -131,6 +131,10 @@ def make_masks(args, d) -> dict:
     samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum, masks=True,
                                    skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.maskpath, "--maskpath", lock=d.main)
+    # the masks sit beside a run of this stage (out/masks), whose folder takes the --vis pictures too
+    beside = os.path.dirname(os.path.abspath(args.maskpath))
+    validate.check_stage_folder(beside, args.stage, args.force, "--maskpath", "its vis/ pictures",
+                                named=f"the folder of --maskpath {args.maskpath}, {beside},")
     out = args.maskpath
     folder = outputs.Folder(out, "--maskpath")
     folder.check_folders(os.path.dirname(mask_name(name)) for name in samples.names())

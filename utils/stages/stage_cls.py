@@ -79,6 +79,7 @@ def test(args, d) -> dict:
             print(f"--snapshot not given: using {args.snapshot} ({args.arch}'s ImageNet weights)")
     samples = _checked_list(DATASETS[args.dataset], args.datapath, args.list, args.clsnum, args.on_bad_image == "skip",
                             args.savepath, d.main)
+    validate.check_stage_folder(args.savepath, args.stage, args.force, replaced="its top1top5.npy")
     model = build_classifier(args.arch, args.clsnum)
     load_weights(model, args.snapshot)
     model = place_model(model.eval(), d, channels_last=args.channels_last, compile=args.compile)

@@ -102,6 +102,8 @@ def evaluate(args, d) -> dict:
         samples = validate.check_names(samples, validate.list_file(args.datapath, args.list), args.clsnum,
                                        skip=args.on_bad_image == "skip", main=d.main)
     validate.check_writable(args.savepath, "--savepath", lock=d.main)
+    validate.check_stage_folder(args.savepath, args.stage, args.force,
+                                replaced="its metrics.json, boxes.csv, vis/ and scoremaps/")
     if args.protocol == "wsol":
         if d.main:
             _wsol_notes(samples, args.top1top5, dataset.excluded)
