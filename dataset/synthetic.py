@@ -26,9 +26,10 @@ What the images look like, and why:
   and texture pattern (stripes, dots, checker, rings, chevrons) -- with jitter in hue, size, aspect and
   rotation, so a small CAM network trained from scratch on a CPU learns it in minutes, and the class
   evidence covers the whole object (texture everywhere) rather than one part;
-* the object is a single filled polygon (one connected region) covering about 10-45 % of the image,
-  placed with a bias away from the centre, so a fixed "centre box" baseline stays far below a
-  model that actually localises;
+* the object is a single filled polygon (one connected region) covering about 10-45 % of the image
+  (`make_cub(area_range=...)` draws others), placed with a bias away from the centre, so a fixed box
+  scores well below a model that actually localises (at the demo's sizes the best centred box scores
+  60, its central half 8.75: utils/evaluation/fixed_boxes.py);
 * backgrounds are muted (low-saturation) gradients with a soft horizon, low-frequency and fine noise
   and a few small distractor shapes drawn from one class-independent distribution (so they carry no
   class information), then the whole image gets a mild blur, sensor noise and JPEG (quality 90).
@@ -477,12 +478,14 @@ def cub_class_folders(num_classes: int) -> list[str]:
 
 def make_cub(root: str, num_classes: int = 4, train_per_class: int = 60, val_per_class: int = 20,
              seed: int = 0, min_size: int = 160, max_size: int = 260, segmentations: bool = True,
-             force: bool = False) -> str:
+             force: bool = False, area_range: tuple[float, float] = (0.10, 0.45)) -> str:
     """Write a synthetic `CUB_200_2011` folder at `root` (created; the files of an earlier synthetic set are
     overwritten, others left alone; a real data set there is refused unless `force`) and return `root`.
 
     Per class, `train_per_class` images get `1` in train_test_split.txt and `val_per_class` get `0`,
     interleaved at random like the real split. Ids run 1..N in class-folder then file-name order.
+    `area_range`: the fraction of the image each object covers (drawn uniformly; smaller objects, placed
+    off-centre, make fixed boxes score low).
     """
     if num_classes < 1 or train_per_class < 0 or val_per_class < 0 or train_per_class + val_per_class < 1:
         raise ValueError("need num_classes >= 1 and at least one image per class")
@@ -510,7 +513,7 @@ def make_cub(root: str, num_classes: int = 4, train_per_class: int = 60, val_per
             img_id += 1
             rng = _rng(seed, _TAG_CUB, c, k)
             h, w = _image_size(rng, min_size, max_size)
-            img, (mask,) = render_scene(rng, h, w, [c])
+            img, (mask,) = render_scene(rng, h, w, [c], area_range=area_range)
             fname = f"{name}_{k + 1:04d}_{int(suffixes[k])}"
             _write_jpeg(os.path.join(root, "images", folder, fname + ".jpg"), img)
             if segmentations:

@@ -16,7 +16,8 @@ from dataset.synthetic import make_cub
 from network import MFFNet, build_mffnet, load_mffnet
 from network.mffnet import SPOL, recorded_architecture
 from conftest import ROOT
-from utils.ablation import DEFAULT_GRID, Setting, baselines, parse_grid, plot
+from utils.ablation import DEFAULT_GRID, Setting, parse_grid, plot
+from utils.evaluation.fixed_boxes import cub_baselines
 from utils.ablation import main as ablation
 from utils.cam_loc import ious_at, normalised_cams
 from utils.engine.checkpoint import load_weights, save_atomic
@@ -202,12 +203,17 @@ def test_plot_draws_every_setting_of_the_default_grid(tmp_path):
 
 
 def test_boxes_that_ignore_the_image(tmp_path):
-    # two 100 x 100 images evaluated at size 100, crop 100: one object fills the image, one its central half
+    # three 100 x 100 images evaluated at size 100, crop 100, their objects centred: the whole image, 70 x 70 and
+    # 90 x 90. The central half finds only the 70 box (IoU 0.51), the whole crop the first and the last, and a
+    # centred box of 0.75 of the side all three (IoU 0.57, 0.87, 0.69); at 0.70 the first falls under 0.5.
     os.makedirs(tmp_path / "images" / "001.A")
-    for name in ("a.jpg", "b.jpg"):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
         cv2.imwrite(str(tmp_path / "images" / "001.A" / name), np.zeros((100, 100, 3), np.uint8))
-    (tmp_path / "val.txt").write_text("001.A/a.jpg,0,0 0 99 99\n001.A/b.jpg,0,25 25 75 75\n")
-    assert baselines(str(tmp_path), 100, 100) == {"whole_crop": 50.0, "centre_box": 50.0}
+    (tmp_path / "val.txt").write_text("001.A/a.jpg,0,0 0 99 99\n001.A/b.jpg,0,15 15 85 85\n"
+                                      "001.A/c.jpg,0,5 5 95 95\n")
+    fixed = cub_baselines(str(tmp_path), 100, 100)
+    assert fixed == pytest.approx({"whole_crop": 200 / 3, "centre_box": 100 / 3, "best_centred_box": 100.0,
+                                   "best_fraction": 0.75})
 
 
 TINY = ["--backbone", "resnet18", "--pretrained", "none", "--size", "64", "--crop", "56", "--cam_epochs", "1",
