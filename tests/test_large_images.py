@@ -116,3 +116,23 @@ def test_banded_masks_hold_no_full_size_float_array(monkeypatch):
         tracemalloc.stop()
     # the mask, 3 bytes a pixel, and the 256 x 3000 x 2 floats resized across (6 MB); the one resize: 17 a pixel
     assert peak < 3000 * 3000 * 4, f"{peak:,} bytes traced"
+
+
+def test_pseudo_masks_stay_bytes_until_the_transforms_have_cut_them(tmp_path):
+    """read_pseudo_mask gives the PNG's bytes (3 a pixel, not a 12-byte float copy at full size); the seg stage's
+    sample, converted after the resize, crop and flip, is bit for bit the one made from the float mask."""
+    from utils.data.images import ImageSet, mask_name, read_pseudo_mask
+    from utils.data.lists import Sample
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    (tmp_path / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "masks" / mask_name("a.png")), mask)
+    stored = read_pseudo_mask(str(tmp_path / "masks" / mask_name("a.png")))
+    assert stored.dtype == np.uint8 and np.array_equal(stored, mask)
+    transform = train_transform(64, 48)
+    item = ImageSet([Sample("a.png", str(tmp_path / "a.png"), 0)], transform, maskpath=str(tmp_path / "masks"))[0]
+    # the float mask the reader gave before, through the same pipeline with the same seed (ImageSet's, seed 0)
+    reference = transform(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), stored.astype(np.float32) / 255.0, 0)
+    assert torch.equal(item["mask"], reference[1]) and torch.equal(item["image"], reference[0])

@@ -92,13 +92,15 @@ def mask_name(name: str) -> str:
 
 
 def read_pseudo_mask(path: str) -> np.ndarray:
-    """Pseudo mask as float32 H x W x 3 in [0, 1] (ch0 = CAM, ch1 = Gaussian prior). Raises BadImage."""
+    """Pseudo mask as stored, uint8 H x W x 3 (ch0 = CAM, ch1 = Gaussian prior); [0, 1] floats come from
+    `utils.method.seg_target.pseudo_mask_floats`, after the transforms have resized and cropped it: a float copy
+    at full size costs 12 bytes a pixel. Raises BadImage."""
     if not os.path.isfile(path):
         raise BadImage(f"{path}: pseudo mask missing (run the cam stage's test.py, or check --maskpath)")
     mask = decode(path, read_bytes(path), cv2.IMREAD_COLOR)  # a huge header is refused, not decoded
     if mask is None:
         raise BadImage(f"{path}: unreadable pseudo mask")
-    return mask.astype(np.float32) / 255.0
+    return mask
 
 
 # --------------------------------------------------------------------------------------- datasets

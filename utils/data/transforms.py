@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.method.seg_target import seg_target
+from utils.method.seg_target import pseudo_mask_floats, seg_target
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -169,7 +169,8 @@ class Pipeline:
         image_t = _chw(out["image"])
         if mask is None:
             return image_t, None
-        target, weight = seg_target(out["mask"][..., 0], out["mask"][..., 1])
+        mask = pseudo_mask_floats(out["mask"])
+        target, weight = seg_target(mask[..., 0], mask[..., 1])
         return image_t, torch.from_numpy(np.stack([target, weight]).astype(np.float32))
 
 

@@ -18,3 +18,10 @@ def seg_target(fore: np.ndarray, gaus: np.ndarray) -> tuple[np.ndarray, np.ndarr
     [0, 1]): target = fore > OBJECT or gaus > OBJECT; weight = target or fore < BACKGROUND."""
     target = (fore > OBJECT) | (gaus > OBJECT)
     return target, target | (fore < BACKGROUND)
+
+
+def pseudo_mask_floats(mask: np.ndarray) -> np.ndarray:
+    """A pseudo mask's PNG bytes as float32 in [0, 1] (`fore`, `gaus` above; floats are returned as they are).
+    Resizing (NEAREST), cropping and flipping pick values and compute none, so converting after them, as the
+    transforms do, gives the same floats as converting before them, without a float copy at full size."""
+    return mask.astype(np.float32) / 255.0 if mask.dtype == np.uint8 else mask

@@ -21,7 +21,7 @@ import torch
 
 from utils.engine import distributed, outputs
 from utils.data.images import BadImage, ImageSet, collate, mask_name, read_image, read_pseudo_mask
-from utils.method.seg_target import OBJECT, seg_target
+from utils.method.seg_target import OBJECT, pseudo_mask_floats, seg_target
 from utils.data.transforms import MEAN, STD, eval_transform
 
 PANEL = 224
@@ -191,7 +191,7 @@ class EvalPictures:
         if self.crop:
             off = (self.size - self.crop) // 2
             mask = mask[off:off + self.crop, off:off + self.crop]
-        return mask
+        return pseudo_mask_floats(mask)
 
     def gather(self, d: distributed.Dist) -> None:
         """Bring every rank's items to every rank, in list order (each rank saw its own shard)."""
@@ -227,7 +227,7 @@ def pseudo_mask_pictures(samples: list, maskpath: str, count: int, outdir: str) 
     for index, s in enumerate(samples[:count]):
         try:
             image = read_image(s.path)
-            pseudo = read_pseudo_mask(os.path.join(maskpath, mask_name(s.name)))
+            pseudo = pseudo_mask_floats(read_pseudo_mask(os.path.join(maskpath, mask_name(s.name))))
         except BadImage as e:
             print(f"--vis: {e}; not drawn")
             continue
