@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from utils.data import transforms
-from utils.data.transforms import eval_transform, mask_transform, normalise, normalise_resize, train_transform
+from utils.data.transforms import (cls_test_transform, eval_transform, mask_transform, normalise, normalise_resize,
+                                   shorter_side_size, train_transform)
 from utils.engine import masks
 
 TOL = 2e-6  # normalised values lie in [-2.2, 2.7]: a few float32 ulps
@@ -51,6 +52,22 @@ def test_large_images_are_the_authors_order_within_rounding(monkeypatch, opencv_
         assert np.abs(out - cv2.resize(normalise(image), (256, 256), interpolation=cv2.INTER_LINEAR)).max() <= TOL
 
 
+def test_large_images_resized_by_their_shorter_side(monkeypatch, opencv_ipp):
+    """The ImageNet classifier's evaluation (A.SmallestMaxSize, A.CenterCrop): the size albumentations gives,
+    and its values within rounding, without the full-size float image."""
+    rng = np.random.default_rng(5)
+    for shape in ((600, 410), (333, 517), (1000, 999), (5000, 9)):
+        image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        for size, crop in ((256, 224), (37, 0), (100, 64)):
+            reference = A.Compose([A.SmallestMaxSize(size)])(image=normalise(image))["image"]
+            assert shorter_side_size(*shape, size) == reference.shape[1::-1], (shape, size)
+            want, _ = cls_test_transform(size, crop, shorter_side=True)(image)
+            monkeypatch.setattr(transforms, "LARGE_IMAGE", 100)
+            got, _ = cls_test_transform(size, crop, shorter_side=True)(image)
+            monkeypatch.undo()
+            assert got.shape == want.shape and (got - want).abs().max() <= TOL, (shape, size, crop)
+
+
 def test_large_training_images_keep_the_masks_geometry(monkeypatch):
     """The image is resized first and A.Resize hands it on; the mask is resized NEAREST as A.Resize does: the
     same crop, flip and mask, bit for bit."""
@@ -74,7 +91,8 @@ def test_large_images_make_no_full_size_float_array(monkeypatch):
     monkeypatch.setattr(transforms, "LARGE_IMAGE", 6000 * 6000 - 1)
     tracemalloc.start()
     try:
-        for transform in (eval_transform(256, 224), train_transform(256, 224)):
+        for transform in (eval_transform(256, 224), train_transform(256, 224),
+                          cls_test_transform(256, 224, shorter_side=True)):
             tracemalloc.reset_peak()
             transform(image, None, 0)
             peak = tracemalloc.get_traced_memory()[1]

@@ -17,7 +17,7 @@ evaluation) do. The tensors are bit for bit those of the plain albumentations
 pipeline (tests/test_transforms.py).
 
 Memory: an image over `LARGE_IMAGE` pixels is not normalised at full size (12 bytes a pixel: 1.7 GB for
-12000 x 12000) where the first step is a square resize: `normalise_resize` blends the uint8 rows that each
+12000 x 12000) before its first step, a resize (square, or by the shorter side): `normalise_resize` blends the uint8 rows that each
 output row needs, resizes those rows in float32, then normalises the small image. The same arithmetic in
 another order: the floats differ by rounding only (~1e-6), and every image under the limit keeps the authors'
 order bit for bit.
@@ -82,30 +82,32 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return out.reshape(h, w, 3)
 
 
-def normalise_resize(image: np.ndarray, size: int, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """`cv2.resize(normalise(image), (size, size), dst=out, interpolation=cv2.INTER_LINEAR)`: size x size x 3 float32.
+def normalise_resize(image: np.ndarray, size, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """`cv2.resize(normalise(image), dsize, dst=out, interpolation=cv2.INTER_LINEAR)`, float32: `size` is the
+    side of a square (an int) or OpenCV's (width, height).
 
     An H x W x 3 uint8 image of more than `LARGE_IMAGE` pixels is resized first, without a full-size float copy:
     in bands of output rows, the two source rows of each (rows and weights as OpenCV's INTER_LINEAR takes them)
-    blended in float32, the band resized across by OpenCV (its rows unchanged), then the size x size result
+    blended in float32, the band resized across by OpenCV (its rows unchanged), then the small result
     normalised. The same values up to float rounding; `out`, when it fits, receives them as OpenCV's `dst` does.
     """
+    width, height = (size, size) if isinstance(size, int) else size
     h, w = image.shape[:2]
     if h * w <= LARGE_IMAGE or not (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        return cv2.resize(normalise(image), (size, size), dst=out, interpolation=cv2.INTER_LINEAR)
-    fits = (out is not None and out.shape == (size, size, 3) and out.dtype == np.float32
+        return cv2.resize(normalise(image), (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
+    fits = (out is not None and out.shape == (height, width, 3) and out.dtype == np.float32
             and out.flags.c_contiguous)
-    result = out if fits else np.empty((size, size, 3), dtype=np.float32)
-    top, bottom, weight = _linear_taps(h, size)
+    result = out if fits else np.empty((height, width, 3), dtype=np.float32)
+    top, bottom, weight = _linear_taps(h, height)
     step = max(1, _BAND // w)
-    for r in range(0, size, step):
-        rows = slice(r, min(r + step, size))
+    for r in range(0, height, step):
+        rows = slice(r, min(r + step, height))
         band = image[top[rows]].astype(np.float32)                    # k x W x 3: each output row's upper row
         band *= (1 - weight[rows])[:, None, None]                       # float32 weights, as OpenCV's
         lower = image[bottom[rows]].astype(np.float32)
         lower *= weight[rows, None, None]
         band += lower
-        cv2.resize(band, (size, band.shape[0]), dst=result[rows], interpolation=cv2.INTER_LINEAR)
+        cv2.resize(band, (width, band.shape[0]), dst=result[rows], interpolation=cv2.INTER_LINEAR)
     np.subtract(result, _AFFINE[0], out=result)                         # the (v - mean) * scale of `normalise`
     np.multiply(result, _AFFINE[1], out=result)
     return result
@@ -136,14 +138,15 @@ class Pipeline:
     its weight (`utils.method.seg_target`, docs/method.md §5).
     """
 
-    def __init__(self, ops: Callable, eager: bool = True, square: int = 0):
+    def __init__(self, ops: Callable, eager: bool = True, square: int = 0, shorter: int = 0):
         """`ops(A)`: the list of albumentations transforms after `normalise`, given the module; a module-level
         function or a `functools.partial` of one, which pickles for loader workers. `A.Compose` is built here
         (forked loader workers then inherit albumentations instead of each importing it), or with
         `eager=False` on first use (`ResizeCrop`, whose inference path never needs it). `square`: the size of
         the `A.Resize(square, square)` that `ops` begins with (0: none), done before the pipeline on an image
-        over `LARGE_IMAGE` pixels (`normalise_resize`; the mask NEAREST, as A.Resize: the same mask)."""
-        self.ops, self.square = ops, square
+        over `LARGE_IMAGE` pixels (`normalise_resize`; the mask NEAREST, as A.Resize: the same mask). `shorter`:
+        likewise for the `A.SmallestMaxSize(shorter)` it begins with (no masks there)."""
+        self.ops, self.square, self.shorter = ops, square, shorter
         self._compose = self._build() if eager else None
 
     def _build(self):
@@ -158,11 +161,15 @@ class Pipeline:
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None, seed: int = 0):
         self.compose.set_random_seed(seed)
-        if self.square and image.shape[0] * image.shape[1] > LARGE_IMAGE:
+        large = image.shape[0] * image.shape[1] > LARGE_IMAGE
+        if large and self.square:
             # A.Resize then meets an image of its size, which it hands on as it is
             image = normalise_resize(image, self.square)
             if mask is not None:
                 mask = cv2.resize(mask, (self.square, self.square), interpolation=cv2.INTER_NEAREST)
+        elif large and self.shorter and mask is None:
+            # so does A.SmallestMaxSize: the shorter side is already `shorter`, its scale exactly 1
+            image = normalise_resize(image, shorter_side_size(*image.shape[:2], self.shorter))
         else:
             image = normalise(image)
         out = self.compose(image=image, mask=mask) if mask is not None else self.compose(image=image)
@@ -253,7 +260,14 @@ def cls_test_transform(size: int, crop: int = 0, shorter_side: bool = False) -> 
     torchvision's shorter-side resize + centre crop (A.SmallestMaxSize + A.CenterCrop)."""
     if not shorter_side:
         return ResizeCrop(size, crop)
-    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=False, shorter_side=True))
+    return Pipeline(partial(_resize_crop, size=size, crop=crop, random=False, shorter_side=True), shorter=size)
+
+
+def shorter_side_size(height: int, width: int, size: int) -> tuple:
+    """The (width, height) A.SmallestMaxSize(size) gives an image (albumentations 2.0: each side times
+    size / shorter side, rounded; tests/test_large_images.py checks it against albumentations itself)."""
+    scale = size / min(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def boxes_to_eval_frame(boxes: np.ndarray, width: int, height: int, size: int = 256, crop: int = 0) -> np.ndarray:
