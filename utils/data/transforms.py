@@ -18,9 +18,9 @@ pipeline (tests/test_transforms.py).
 
 Memory: an image over `LARGE_IMAGE` pixels is not normalised at full size (12 bytes a pixel: 1.7 GB for
 12000 x 12000) before its first step, a resize (square, or by the shorter side): `normalise_resize` blends
-the uint8 rows that each output row needs, resizes those rows in float32, then normalises the small image. The same arithmetic in
-another order: the floats differ by rounding only (~1e-6), and every image under the limit keeps the authors'
-order bit for bit.
+the uint8 rows that each output row needs, resizes those rows in float32, then normalises the small image.
+The same arithmetic in another order: the floats differ by rounding only (~1e-6), and every image under the
+limit keeps the authors' order bit for bit.
 
 Box helpers state their convention: boxes are `x0 y0 x1 y1` floats in pixels of the frame named.
 """
