@@ -243,7 +243,8 @@ def test_runner_runs_the_stage_scripts_and_writes_table_json_and_figure(grid):
     out, name = grid["out"], "fuse2-add-no-mca-no-prior"
     record = json.load(open(out / "ablation.json"))
     rows = record["rows"]
-    assert set(record["fixed_boxes"]) == {"whole_crop", "centre_box"}
+    assert set(record["fixed_boxes"]) == {"whole_crop", "centre_box", "best_centred_box", "best_fraction"}
+    assert "(the best centred box," in open(out / "ablation.md").read()
     assert [r["name"] for r in rows] == [name] and rows[0]["count"] == 6
     for key in ("cam_gt_known", "final_gt_known", "maxboxacc_v2"):
         assert 0 <= rows[0][key] <= 100
