@@ -2,6 +2,7 @@
 (`run_script`, as a user runs them), or in this one (`run_inprocess`, for the many short runs that check one
 input each: no interpreter and torch start-up per case)."""
 import contextlib
+import functools
 import importlib.util
 import io
 import os
@@ -53,6 +54,30 @@ def run_inprocess(*args, check=True):
     p = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"{script} exited {code}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@functools.lru_cache(maxsize=None)
+def prepare_module():
+    """dataset/prepare.py as a module, loaded once (registered in sys.modules, where its dataclasses look)."""
+    spec = importlib.util.spec_from_file_location("prepare_under_test", os.path.join(ROOT, "dataset", "prepare.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_prepare(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """dataset/prepare.py's main in this process, as `run_inprocess` runs a stage script."""
+    from utils.errors import run_main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_main(lambda: prepare_module().main([str(a) for a in args]))
+        except SystemExit as e:
+            code = e.code
+    p = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    assert code == 0 or not check, p.stderr
     return p
 
 

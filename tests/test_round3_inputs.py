@@ -2,13 +2,8 @@
 should decode, and foreign text files that are not UTF-8; each is named in one line, or a counted skip."""
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import os
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -16,31 +11,19 @@ import pytest
 import torch
 
 from bad_files import write_huge_bmp, write_huge_png
-from conftest import ROOT, run_inprocess
+from conftest import run_inprocess, run_prepare
+from conftest import prepare_module as load_prepare
 from dataset.synthetic import make_cub
 from network import build_mffnet
 from utils.data.images import MAX_PIXELS, BadImage, check_pixels, read_image
-from utils.errors import UserError, run_main
+from utils.errors import UserError
 
-_spec = importlib.util.spec_from_file_location("prepare_round3", os.path.join(ROOT, "dataset", "prepare.py"))
-prepare_module = importlib.util.module_from_spec(_spec)
-sys.modules["prepare_round3"] = prepare_module  # dataclasses look their module up there
-_spec.loader.exec_module(prepare_module)
+prepare_module = load_prepare()
 
 RUN = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "48", "--crop", "40"]
 
 
-def prepare(*args, check: bool = True) -> subprocess.CompletedProcess:
-    """dataset/prepare.py's main in this process, as `run_inprocess` runs a stage script."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_main(lambda: prepare_module.main([str(a) for a in args]))
-        except SystemExit as e:
-            code = e.code
-    p = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-    assert code == 0 or not check, p.stderr
-    return p
+prepare = run_prepare
 
 
 @pytest.fixture(scope="module")

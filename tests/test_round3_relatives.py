@@ -4,13 +4,8 @@ know --max-pixels), text files that bypassed the one encoding rule (`prepare.py 
 LOC_val_solution.csv, the bench's --datapath lists), and test.py runs pointed at another stage's run folder."""
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
-import os
 import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -19,7 +14,8 @@ import torch
 from PIL import PngImagePlugin
 
 from bad_files import write_huge_bmp, write_huge_png
-from conftest import ROOT, run_inprocess
+from conftest import run_inprocess, run_prepare
+from conftest import prepare_module as load_prepare
 from dataset.synthetic import make_cub, make_folder
 from network import build_mffnet
 from utils import bench, wsol_eval
@@ -28,12 +24,9 @@ from utils.data.images import BadImage, ImageSet, read_pseudo_mask
 from utils.data.lists import Sample
 from utils.data.pixels import MAX_PIXELS, pixel_limit, set_max_pixels
 from utils.engine.workers import post_pool
-from utils.errors import UserError, run_main
+from utils.errors import UserError
 
-_spec = importlib.util.spec_from_file_location("prepare_relatives", os.path.join(ROOT, "dataset", "prepare.py"))
-prepare_module = importlib.util.module_from_spec(_spec)
-sys.modules["prepare_relatives"] = prepare_module  # dataclasses look their module up there
-_spec.loader.exec_module(prepare_module)
+prepare_module = load_prepare()
 
 RUN = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "48", "--crop", "40"]
 
@@ -103,14 +96,7 @@ def test_post_processing_workers_take_the_parents_pixel_limit(limit):
 
 # ------------------------------------------------------------------------------------- one encoding rule
 def _prepare(*args) -> subprocess.CompletedProcess:
-    """dataset/prepare.py's main in this process, as `run_inprocess` runs a stage script."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_main(lambda: prepare_module.main([str(a) for a in args]))
-        except SystemExit as e:
-            code = e.code
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    return run_prepare(*args, check=False)
 
 
 def test_prepare_folder_boxes_csv_not_utf8_is_one_line_and_a_bom_is_fine(tmp_path):
