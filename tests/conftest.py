@@ -81,6 +81,15 @@ def run_prepare(*args, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
+def prepared_cub(root, **kw) -> str:
+    """A synthetic CUB-200-2011 set at `root` (dataset/synthetic.py's make_cub; `kw` are its arguments) with its
+    list files, written by dataset/prepare.py cub in this process."""
+    from dataset.synthetic import make_cub
+    make_cub(str(root), **kw)
+    run_prepare("cub", "--root", root)
+    return str(root)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (tests/test_cuda.py; skipped without one); "
                                        "run them with `python -m pytest tests -m cuda -q`")

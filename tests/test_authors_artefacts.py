@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_inprocess, run_script
-from dataset.synthetic import make_cub, make_imagenet
+from conftest import ROOT, prepared_cub, run_inprocess, run_script
+from dataset.synthetic import make_imagenet
 from network import build_mffnet
 from utils.engine.checkpoint import find_snapshot, load_weights
 from utils.errors import UserError
@@ -134,8 +134,7 @@ def test_find_snapshot_prefers_the_released_name_then_the_last_number(tmp_path):
 def _known_localisation_cub(root) -> dict:
     """A CUB set whose val boxes make the whole-image mask right or wrong by construction: the box is the
     whole image (IoU 1) for even-numbered lines, a 4 x 4 box in the middle (IoU ~0) for odd ones."""
-    make_cub(str(root), num_classes=3, train_per_class=1, val_per_class=3, seed=5, min_size=64, max_size=90)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(str(root), num_classes=3, train_per_class=1, val_per_class=3, seed=5, min_size=64, max_size=90)
     import cv2
     lines, correct = [], {}
     for i, line in enumerate(open(root / "val.txt").read().splitlines()):
@@ -318,8 +317,7 @@ def test_missing_efficientnet_weights_offline_name_the_file(tmp_path, monkeypatc
 
 def test_efficientnet_b0_through_cub_cls_train_and_zero_flag_test(tmp_path):
     data = tmp_path / "CUB_200_2011"
-    make_cub(str(data), num_classes=3, train_per_class=3, val_per_class=2, seed=6, min_size=64, max_size=90)
-    run_script("dataset/prepare.py", "cub", "--root", data)
+    prepared_cub(str(data), num_classes=3, train_per_class=3, val_per_class=2, seed=6, min_size=64, max_size=90)
     torch.manual_seed(2)
     torch.save(EfficientNet.from_name("efficientnet-b0").state_dict(), tmp_path / "imagenet.pth")
     top = repo_copy(tmp_path, ["cub200-cls"])

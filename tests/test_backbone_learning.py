@@ -18,7 +18,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_inprocess, run_script
+from conftest import prepared_cub, run_inprocess
 from network.mffnet import build_mffnet
 from utils.evaluation.fixed_boxes import cub_baselines
 
@@ -32,11 +32,9 @@ MARGIN = 20.0  # points over the better of the two that count as "clearly better
 @pytest.fixture(scope="module")
 def small_objects(tmp_path_factory):
     """3 classes, 16 training and 12 test images each, 80-112 px, objects of 8-20 % of the image."""
-    from dataset.synthetic import make_cub
     root = str(tmp_path_factory.mktemp("learn") / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=16, val_per_class=12, seed=0, min_size=80, max_size=112,
-             area_range=SMALL)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=16, val_per_class=12, seed=0, min_size=80, max_size=112,
+                 area_range=SMALL)
     return root
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, run_inprocess, run_script
+from conftest import ROOT, prepared_cub, run_inprocess, run_script
 from network import BACKBONES, build_mffnet, get_backbone, load_mffnet
 from network.registry import Backbone, register
 
@@ -162,10 +162,8 @@ def test_every_backbone_flag_is_the_one_definition_with_the_registry_as_choices(
 
 @pytest.fixture(scope="module")
 def cub(tmp_path_factory):
-    from dataset.synthetic import make_cub
     root = str(tmp_path_factory.mktemp("data") / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=3, val_per_class=2, seed=5, min_size=64, max_size=80)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=3, val_per_class=2, seed=5, min_size=64, max_size=80)
     return root
 
 
@@ -331,11 +329,10 @@ def test_a_backbone_call_is_what_the_mffnet_fuses():
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """Tiny synthetic sets of every layout: CUB, ILSVRC2012, OpenImages (as downloaded), a class folder."""
-    from dataset.synthetic import make_cub, make_folder, make_imagenet, make_openimages
+    from dataset.synthetic import make_folder, make_imagenet, make_openimages
     top = tmp_path_factory.mktemp("sets")
     cub = str(top / "CUB_200_2011")
-    make_cub(cub, num_classes=2, train_per_class=2, val_per_class=1, seed=3, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", cub)
+    prepared_cub(cub, num_classes=2, train_per_class=2, val_per_class=1, seed=3, min_size=48, max_size=64)
     inet = str(top / "ILSVRC2012")
     make_imagenet(inet, synsets=("n01440764", "n01443537"), train_per_class=2, val_per_class=1, seed=3,
                   min_size=48, max_size=64)

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from bad_files import write_corrupt_file
-from conftest import ROOT, run_inprocess, run_script
-from dataset.synthetic import make_cub, make_imagenet
+from conftest import ROOT, prepared_cub, run_inprocess, run_script
+from dataset.synthetic import make_imagenet
 from network import build_mffnet
 
 RUN = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "48", "--crop", "40"]
@@ -30,8 +30,7 @@ def base(tmp_path_factory):
     """A 3-class CUB set (3 train + 2 test images per class) and random CAM and seg models."""
     top = tmp_path_factory.mktemp("bad")
     root = top / "CUB_200_2011"
-    make_cub(str(root), num_classes=3, train_per_class=3, val_per_class=2, seed=8, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(str(root), num_classes=3, train_per_class=3, val_per_class=2, seed=8, min_size=48, max_size=64)
     torch.manual_seed(0)
     torch.save(build_mffnet(3, "resnet18").state_dict(), top / "cam.pth")
     torch.save(build_mffnet(1, "resnet18", seg=True).state_dict(), top / "seg.pth")
@@ -296,8 +295,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_pool_workers_die_with_a_killed_mask_run(base, tmp_path):
     root = tmp_path / "CUB_200_2011"
-    make_cub(str(root), num_classes=3, train_per_class=40, val_per_class=1, seed=9, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(str(root), num_classes=3, train_per_class=40, val_per_class=1, seed=9, min_size=48, max_size=64)
     cmd = [sys.executable, os.path.join(ROOT, "cub200-cam/test.py"), "--datapath", str(root), "--clsnum", "3",
            "--snapshot", str(base / "cam.pth"), "--maskpath", str(tmp_path / "masks"), "--post_workers", "2",
            "--batch_size", "2", *map(str, RUN)]

@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
-from dataset.synthetic import make_cub, make_imagenet
+from conftest import ROOT, prepared_cub, run_script
+from dataset.synthetic import make_imagenet
 from network import build_resnet
 from utils.data.images import mask_name
 from utils.data.datasets import DATASETS
@@ -70,8 +70,7 @@ def small(device=DEVICE, workers=0):
 def cub(tmp_path_factory):
     """3 classes x (4 train + 3 test) images: 3 training steps of 4 images per epoch."""
     root = str(tmp_path_factory.mktemp("cuda-cub") / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=4, val_per_class=3, seed=5, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=4, val_per_class=3, seed=5, min_size=48, max_size=64)
     return root
 
 
@@ -437,8 +436,7 @@ def test_fp16_compiled_training_and_its_resume(cub, tmp_path):
 def big(tmp_path_factory):
     """Images of CUB's sizes (~500 x 375): 3 classes x 6."""
     root = str(tmp_path_factory.mktemp("cuda-big") / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=6, val_per_class=1, seed=9, min_size=300, max_size=500)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=6, val_per_class=1, seed=9, min_size=300, max_size=500)
     return root
 
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import prepared_cub, run_script
 from published_metadata import cub_test_rows, write_published
-from dataset.synthetic import make_cub
 from network import build_mffnet
 
 CPU = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0"]
@@ -25,8 +24,7 @@ def data(tmp_path_factory):
     """3 classes x (2 train + 2 test) images with CUB's segmentations/, lists, wsol metadata, two models."""
     tmp = tmp_path_factory.mktemp("protocols")
     root = str(tmp / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=2, val_per_class=2, seed=5, min_size=64, max_size=96)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=2, val_per_class=2, seed=5, min_size=64, max_size=96)
     torch.manual_seed(0)
     torch.save(build_mffnet(1, "resnet18", seg=True).state_dict(), tmp / "seg.pth")
     torch.save(build_mffnet(3, "resnet18").state_dict(), tmp / "cam.pth")

@@ -16,8 +16,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import utils.engine.loop as engine
-from conftest import run_inprocess, run_script
-from dataset.synthetic import make_cub
+from conftest import prepared_cub, run_inprocess
 
 SMALL = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--size", "48", "--crop", "40",
          "--amp", "off"]
@@ -102,8 +101,7 @@ def setup(tmp_path_factory):
     from network.classifier import build_classifier
     work = tmp_path_factory.mktemp("sync")
     root = str(work / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=4, val_per_class=2, seed=5, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=4, val_per_class=2, seed=5, min_size=48, max_size=64)
     torch.manual_seed(0)
     snaps = {"cam": build_mffnet(3, "resnet18", None, dual=True), "seg": build_mffnet(1, "resnet18", None, seg=True),
              "cls": build_classifier("resnet18", 3)}

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_inprocess, run_script
-from dataset.synthetic import make_cub
+from conftest import prepared_cub, run_inprocess
 from network import build_mffnet
 from utils.stages import cli
 from utils.method import pseudo_mask as method
@@ -29,8 +28,7 @@ def test_a_prior_registered_in_priors_is_written_by_the_cam_stage(tmp_path, monk
     written masks' channel 1 is that prior (1 - CAM, so channel 0 + channel 1 = 255 up to the two truncations)."""
     monkeypatch.setitem(method.PRIORS, "inverted", inverted_cam)
     root = tmp_path / "CUB_200_2011"
-    make_cub(str(root), num_classes=2, train_per_class=2, val_per_class=1, seed=4, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(str(root), num_classes=2, train_per_class=2, val_per_class=1, seed=4, min_size=48, max_size=64)
     torch.manual_seed(0)
     torch.save(build_mffnet(2, "resnet18").state_dict(), tmp_path / "cam.pth")
     masks = tmp_path / "masks"

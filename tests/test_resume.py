@@ -10,8 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_script
-from dataset.synthetic import make_cub
+from conftest import ROOT, prepared_cub, run_script
 
 ARGS = ["--clsnum", "3", "--epoch", "2", "--backbone", "resnet18", "--device", "cpu", "--num_workers", "0",
         "--size", "48", "--crop", "40", "--pretrained", "none", "--batch_size", "4", "--save_every", "1",
@@ -21,8 +20,7 @@ ARGS = ["--clsnum", "3", "--epoch", "2", "--backbone", "resnet18", "--device", "
 @pytest.fixture(scope="module")
 def cub(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("resume") / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=6, val_per_class=1, seed=5, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=6, val_per_class=1, seed=5, min_size=48, max_size=64)
     return root
 
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_inprocess, run_script
-from dataset.synthetic import make_cub
+from conftest import prepared_cub, run_inprocess
 from network import build_mffnet
 from test_bad_input import clear_error, edit_list
 from test_wsol_eval import write_dataset
@@ -29,8 +28,7 @@ RUN = ["--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--siz
 def base(tmp_path_factory):
     top = tmp_path_factory.mktemp("round3")
     root = top / "CUB_200_2011"
-    make_cub(str(root), num_classes=2, train_per_class=3, val_per_class=3, seed=8, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(str(root), num_classes=2, train_per_class=3, val_per_class=3, seed=8, min_size=48, max_size=64)
     torch.manual_seed(0)
     torch.save(build_mffnet(2, "resnet18").state_dict(), top / "cam.pth")
     torch.save(build_mffnet(1, "resnet18", seg=True).state_dict(), top / "seg.pth")

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from bad_files import write_huge_bmp, write_huge_png
-from conftest import run_inprocess, run_prepare
+from conftest import prepared_cub, run_inprocess, run_prepare
 from conftest import prepare_module as load_prepare
-from dataset.synthetic import make_cub
 from network import build_mffnet
 from utils.data.images import MAX_PIXELS, BadImage, check_pixels, read_image
 from utils.errors import UserError
@@ -31,8 +30,7 @@ def base(tmp_path_factory):
     """A 3-class CUB set (2 train + 1 test images per class) and a random CAM model."""
     top = tmp_path_factory.mktemp("round3")
     root = top / "CUB_200_2011"
-    make_cub(str(root), num_classes=3, train_per_class=2, val_per_class=1, seed=3, min_size=48, max_size=56)
-    prepare("cub", "--root", root)
+    prepared_cub(str(root), num_classes=3, train_per_class=2, val_per_class=1, seed=3, min_size=48, max_size=56)
     torch.manual_seed(0)
     torch.save(build_mffnet(3, "resnet18").state_dict(), top / "cam.pth")
     return top

@@ -14,9 +14,9 @@ import torch
 from PIL import PngImagePlugin
 
 from bad_files import write_huge_bmp, write_huge_png
-from conftest import run_inprocess, run_prepare
+from conftest import prepared_cub, run_inprocess, run_prepare
 from conftest import prepare_module as load_prepare
-from dataset.synthetic import make_cub, make_folder
+from dataset.synthetic import make_folder
 from network import build_mffnet
 from utils import bench, wsol_eval
 from utils.data import validate
@@ -150,9 +150,8 @@ def runs(tmp_path_factory):
     """A 3-class CUB set, cam and seg models, and folders holding a cam, a seg and a cls training run (their
     args.json as a training run writes it, and a file of theirs a test would replace)."""
     top = tmp_path_factory.mktemp("stagefolders")
-    make_cub(str(top / "CUB_200_2011"), num_classes=3, train_per_class=2, val_per_class=1, seed=5, min_size=48,
-             max_size=56)
-    assert _prepare("cub", "--root", top / "CUB_200_2011").returncode == 0
+    prepared_cub(str(top / "CUB_200_2011"), num_classes=3, train_per_class=2, val_per_class=1, seed=5, min_size=48,
+                 max_size=56)
     torch.manual_seed(0)
     torch.save(build_mffnet(3, "resnet18").state_dict(), top / "cam.pth")
     torch.save(build_mffnet(1, "resnet18", seg=True).state_dict(), top / "seg.pth")

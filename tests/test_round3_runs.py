@@ -15,8 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_inprocess, run_script
-from dataset.synthetic import make_cub
+from conftest import ROOT, prepared_cub, run_inprocess, run_script
 from utils.engine import distributed
 from utils.data import validate
 from utils.ablation import main as ablation
@@ -29,8 +28,7 @@ TRAIN = ["--pretrained", "none", "--batch_size", "4", "--epoch", "1"]
 @pytest.fixture(scope="module")
 def cub(tmp_path_factory):
     root = tmp_path_factory.mktemp("round3") / "CUB_200_2011"
-    make_cub(str(root), num_classes=3, train_per_class=3, val_per_class=1, seed=8, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(str(root), num_classes=3, train_per_class=3, val_per_class=1, seed=8, min_size=48, max_size=64)
     return root
 
 

@@ -9,8 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import run_script
-from dataset.synthetic import make_cub
+from conftest import prepared_cub, run_script
 from network import build_mffnet
 from utils.data.datasets import CUB
 
@@ -22,8 +21,7 @@ TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node", 2]
 def cub(tmp_path_factory):
     top = tmp_path_factory.mktemp("ranks")
     root = str(top / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=8, val_per_class=1, seed=7, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=8, val_per_class=1, seed=7, min_size=48, max_size=64)
     torch.manual_seed(0)
     torch.save(build_mffnet(3, "resnet18").state_dict(), top / "cam.pth")
     return top

@@ -8,8 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import run_script
-from dataset.synthetic import make_cub
+from conftest import prepared_cub, run_script
 
 SMALL = ["--clsnum", 3, "--backbone", "resnet18", "--device", "cpu", "--num_workers", 0, "--size", 48, "--crop", 40,
          "--pretrained", "none", "--batch_size", 4, "--epoch", 2, "--print_freq", 1]
@@ -19,8 +18,7 @@ TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node", 2]
 @pytest.fixture(scope="module")
 def cub(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("ddp") / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=4, val_per_class=1, seed=5, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=4, val_per_class=1, seed=5, min_size=48, max_size=64)
     return root
 
 
@@ -73,8 +71,7 @@ def test_seg_stage(cub, tmp_path):
 
 def test_bad_files_of_every_rank_are_counted_and_listed(tmp_path):
     root = str(tmp_path / "CUB_200_2011")
-    make_cub(root, num_classes=3, train_per_class=8, val_per_class=1, seed=6, min_size=48, max_size=64)
-    run_script("dataset/prepare.py", "cub", "--root", root)
+    prepared_cub(root, num_classes=3, train_per_class=8, val_per_class=1, seed=6, min_size=48, max_size=64)
     from utils.data.datasets import CUB
     import numpy as np
     samples = CUB.read_list(root, "train.txt", with_boxes=False)
